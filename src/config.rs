@@ -1,0 +1,828 @@
+//! The config file: its model, its defaults and its validation.
+//!
+//! One TOML file describes a whole deployment: the listeners (with their
+//! certificates), the app behind the proxy, defaults for every SSE topic and
+//! the topics themselves. See `docs/configuration.md` for every key.
+//!
+//! Loading happens in two steps. First the text is deserialised into the
+//! `raw` structs below, which mirror the file exactly, refuse unknown keys and
+//! remember where each value stood ([`toml::Spanned`]). Then [`Config::load`]
+//! validates those values, fills in defaults, loads the certificates and
+//! builds the [`Config`] the rest of the program uses. Every failure becomes
+//! one [`ConfigError`] line naming the file, the line, the key and what to do,
+//! so `sse-fanout --check` reads like `nginx -t`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::origin::{ConnectSettings, Origin};
+use crate::route::{PathTemplate, UpstreamTemplate};
+use crate::tls::{Certificate, TlsFile};
+
+/// Where `sse-fanout` looks for its config when `-c` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "conf/sse-fanout.toml";
+
+/// `[server] grace_period`: how long a stopping server keeps serving.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
+/// `[server] shutdown_timeout`: how long runtimes get to finish after the grace period.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// `[server] max_concurrent_streams`: browsers use up to ~100 per connection.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// `[server] tcp_keepalive.idle`: quiet time before the first keepalive probe.
+pub const DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// `[server] tcp_keepalive.interval`: time between keepalive probes.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// `[server] tcp_keepalive.count`: unanswered probes before the peer is declared dead.
+pub const DEFAULT_KEEPALIVE_COUNT: usize = 5;
+/// `[server] tcp_user_timeout`: unacknowledged data older than this kills the connection.
+pub const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(120);
+/// `[server] pid_file`.
+pub const DEFAULT_PID_FILE: &str = "/tmp/sse-fanout.pid";
+/// `[server] upgrade_sock`: where a new process takes over the listening sockets.
+pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/sse-fanout-upgrade.sock";
+/// `[app] connect_timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// `[sse] heartbeat`: comment frames keep idle streams alive through intermediaries.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+/// `[sse] replay`: events kept per topic for `Last-Event-ID` resumption.
+pub const DEFAULT_REPLAY: usize = 1000;
+/// `[sse] retry`: the reconnection time sent to subscribers.
+pub const DEFAULT_RETRY: Duration = Duration::from_secs(3);
+
+/// The validated configuration of one sse-fanout process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was loaded from, for messages.
+    pub path: PathBuf,
+    /// Process-wide settings.
+    pub server: ServerSettings,
+    /// Where browsers connect; at least one.
+    pub listeners: Vec<Listener>,
+    /// The app behind the proxy.
+    pub app: AppSettings,
+    /// The SSE topics the proxy serves itself, in file order.
+    pub topics: Vec<TopicConfig>,
+}
+
+/// The `[server]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    /// After SIGTERM, how long to keep serving before stopping.
+    pub grace_period: Duration,
+    /// After the grace period, how long runtimes get to finish.
+    pub shutdown_timeout: Duration,
+    /// Run in the background (Pingora's daemon mode).
+    pub daemon: bool,
+    /// Where the process id is written.
+    pub pid_file: String,
+    /// Socket used to hand listeners to a new process on upgrade.
+    pub upgrade_sock: String,
+    /// User to switch to after daemonising.
+    pub user: Option<String>,
+    /// Group to switch to after daemonising.
+    pub group: Option<String>,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` announced to clients.
+    pub max_concurrent_streams: u32,
+    /// TCP keepalive on accepted connections, so dead clients are reaped.
+    pub tcp_keepalive: KeepaliveSettings,
+    /// `TCP_USER_TIMEOUT` on accepted connections: unacknowledged data older
+    /// than this closes the connection (catches peers that vanished mid-write).
+    pub tcp_user_timeout: Duration,
+}
+
+/// TCP keepalive probing of accepted connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepaliveSettings {
+    /// Idle time before the first probe.
+    pub idle: Duration,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Probes without answer before the connection is dropped.
+    pub count: usize,
+}
+
+/// One `[[listen]]` entry.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Address and port to bind.
+    pub addr: SocketAddr,
+    /// With TLS: ALPN `h2` and `http/1.1`. Without: HTTP/1.1 and h2c.
+    pub tls: Option<Certificate>,
+}
+
+/// The `[app]` table: the upstream that gets every non-topic request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppSettings {
+    /// Scheme, host and port of the app.
+    pub origin: Origin,
+    /// Timeouts and TLS verification for connections to it.
+    pub connect: ConnectSettings,
+}
+
+/// One `[[topic]]`, with `[sse]` defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicConfig {
+    /// What browsers subscribe to; may be a template.
+    pub path: PathTemplate,
+    /// Where the topic's one upstream stream comes from.
+    pub upstream: TopicUpstream,
+    /// Heartbeat, replay and retry for this topic.
+    pub settings: TopicSettings,
+}
+
+/// Where a topic's upstream stream is fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicUpstream {
+    /// The server: `[app]`'s, unless the topic gave a full URL.
+    pub origin: Origin,
+    /// Path and query on that server, with the topic path's placeholders.
+    pub path: UpstreamTemplate,
+}
+
+/// The per-topic SSE behaviour (`[sse]` defaults, overridable per topic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicSettings {
+    /// A comment frame is sent after this long without an event.
+    pub heartbeat: Duration,
+    /// Events kept for `Last-Event-ID` resumption.
+    pub replay: usize,
+    /// The reconnection time sent to subscribers (`retry:`).
+    pub retry: Duration,
+}
+
+/// A config problem, reported as one line: `file:line:col: key: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The config file.
+    pub file: PathBuf,
+    /// 1-based line and column, when the problem has a place in the file.
+    pub position: Option<(usize, usize)>,
+    /// The dotted key at fault (`topic[1].path`), when known.
+    pub key: Option<String>,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, column)) = self.position {
+            write!(f, ":{line}:{column}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads, parses and validates a config file, loading its certificates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            position: None,
+            key: None,
+            message: format!("cannot read the config file: {e}; give its path with -c FILE"),
+        })?;
+        Self::from_text(path, &text)
+    }
+
+    /// Parses and validates config text; `path` names it in errors and is the
+    /// base for relative certificate paths.
+    pub fn from_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let source = Source { path, text };
+        let raw: raw::Config = toml::from_str(text).map_err(|e| {
+            let span = e.span();
+            source.error(span.clone(), span.and_then(|s| source.key_at(s.start)), {
+                e.message().to_string()
+            })
+        })?;
+        Validator { source }.config(raw)
+    }
+}
+
+/// The file being validated: turns byte spans into line numbers and keys.
+struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn error(
+        &self,
+        span: Option<Range<usize>>,
+        key: Option<String>,
+        message: String,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.path.to_path_buf(),
+            position: span.map(|s| self.line_column(s.start)),
+            key,
+            message,
+        }
+    }
+
+    fn line_column(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, column)
+    }
+
+    /// Names the key whose value (or name) starts at `offset`, e.g.
+    /// `topic[1].heartbeat` or `listen[0].tls.cert`, by reading the table
+    /// headers above it and the `key =` text before it on its line.
+    fn key_at(&self, offset: usize) -> Option<String> {
+        let offset = offset.min(self.text.len());
+        let line_start = self.text[..offset].rfind('\n').map_or(0, |i| i + 1);
+        let mut table = None::<String>;
+        let mut array_counts: HashMap<&str, usize> = HashMap::new();
+        for line in self.text[..line_start].lines() {
+            let line = line.trim();
+            if let Some(name) = line.strip_prefix("[[").and_then(|l| l.split("]]").next()) {
+                let name = name.trim();
+                let count = array_counts.entry(name).or_insert(0);
+                table = Some(format!("{name}[{count}]"));
+                *count += 1;
+            } else if let Some(name) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+                table = Some(name.trim().to_string());
+            }
+        }
+        let line_end = self.text[offset..]
+            .find('\n')
+            .map_or(self.text.len(), |i| offset + i);
+        let before = &self.text[line_start..offset];
+        let after = &self.text[offset..line_end];
+        let mut keys: Vec<String> = before
+            .split('{')
+            .filter_map(|part| {
+                let assignment = part.rsplit(',').next()?;
+                let (key, _) = assignment.split_once('=')?;
+                Some(key.trim().trim_matches('"').to_string())
+            })
+            .filter(|k| !k.is_empty())
+            .collect();
+        // The span may sit on the key itself (unknown keys are reported there).
+        let bare_key: String = after
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+            .collect();
+        if !bare_key.is_empty() && after[bare_key.len()..].trim_start().starts_with('=') {
+            keys.push(bare_key);
+        }
+        let mut path: Vec<String> = table.into_iter().collect();
+        path.extend(keys);
+        (!path.is_empty()).then(|| path.join("."))
+    }
+}
+
+/// Turns the raw file into a [`Config`], one rule at a time.
+struct Validator<'a> {
+    source: Source<'a>,
+}
+
+impl Validator<'_> {
+    fn at<T>(&self, value: &Spanned<T>, key: impl Into<String>, message: String) -> ConfigError {
+        self.source
+            .error(Some(value.span()), Some(key.into()), message)
+    }
+
+    fn nowhere(&self, key: Option<&str>, message: String) -> ConfigError {
+        self.source.error(None, key.map(str::to_string), message)
+    }
+
+    /// Relative paths in the config are relative to the config file's folder.
+    fn resolve(&self, path: &str) -> PathBuf {
+        let path = Path::new(path);
+        if path.is_absolute() {
+            return path.to_path_buf();
+        }
+        match self.source.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join(path),
+            _ => path.to_path_buf(),
+        }
+    }
+
+    fn config(&self, raw: raw::Config) -> Result<Config, ConfigError> {
+        let server = self.server(raw.server)?;
+        let listeners = self.listeners(raw.listen)?;
+        let Some(raw_app) = raw.app else {
+            return Err(self.nowhere(
+                Some("app"),
+                "missing [app] table; add one with upstream = \"127.0.0.1:8080\" (where your app listens)".into(),
+            ));
+        };
+        let app = self.app(raw_app)?;
+        let defaults = self.sse_defaults(raw.sse)?;
+        let topics = self.topics(raw.topic, &app, defaults)?;
+        Ok(Config {
+            path: self.source.path.to_path_buf(),
+            server,
+            listeners,
+            app,
+            topics,
+        })
+    }
+
+    fn server(&self, raw: raw::Server) -> Result<ServerSettings, ConfigError> {
+        let threads = match raw.threads {
+            Some(t) if *t.get_ref() == 0 => {
+                return Err(self.at(
+                    &t,
+                    "server.threads",
+                    "must be at least 1 (leave it out to use one per core)".into(),
+                ))
+            }
+            Some(t) => t.into_inner(),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let max_concurrent_streams = match raw.max_concurrent_streams {
+            Some(m) if *m.get_ref() == 0 => {
+                return Err(self.at(
+                    &m,
+                    "server.max_concurrent_streams",
+                    "must be at least 1; browsers open up to ~100 streams per connection".into(),
+                ))
+            }
+            Some(m) => m.into_inner(),
+            None => DEFAULT_MAX_CONCURRENT_STREAMS,
+        };
+        let keepalive = raw.tcp_keepalive.unwrap_or_default();
+        let tcp_keepalive = KeepaliveSettings {
+            idle: self
+                .positive(keepalive.idle, "server.tcp_keepalive.idle")?
+                .unwrap_or(DEFAULT_KEEPALIVE_IDLE),
+            interval: self
+                .positive(keepalive.interval, "server.tcp_keepalive.interval")?
+                .unwrap_or(DEFAULT_KEEPALIVE_INTERVAL),
+            count: match keepalive.count {
+                Some(c) if *c.get_ref() == 0 => {
+                    return Err(self.at(
+                        &c,
+                        "server.tcp_keepalive.count",
+                        "must be at least 1".into(),
+                    ))
+                }
+                Some(c) => c.into_inner(),
+                None => DEFAULT_KEEPALIVE_COUNT,
+            },
+        };
+        Ok(ServerSettings {
+            threads,
+            grace_period: raw
+                .grace_period
+                .map_or(DEFAULT_GRACE_PERIOD, |d| d.into_inner().0),
+            shutdown_timeout: raw
+                .shutdown_timeout
+                .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.into_inner().0),
+            daemon: raw.daemon.unwrap_or(false),
+            pid_file: raw.pid_file.unwrap_or_else(|| DEFAULT_PID_FILE.into()),
+            upgrade_sock: raw
+                .upgrade_sock
+                .unwrap_or_else(|| DEFAULT_UPGRADE_SOCK.into()),
+            user: raw.user,
+            group: raw.group,
+            max_concurrent_streams,
+            tcp_keepalive,
+            tcp_user_timeout: raw
+                .tcp_user_timeout
+                .map_or(DEFAULT_TCP_USER_TIMEOUT, |d| d.into_inner().0),
+        })
+    }
+
+    /// A duration that must not be zero.
+    fn positive(
+        &self,
+        value: Option<Spanned<raw::DurationValue>>,
+        key: &str,
+    ) -> Result<Option<Duration>, ConfigError> {
+        match value {
+            Some(d) if d.get_ref().0.is_zero() => {
+                Err(self.at(&d, key, "must be longer than zero, e.g. \"15s\"".into()))
+            }
+            Some(d) => Ok(Some(d.into_inner().0)),
+            None => Ok(None),
+        }
+    }
+
+    fn listeners(&self, raw: Vec<raw::Listen>) -> Result<Vec<Listener>, ConfigError> {
+        if raw.is_empty() {
+            return Err(self.nowhere(
+                Some("listen"),
+                "no [[listen]] entry; add one, e.g. [[listen]] addr = \"0.0.0.0:443\" with tls = { cert = \"...\", key = \"...\" }".into(),
+            ));
+        }
+        let mut listeners: Vec<Listener> = Vec::with_capacity(raw.len());
+        for (index, listen) in raw.into_iter().enumerate() {
+            let key = format!("listen[{index}]");
+            let addr: SocketAddr = listen.addr.get_ref().parse().map_err(|_| {
+                self.at(
+                    &listen.addr,
+                    format!("{key}.addr"),
+                    format!(
+                        "{:?} is not an IP address and port; write e.g. \"0.0.0.0:443\" or \"[::]:443\"",
+                        listen.addr.get_ref()
+                    ),
+                )
+            })?;
+            if listeners.iter().any(|l| l.addr == addr) {
+                return Err(self.at(
+                    &listen.addr,
+                    format!("{key}.addr"),
+                    format!("{addr} is listed twice; each [[listen]] needs its own address"),
+                ));
+            }
+            let tls = match listen.tls {
+                None => None,
+                Some(tls) => {
+                    let cert_path = self.resolve(tls.cert.get_ref());
+                    let key_path = self.resolve(tls.key.get_ref());
+                    Some(
+                        Certificate::load(&cert_path, &key_path).map_err(|e| match e.file {
+                            TlsFile::Cert => {
+                                self.at(&tls.cert, format!("{key}.tls.cert"), e.message)
+                            }
+                            TlsFile::Key => self.at(&tls.key, format!("{key}.tls.key"), e.message),
+                        })?,
+                    )
+                }
+            };
+            listeners.push(Listener { addr, tls });
+        }
+        Ok(listeners)
+    }
+
+    fn app(&self, raw: raw::App) -> Result<AppSettings, ConfigError> {
+        let origin = Origin::parse(raw.upstream.get_ref())
+            .map_err(|e| self.at(&raw.upstream, "app.upstream", e.0))?;
+        Ok(AppSettings {
+            origin,
+            connect: ConnectSettings {
+                connect_timeout: self
+                    .positive(raw.connect_timeout, "app.connect_timeout")?
+                    .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+                tls_verify: raw.tls_verify.unwrap_or(true),
+            },
+        })
+    }
+
+    fn sse_defaults(&self, raw: raw::Sse) -> Result<TopicSettings, ConfigError> {
+        self.topic_settings(
+            raw,
+            "sse",
+            TopicSettings {
+                heartbeat: DEFAULT_HEARTBEAT,
+                replay: DEFAULT_REPLAY,
+                retry: DEFAULT_RETRY,
+            },
+        )
+    }
+
+    fn topic_settings(
+        &self,
+        raw: raw::Sse,
+        table: &str,
+        defaults: TopicSettings,
+    ) -> Result<TopicSettings, ConfigError> {
+        Ok(TopicSettings {
+            heartbeat: self
+                .positive(raw.heartbeat, &format!("{table}.heartbeat"))?
+                .unwrap_or(defaults.heartbeat),
+            replay: raw.replay.map_or(defaults.replay, Spanned::into_inner),
+            retry: raw.retry.map_or(defaults.retry, |d| d.into_inner().0),
+        })
+    }
+
+    fn topics(
+        &self,
+        raw: Vec<raw::Topic>,
+        app: &AppSettings,
+        defaults: TopicSettings,
+    ) -> Result<Vec<TopicConfig>, ConfigError> {
+        let mut topics: Vec<TopicConfig> = Vec::with_capacity(raw.len());
+        let mut shapes: HashMap<String, usize> = HashMap::new();
+        for (index, mut topic) in raw.into_iter().enumerate() {
+            let key = format!("topic[{index}]");
+            let path = PathTemplate::parse(topic.path.get_ref())
+                .map_err(|e| self.at(&topic.path, format!("{key}.path"), e.0))?;
+            if let Some(first) = shapes.insert(path.shape(), index) {
+                let earlier = topics[first].path.as_str();
+                let message = if earlier == path.as_str() {
+                    format!("duplicate topic path {earlier:?} (already topic[{first}]); each topic path must be unique")
+                } else {
+                    format!(
+                        "{:?} matches the same requests as topic[{first}] {earlier:?}; give one of them a different path",
+                        path.as_str()
+                    )
+                };
+                return Err(self.at(&topic.path, format!("{key}.path"), message));
+            }
+            let upstream = self.topic_upstream(&topic.upstream, &key, &path, app)?;
+            let settings = self.topic_settings(topic.settings(), &key, defaults)?;
+            topics.push(TopicConfig {
+                path,
+                upstream,
+                settings,
+            });
+        }
+        Ok(topics)
+    }
+
+    fn topic_upstream(
+        &self,
+        raw: &Spanned<String>,
+        key: &str,
+        path: &PathTemplate,
+        app: &AppSettings,
+    ) -> Result<TopicUpstream, ConfigError> {
+        let key = format!("{key}.upstream");
+        let text = raw.get_ref();
+        let (origin, upstream_path) = if text.starts_with('/') {
+            (app.origin.clone(), text.as_str())
+        } else {
+            let (origin, upstream_path) = Origin::parse_url(text).map_err(|e| {
+                self.at(
+                    raw,
+                    &key,
+                    format!("{e}; give a path on [app] such as \"/stream/news\" or a full URL"),
+                )
+            })?;
+            if upstream_path.is_empty() {
+                return Err(self.at(
+                    raw,
+                    &key,
+                    format!("{text:?} has no path; add the stream's path, e.g. \"{text}/stream\""),
+                ));
+            }
+            (origin, upstream_path)
+        };
+        let template =
+            UpstreamTemplate::parse(upstream_path).map_err(|e| self.at(raw, &key, e.0))?;
+        if let Some(missing) = template.params().find(|p| !path.params().any(|q| q == *p)) {
+            return Err(self.at(
+                raw,
+                &key,
+                format!(
+                    "placeholder {{{missing}}} is not defined by the topic path {:?}; use only placeholders the path has",
+                    path.as_str()
+                ),
+            ));
+        }
+        if let Some(unused) = path.params().find(|p| !template.params().any(|q| q == *p)) {
+            return Err(self.at(
+                raw,
+                &key,
+                format!(
+                    "does not use placeholder {{{unused}}} of the topic path {:?}, so every topic instance would open the same stream; put {{{unused}}} in the upstream path",
+                    path.as_str()
+                ),
+            ));
+        }
+        Ok(TopicUpstream {
+            origin,
+            path: template,
+        })
+    }
+}
+
+/// The file as written: serde structs that refuse unknown keys and keep spans.
+mod raw {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Config {
+        #[serde(default)]
+        pub server: Server,
+        #[serde(default)]
+        pub listen: Vec<Listen>,
+        pub app: Option<App>,
+        #[serde(default)]
+        pub sse: Sse,
+        #[serde(default)]
+        pub topic: Vec<Topic>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Server {
+        pub threads: Option<Spanned<usize>>,
+        pub grace_period: Option<Spanned<DurationValue>>,
+        pub shutdown_timeout: Option<Spanned<DurationValue>>,
+        pub daemon: Option<bool>,
+        pub pid_file: Option<String>,
+        pub upgrade_sock: Option<String>,
+        pub user: Option<String>,
+        pub group: Option<String>,
+        pub max_concurrent_streams: Option<Spanned<u32>>,
+        pub tcp_keepalive: Option<Keepalive>,
+        pub tcp_user_timeout: Option<Spanned<DurationValue>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Keepalive {
+        pub idle: Option<Spanned<DurationValue>>,
+        pub interval: Option<Spanned<DurationValue>>,
+        pub count: Option<Spanned<usize>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Listen {
+        pub addr: Spanned<String>,
+        pub tls: Option<Tls>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Tls {
+        pub cert: Spanned<String>,
+        pub key: Spanned<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct App {
+        pub upstream: Spanned<String>,
+        pub connect_timeout: Option<Spanned<DurationValue>>,
+        pub tls_verify: Option<bool>,
+    }
+
+    /// `[sse]`: the defaults of every topic. (Not `#[serde(flatten)]`ed into
+    /// `Topic`: flattening would lose the spans and the unknown-key check.)
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Sse {
+        pub heartbeat: Option<Spanned<DurationValue>>,
+        pub replay: Option<Spanned<usize>>,
+        pub retry: Option<Spanned<DurationValue>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Topic {
+        pub path: Spanned<String>,
+        pub upstream: Spanned<String>,
+        pub heartbeat: Option<Spanned<DurationValue>>,
+        pub replay: Option<Spanned<usize>>,
+        pub retry: Option<Spanned<DurationValue>>,
+    }
+
+    impl Topic {
+        /// The `[sse]` keys this topic overrides.
+        pub fn settings(&mut self) -> Sse {
+            Sse {
+                heartbeat: self.heartbeat.take(),
+                replay: self.replay.take(),
+                retry: self.retry.take(),
+            }
+        }
+    }
+
+    /// A duration written as a string with a unit: `"15s"`, `"500ms"`, `"2m"`.
+    pub struct DurationValue(pub Duration);
+
+    impl<'de> Deserialize<'de> for DurationValue {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct DurationVisitor;
+            impl Visitor<'_> for DurationVisitor {
+                type Value = DurationValue;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a duration string with a unit, such as \"15s\" or \"500ms\"")
+                }
+                fn visit_str<E: de::Error>(self, text: &str) -> Result<DurationValue, E> {
+                    humantime::parse_duration(text).map(DurationValue).map_err(|e| {
+                        E::custom(format!(
+                            "invalid duration {text:?} ({e}); write a number with a unit, such as \"15s\" or \"500ms\""
+                        ))
+                    })
+                }
+            }
+            deserializer.deserialize_str(DurationVisitor)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[listen]]
+addr = "127.0.0.1:8080"
+
+[app]
+upstream = "127.0.0.1:3000"
+"#;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_text(Path::new("test.toml"), text)
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let config = load(MINIMAL).unwrap();
+        assert_eq!(config.server.grace_period, DEFAULT_GRACE_PERIOD);
+        assert_eq!(
+            config.server.max_concurrent_streams,
+            DEFAULT_MAX_CONCURRENT_STREAMS
+        );
+        assert!(config.server.threads >= 1);
+        assert_eq!(config.app.origin.port, 3000);
+        assert!(config.topics.is_empty());
+    }
+
+    #[test]
+    fn topic_overrides_sse_defaults() {
+        let text = format!(
+            "{MINIMAL}\n[sse]\nheartbeat = \"20s\"\nreplay = 10\n\n[[topic]]\npath = \"/e/{{id}}\"\nupstream = \"/s/{{id}}\"\nheartbeat = \"5s\"\n"
+        );
+        let config = load(&text).unwrap();
+        let settings = config.topics[0].settings;
+        assert_eq!(settings.heartbeat, Duration::from_secs(5));
+        assert_eq!(settings.replay, 10);
+        assert_eq!(settings.retry, DEFAULT_RETRY);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = format!("{MINIMAL}\n[sse]\nheartbeet = \"5s\"\n");
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sse.heartbeet"));
+        assert_eq!(e.position.map(|p| p.0), Some(9));
+        assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let text =
+            format!("{MINIMAL}\n[[topic]]\npath = \"/a\"\nupstream = \"/b\"\nreplay = \"many\"\n");
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("topic[0].replay"), "{e}");
+    }
+
+    #[test]
+    fn integer_duration_asks_for_a_unit() {
+        let text = format!("{MINIMAL}\n[sse]\nheartbeat = 15\n");
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sse.heartbeat"));
+        assert!(e.message.contains("\"15s\""), "{e}");
+    }
+
+    #[test]
+    fn key_inside_inline_table_is_named() {
+        let text = "[[listen]]\naddr = \"127.0.0.1:1\"\ntls = { cert = \"a\", key = 5 }\n[app]\nupstream = \"127.0.0.1:2\"\n";
+        let e = load(text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("listen[0].tls.key"), "{e}");
+    }
+
+    #[test]
+    fn same_shape_templates_are_refused() {
+        let text = format!(
+            "{MINIMAL}\n[[topic]]\npath = \"/j/{{a}}\"\nupstream = \"/s/{{a}}\"\n[[topic]]\npath = \"/j/{{b}}\"\nupstream = \"/s/{{b}}\"\n"
+        );
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("topic[1].path"));
+    }
+
+    #[test]
+    fn full_url_upstream_keeps_its_own_origin() {
+        let text = format!(
+            "{MINIMAL}\n[[topic]]\npath = \"/a\"\nupstream = \"https://feeds.internal/s\"\n"
+        );
+        let config = load(&text).unwrap();
+        assert!(config.topics[0].upstream.origin.tls);
+        assert_eq!(config.topics[0].upstream.path.as_str(), "/s");
+    }
+
+    #[test]
+    fn missing_app_table_is_explained() {
+        let e = load("[[listen]]\naddr = \"127.0.0.1:1\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("app"));
+    }
+
+    #[test]
+    fn error_line_reads_file_line_column_key_message() {
+        let e = ConfigError {
+            file: "c.toml".into(),
+            position: Some((3, 7)),
+            key: Some("sse.retry".into()),
+            message: "bad".into(),
+        };
+        assert_eq!(e.to_string(), "c.toml:3:7: sse.retry: bad");
+    }
+}

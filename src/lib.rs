@@ -1,0 +1,14 @@
+//! sse-fanout: a reverse proxy on Pingora that serves Server-Sent Events
+//! topics itself, feeding every subscriber of a topic from one upstream
+//! stream, and proxies every other request to the app.
+//!
+//! The binary (`src/main.rs`) loads a [`config::Config`] and hands it to
+//! [`server::build`], which wires Pingora's listeners to the [`proxy`].
+
+pub mod access_log;
+pub mod config;
+pub mod origin;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod tls;

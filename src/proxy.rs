@@ -1,0 +1,244 @@
+//! The Pingora proxy service: every request that is not a topic goes to the app.
+//!
+//! [`Proxy`] implements Pingora's [`ProxyHttp`]: it chooses the app as the
+//! upstream peer, adds the `X-Forwarded-*` headers, keeps hop-by-hop headers
+//! from crossing the proxy, answers `502` with a short text when the app cannot
+//! be reached, and writes one access-log line per request. Request and response
+//! bodies stream through Pingora untouched and unbuffered, WebSocket upgrades
+//! included.
+//!
+//! It wires things and holds no policy: where the app is and how to reach it
+//! come from [`AppSettings`].
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{ErrorSource, ErrorType};
+
+use crate::access_log::{self, AccessRecord};
+use crate::config::AppSettings;
+
+/// `X-Forwarded-For`: the client addresses a request passed through.
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+/// `X-Forwarded-Proto`: `https` or `http`, as the client connected.
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+/// `X-Forwarded-Host`: the host the client asked for.
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+
+/// Response headers that describe one connection, never the message
+/// (RFC 9110 §7.6.1); HTTP/2 forbids them outright (RFC 9113 §8.2.2).
+/// `Transfer-Encoding` is not here: Pingora owns body framing, dropping it on
+/// HTTP/2 and re-framing on HTTP/1.1.
+const HOP_BY_HOP: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "te",
+];
+
+/// The body of the `502` sent when the app cannot be reached.
+const BAD_GATEWAY_BODY: &str = "502 Bad Gateway: the app behind sse-fanout is not reachable.\n";
+
+/// The reverse proxy in front of the app.
+pub struct Proxy {
+    /// Where ordinary requests go.
+    app: AppSettings,
+}
+
+/// Per-request state shared by the proxy's phases.
+pub struct RequestCtx {
+    /// When the request arrived, for the access log.
+    started: Instant,
+}
+
+impl Proxy {
+    pub fn new(app: AppSettings) -> Self {
+        Proxy { app }
+    }
+}
+
+/// Whether the client reached us over TLS.
+fn is_tls(session: &Session) -> bool {
+    session
+        .digest()
+        .is_some_and(|digest| digest.ssl_digest.is_some())
+}
+
+/// The host the client asked for: `Host` on HTTP/1.1, `:authority` on HTTP/2.
+fn requested_host(request: &RequestHeader) -> Option<String> {
+    request
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| request.uri.authority().map(|a| a.to_string()))
+}
+
+/// Answers `502` with a short plain-text explanation.
+async fn send_bad_gateway(session: &mut Session) -> Result<()> {
+    let mut response = ResponseHeader::build(502, Some(3))?;
+    response.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    response.insert_header(header::CONTENT_LENGTH, BAD_GATEWAY_BODY.len())?;
+    response.insert_header(header::CACHE_CONTROL, "no-store")?;
+    session
+        .as_downstream_mut()
+        .write_error_response(response, Bytes::from_static(BAD_GATEWAY_BODY.as_bytes()))
+        .await
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let peer = self
+            .app
+            .origin
+            .peer(&self.app.connect)
+            .await
+            .map_err(|e| Error::explain(ErrorType::ConnectNoRoute, e.0))?;
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
+        if let Some(ip) = client_ip {
+            let forwarded_for = match upstream_request
+                .headers
+                .get(X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(earlier) if !earlier.trim().is_empty() => format!("{earlier}, {ip}"),
+                _ => ip,
+            };
+            upstream_request.insert_header(X_FORWARDED_FOR, forwarded_for)?;
+        }
+        let proto = if is_tls(session) { "https" } else { "http" };
+        upstream_request.insert_header(X_FORWARDED_PROTO, proto)?;
+        if let Some(host) = requested_host(session.req_header()) {
+            upstream_request.insert_header(X_FORWARDED_HOST, &host)?;
+            // HTTP/2 clients send `:authority` instead of `Host`; the app
+            // still sees the host the browser asked for.
+            if upstream_request.headers.get(header::HOST).is_none() {
+                upstream_request.insert_header(header::HOST, host)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // A proxy speaks its own HTTP version (RFC 9110 §6.2), whatever the
+        // app answered with; Pingora sets HTTP/2 itself on HTTP/2 sessions.
+        if !session.is_http2() {
+            upstream_response.set_version(http::Version::HTTP_11);
+        }
+        // A 101 on HTTP/1.1 is a WebSocket (or other) upgrade: its
+        // `Connection: upgrade` and `Upgrade` must reach the client.
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS && !session.is_http2()
+        {
+            return Ok(());
+        }
+        // Headers the app nominated as hop-by-hop in `Connection` go too.
+        let nominated: Vec<HeaderName> = upstream_response
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in nominated {
+            upstream_response.remove_header(&name);
+        }
+        for name in HOP_BY_HOP {
+            upstream_response.remove_header(name);
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    // the client is gone: nobody to answer
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        let request = session.req_header();
+        let what = format!("{} {}", request.method, request.uri.path());
+        if code == 502 && session.response_written().is_some() {
+            log::warn!(
+                "app {} broke off its response to {what}: {e}",
+                self.app.origin
+            );
+        } else if code == 502 {
+            log::warn!("app {} unreachable for {what}: {e}", self.app.origin);
+            if let Err(write_error) = send_bad_gateway(session).await {
+                log::debug!("could not send the 502 for {what}: {write_error}");
+            }
+        } else if code > 0 {
+            if let Err(write_error) = session.respond_error(code).await {
+                log::debug!("could not send the {code} for {what}: {write_error}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        // Unreachable apps are logged once, in plain words, by fail_to_proxy.
+        error.esource() == &ErrorSource::Upstream
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map_or(0, |response| response.status.as_u16());
+        access_log::record(AccessRecord {
+            session: session.as_downstream(),
+            status,
+            duration: ctx.started.elapsed(),
+        });
+    }
+}

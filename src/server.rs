@@ -1,0 +1,124 @@
+//! Builds the Pingora server a [`Config`] describes.
+//!
+//! One Pingora service, the [`Proxy`], listens on every `[[listen]]` address.
+//! TLS listeners offer ALPN `h2` and `http/1.1` (TLS 1.2 and 1.3) with the
+//! certificate the config already loaded; plaintext listeners speak HTTP/1.1
+//! and HTTP/2 with prior knowledge (h2c). Every accepted socket gets TCP
+//! keepalive and a user timeout so vanished clients are reaped, and HTTP/2
+//! connections announce the configured `MAX_CONCURRENT_STREAMS`.
+
+use std::time::Duration;
+
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{ListenerConfig, TcpSocketOptions};
+use pingora::protocols::http::v2::server::default_h2_options;
+use pingora::protocols::TcpKeepalive;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+
+use crate::config::{Config, Listener, ServerSettings};
+use crate::proxy::Proxy;
+
+/// The name Pingora logs for the proxy service.
+const SERVICE_NAME: &str = "sse-fanout";
+
+/// How the process was started, beyond what the config file says.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StartOptions {
+    /// Take over the listening sockets of a running instance (graceful
+    /// upgrade through `upgrade_sock`).
+    pub upgrade: bool,
+}
+
+/// Pingora counts its shutdown periods in whole seconds; round up so a
+/// configured `"500ms"` still waits.
+fn whole_seconds(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}
+
+fn server_conf(settings: &ServerSettings) -> ServerConf {
+    ServerConf {
+        threads: settings.threads,
+        daemon: settings.daemon,
+        pid_file: settings.pid_file.clone(),
+        upgrade_sock: settings.upgrade_sock.clone(),
+        user: settings.user.clone(),
+        group: settings.group.clone(),
+        grace_period_seconds: Some(whole_seconds(settings.grace_period)),
+        graceful_shutdown_timeout_seconds: Some(whole_seconds(settings.shutdown_timeout)),
+        ..ServerConf::default()
+    }
+}
+
+fn socket_options(settings: &ServerSettings) -> TcpSocketOptions {
+    let keepalive = settings.tcp_keepalive;
+    let mut options = TcpSocketOptions::default();
+    options.tcp_keepalive = Some(TcpKeepalive {
+        idle: keepalive.idle,
+        interval: keepalive.interval,
+        count: keepalive.count,
+        #[cfg(target_os = "linux")]
+        user_timeout: settings.tcp_user_timeout,
+    });
+    options
+}
+
+/// What a listener speaks, for the start-up log.
+fn protocols(listener: &Listener) -> &'static str {
+    if listener.tls.is_some() {
+        "TLS 1.2/1.3, ALPN h2 + http/1.1"
+    } else {
+        "plaintext HTTP/1.1 + h2c"
+    }
+}
+
+/// Creates the Pingora server with the proxy service on every listener.
+pub fn build(config: &Config, start: StartOptions) -> pingora::Result<Server> {
+    let opt = Opt {
+        upgrade: start.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config.server));
+    server.bootstrap();
+
+    let proxy = pingora::proxy::http_proxy(&server.configuration, Proxy::new(config.app.clone()));
+    let mut service = pingora::services::listening::Service::new(SERVICE_NAME.into(), proxy);
+    if let Some(proxy) = service.app_logic_mut() {
+        let mut server_options = HttpServerOptions::default();
+        server_options.h2c = true;
+        proxy.server_options = Some(server_options);
+        let mut h2 = default_h2_options();
+        h2.max_concurrent_streams(config.server.max_concurrent_streams);
+        proxy.h2_options = Some(h2);
+    }
+
+    let sockets = socket_options(&config.server);
+    for listener in &config.listeners {
+        let mut endpoint =
+            ListenerConfig::tcp(listener.addr.to_string()).tcp_socket_options(sockets.clone());
+        if let Some(certificate) = &listener.tls {
+            let mut tls = TlsSettings::intermediate(
+                &certificate.cert_path.to_string_lossy(),
+                &certificate.key_path.to_string_lossy(),
+            )?;
+            tls.set_cert_resolver(certificate.resolver());
+            tls.enable_h2();
+            endpoint = endpoint.tls(tls);
+        }
+        service.add_listener(endpoint);
+        log::info!("listening on {} ({})", listener.addr, protocols(listener));
+    }
+    log::info!("proxying to app at {}", config.app.origin);
+    for topic in &config.topics {
+        log::info!(
+            "topic {} <- {}{}",
+            topic.path.as_str(),
+            topic.upstream.origin,
+            topic.upstream.path.as_str()
+        );
+    }
+
+    server.add_service(service);
+    Ok(server)
+}
