@@ -1,0 +1,196 @@
+//! Shared test harness: certificates, the proxy as a real process, real
+//! TLS/HTTP/2 clients and a scriptable app, all on 127.0.0.1.
+//!
+//! Every test starts its own `sse-fanout` binary with a config written to a
+//! temporary folder, on ports of its own, so tests run in parallel without
+//! sharing state.
+
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+pub mod app;
+pub mod client;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use tempfile::TempDir;
+
+/// How long a test waits for something that should happen "at once".
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A throwaway certificate authority and a `localhost` certificate it signed.
+pub struct TestCerts {
+    /// PEM of the authority, for the client's trust store.
+    pub ca_pem: String,
+    /// PEM of the server certificate chain (leaf, then the authority).
+    pub chain_pem: String,
+    /// PEM of the server's private key.
+    pub key_pem: String,
+}
+
+impl TestCerts {
+    pub fn generate() -> TestCerts {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf_params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+        TestCerts {
+            ca_pem: ca.pem(),
+            chain_pem: format!("{}{}", leaf.pem(), ca.pem()),
+            key_pem: leaf_key.serialize_pem(),
+        }
+    }
+
+    /// A rustls root store that trusts only this authority.
+    pub fn root_store(&self) -> Arc<rustls::RootCertStore> {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        Arc::new(roots)
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    StdTcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub fn wait_for_listener(addr: SocketAddr) {
+    let deadline = Instant::now() + PATIENCE;
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Path of the `sse-fanout` binary cargo built for these tests.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_sse-fanout")
+}
+
+/// Runs `sse-fanout` to completion with the given arguments.
+pub fn run_cli(args: &[&str]) -> std::process::Output {
+    Command::new(binary())
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("sse-fanout runs")
+}
+
+/// A running `sse-fanout` process with a TLS listener and a plaintext one.
+pub struct Proxy {
+    child: Child,
+    /// Holds the config and certificates until the proxy is gone.
+    dir: TempDir,
+    /// The TLS listener (ALPN h2 and http/1.1).
+    pub tls_addr: SocketAddr,
+    /// The plaintext listener (HTTP/1.1 and h2c).
+    pub plain_addr: SocketAddr,
+    /// The certificates the TLS listener serves.
+    pub certs: TestCerts,
+}
+
+impl Proxy {
+    /// Starts the proxy in front of `app` with `extra` appended to its config
+    /// (topics, `[sse]` settings, ...).
+    pub fn start(app: SocketAddr, extra: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = TestCerts::generate();
+        std::fs::write(dir.path().join("chain.pem"), &certs.chain_pem).unwrap();
+        std::fs::write(dir.path().join("key.pem"), &certs.key_pem).unwrap();
+        let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let plain_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = format!(
+            r#"
+[server]
+threads = 1
+grace_period = "1s"
+shutdown_timeout = "1s"
+pid_file = "{dir}/sse-fanout.pid"
+upgrade_sock = "{dir}/upgrade.sock"
+
+[[listen]]
+addr = "{tls_addr}"
+tls = {{ cert = "chain.pem", key = "key.pem" }}
+
+[[listen]]
+addr = "{plain_addr}"
+
+[app]
+upstream = "{app}"
+connect_timeout = "2s"
+
+{extra}
+"#,
+            dir = dir.path().display(),
+        );
+        let config_path = dir.path().join("sse-fanout.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
+        let child = Command::new(binary())
+            .arg("-c")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("sse-fanout starts");
+        let proxy = Proxy {
+            child,
+            dir,
+            tls_addr,
+            plain_addr,
+            certs,
+        };
+        wait_for_listener(tls_addr);
+        wait_for_listener(plain_addr);
+        proxy
+    }
+
+    /// Everything the proxy logged so far.
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = std::fs::File::open(self.dir.path().join("proxy.log")) {
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// The folder holding the proxy's config.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- proxy log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Writes `text` to a file in a new temporary folder and returns both.
+pub fn temp_file(name: &str, text: &str) -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}

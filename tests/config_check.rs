@@ -1,0 +1,164 @@
+//! `sse-fanout --check`: bad configs exit 2 with one line naming the key;
+//! the shipped example config is valid.
+
+mod common;
+
+use common::{run_cli, temp_file, TestCerts};
+
+/// Exit status for a config that cannot be used.
+const BAD_CONFIG: i32 = 2;
+
+const VALID: &str = r#"
+[[listen]]
+addr = "127.0.0.1:8443"
+tls = { cert = "chain.pem", key = "key.pem" }
+
+[app]
+upstream = "127.0.0.1:3000"
+
+[[topic]]
+path = "/events/news"
+upstream = "/stream/news"
+"#;
+
+/// Writes `config` beside a valid certificate pair and runs `--check` on it.
+fn check(config: &str) -> std::process::Output {
+    let (dir, path) = temp_file("sse-fanout.toml", config);
+    let certs = TestCerts::generate();
+    std::fs::write(dir.path().join("chain.pem"), &certs.chain_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &certs.key_pem).unwrap();
+    run_cli(&["-c", path.to_str().unwrap(), "--check"])
+}
+
+/// Asserts a refusal: exit 2, one stderr line naming `key` and `words`, no panic.
+fn assert_refused(output: std::process::Output, key: &str, words: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(BAD_CONFIG), "stderr: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "not one line: {stderr}"
+    );
+    assert!(stderr.contains(key), "key {key} not named: {stderr}");
+    assert!(stderr.contains(words), "{words:?} not said: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn valid_config_passes_check() {
+    let output = check(VALID);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("configuration is valid"));
+}
+
+#[test]
+fn shipped_example_config_passes_check() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/sse-fanout.toml");
+    let output = run_cli(&["-c", example, "--check"]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn unknown_key_is_refused_with_its_name_and_line() {
+    let output = check(&format!("{VALID}\n[sse]\nheartbeet = \"5s\"\n"));
+    assert_refused(output, "sse.heartbeet", "unknown field");
+}
+
+#[test]
+fn wrong_type_is_refused_naming_the_key() {
+    let output = check(&format!("{VALID}replay = \"lots\"\n"));
+    assert_refused(output, "topic[0].replay", "invalid type");
+}
+
+#[test]
+fn bad_duration_is_refused_with_an_example_of_a_good_one() {
+    let output = check(&format!("{VALID}\n[sse]\nheartbeat = \"15 parsecs\"\n"));
+    assert_refused(output, "sse.heartbeat", "\"15s\"");
+}
+
+#[test]
+fn missing_certificate_file_is_refused() {
+    let config = VALID.replace("chain.pem", "missing.pem");
+    assert_refused(
+        check(&config),
+        "listen[0].tls.cert",
+        "cannot read certificate file",
+    );
+}
+
+#[test]
+fn key_that_does_not_match_the_certificate_is_refused() {
+    let (dir, path) = temp_file("sse-fanout.toml", VALID);
+    let ours = TestCerts::generate();
+    let theirs = TestCerts::generate();
+    std::fs::write(dir.path().join("chain.pem"), &ours.chain_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &theirs.key_pem).unwrap();
+    let output = run_cli(&["-c", path.to_str().unwrap(), "--check"]);
+    assert_refused(output, "listen[0].tls.key", "does not fit certificate");
+}
+
+#[test]
+fn file_that_is_not_a_certificate_is_refused() {
+    let (dir, path) = temp_file("sse-fanout.toml", VALID);
+    let certs = TestCerts::generate();
+    std::fs::write(dir.path().join("chain.pem"), "not a certificate\n").unwrap();
+    std::fs::write(dir.path().join("key.pem"), &certs.key_pem).unwrap();
+    let output = run_cli(&["-c", path.to_str().unwrap(), "--check"]);
+    assert_refused(output, "listen[0].tls.cert", "BEGIN CERTIFICATE");
+}
+
+#[test]
+fn duplicate_topic_path_is_refused() {
+    let config = format!("{VALID}\n[[topic]]\npath = \"/events/news\"\nupstream = \"/other\"\n");
+    assert_refused(check(&config), "topic[1].path", "duplicate topic path");
+}
+
+#[test]
+fn upstream_placeholder_missing_from_the_path_is_refused() {
+    let config = format!(
+        "{VALID}\n[[topic]]\npath = \"/events/jobs/{{id}}\"\nupstream = \"/stream/{{job}}\"\n"
+    );
+    assert_refused(check(&config), "topic[1].upstream", "{job}");
+}
+
+#[test]
+fn unparsable_listen_address_is_refused() {
+    let config = VALID.replace("127.0.0.1:8443", "localhost:https");
+    assert_refused(check(&config), "listen[0].addr", "IP address and port");
+}
+
+#[test]
+fn missing_app_table_is_refused() {
+    let config = VALID.replace("[app]\nupstream = \"127.0.0.1:3000\"\n", "");
+    assert_refused(check(&config), "app", "missing [app]");
+}
+
+#[test]
+fn missing_config_file_is_refused() {
+    let output = run_cli(&["-c", "/nonexistent/sse-fanout.toml", "--check"]);
+    assert_refused(
+        output,
+        "/nonexistent/sse-fanout.toml",
+        "cannot read the config file",
+    );
+}
+
+#[test]
+fn bad_config_also_stops_a_normal_start_with_exit_2() {
+    let (_dir, path) = temp_file("sse-fanout.toml", "[[listen]]\naddr = 5\n");
+    let output = run_cli(&["-c", path.to_str().unwrap()]);
+    assert_refused(output, "listen[0].addr", "invalid type");
+}
