@@ -11,4 +11,5 @@ pub mod origin;
 pub mod proxy;
 pub mod route;
 pub mod server;
+pub mod sse;
 pub mod tls;

@@ -1,0 +1,591 @@
+//! Incremental parser for an event stream (`text/event-stream`).
+//!
+//! The proxy reads ONE upstream stream per topic and feeds every chunk it
+//! receives, as it arrives, to one [`Parser`]. The parser interprets the bytes
+//! exactly as the WHATWG HTML Standard ("Server-sent events", event stream
+//! interpretation and parsing) says a browser does, and yields [`Item`]s:
+//! the [`Event`]s each blank line dispatches, which the proxy encodes once and
+//! fans out, and the comments, which it may forward or drop. The result never
+//! depends on where chunk boundaries fall: a CR ending one chunk and an LF
+//! starting the next are one line end, and a BOM or a multi-byte UTF-8
+//! character may be split anywhere.
+//!
+//! Decoding: the stream is UTF-8, decoded with U+FFFD replacement and one
+//! leading BOM stripped, as the spec's "UTF-8 decode" does. The parser splits
+//! lines (and fields at their first `:`) on the raw bytes and decodes each
+//! value separately: it checks a whole chunk with `str::from_utf8` in one
+//! pass, and any value that is not valid goes through
+//! [`String::from_utf8_lossy`]. That gives the same text as decoding the
+//! whole stream first, because CR, LF, `:` and space are ASCII and neither
+//! decoder ever consumes an ASCII byte into an invalid sequence: both replace
+//! each maximal invalid subpart with one U+FFFD and resume at the next byte.
+//! (A property test checks this against a decode-first transcription of the
+//! spec.)
+//!
+//! Last event ID: [`Parser::last_event_id`] is the value a browser would
+//! send as `Last-Event-ID`, i.e. the spec's last event ID buffer as of the
+//! latest dispatch. An `id` in a block that the end of the stream cuts off is
+//! not taken.
+//!
+//! Bounds: a line longer than [`Limits::max_line_len`] or an event larger than
+//! [`Limits::max_event_size`] stops the parse with a [`ParseError`] as soon as
+//! the excess byte arrives, however small the chunks, so what the parser holds
+//! stays bounded whatever the upstream sends.
+//!
+//! Where this differs from a browser, on purpose:
+//! - A `retry` field takes effect in a browser the moment its line is read;
+//!   here it is reported with the block's dispatch ([`Event::retry`]), so a
+//!   `retry` in an unterminated block at end of stream is discarded with it.
+//! - A `retry` value too large for a `u64` is ignored (as Chromium does); the
+//!   spec gives no upper bound.
+//! - A block with no data is not an event a browser fires, but it is still
+//!   reported (with `data` `None`) when it set the last event ID or `retry`,
+//!   so the proxy can track resume positions.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::mem;
+
+use super::event::Event;
+
+/// Default for [`Limits::max_line_len`]: 1 MiB, far above any sane line yet
+/// small enough that one connection cannot exhaust memory.
+pub const DEFAULT_MAX_LINE_LEN: usize = 1 << 20;
+/// Default for [`Limits::max_event_size`]: 1 MiB.
+pub const DEFAULT_MAX_EVENT_SIZE: usize = 1 << 20;
+
+/// The UTF-8 byte order mark, stripped once at the start of a stream.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+/// Line feed: a line end on its own, or the second half of CRLF.
+const LF: u8 = b'\n';
+/// Carriage return: a line end on its own, or the first half of CRLF.
+const CR: u8 = b'\r';
+/// Separates a field's name from its value; a line starting with it is a
+/// comment.
+const COLON: u8 = b':';
+/// One of these is removed from the start of a field value.
+const SPACE: u8 = b' ';
+/// An `id` value containing this is ignored.
+const NUL: u8 = 0;
+/// Radix of the number in a `retry` field.
+const DECIMAL_RADIX: u64 = 10;
+
+/// Field name: append the value as one line of the event's data.
+const DATA_FIELD: &[u8] = b"data";
+/// Field name: set the event type.
+const EVENT_FIELD: &[u8] = b"event";
+/// Field name: set the last event ID.
+const ID_FIELD: &[u8] = b"id";
+/// Field name: set the reconnection time.
+const RETRY_FIELD: &[u8] = b"retry";
+
+/// How much one upstream connection may make the parser hold, so a hostile
+/// or broken upstream cannot grow the proxy's memory without bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Limits {
+    /// The longest line accepted, in bytes, not counting its line end.
+    /// Bounds the bytes buffered while waiting for a line to end.
+    pub max_line_len: usize,
+    /// The largest event accepted, in bytes: its data buffer (each `data`
+    /// line's decoded value plus one LF) plus its event type plus the `id` it
+    /// sets. Bounds what accumulates across the lines of one block.
+    pub max_event_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_line_len: DEFAULT_MAX_LINE_LEN,
+            max_event_size: DEFAULT_MAX_EVENT_SIZE,
+        }
+    }
+}
+
+/// One thing the parser recognised in the stream, in stream order.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Item {
+    /// What a blank line dispatched, reported only when something observable
+    /// happened: the block had data, or set the last event ID, or set `retry`.
+    Event(Event),
+    /// A comment line's text: everything after the leading `:`, kept exactly
+    /// as sent (a leading space is NOT stripped, so `: ping` gives `" ping"`),
+    /// which lets the proxy forward it byte for byte with
+    /// [`comment_frame`](super::comment_frame). Comments never affect
+    /// dispatch; upstreams use them as heartbeats.
+    Comment(String),
+}
+
+/// Why a stream was rejected. The parser refuses further input after one
+/// (until [`Parser::finish`]); the proxy drops the upstream connection and
+/// reconnects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ParseError {
+    /// A line grew past [`Limits::max_line_len`] (the limit, in bytes).
+    LineTooLong {
+        /// The limit in force.
+        limit: usize,
+    },
+    /// An event grew past [`Limits::max_event_size`] (the limit, in bytes).
+    EventTooLarge {
+        /// The limit in force.
+        limit: usize,
+    },
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::LineTooLong { limit } => write!(
+                f,
+                "SSE line longer than the maximum line length (max_line_len) of {limit} bytes"
+            ),
+            ParseError::EventTooLarge { limit } => write!(
+                f,
+                "SSE event larger than the maximum event size (max_event_size) of {limit} bytes"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Where the parser is with respect to the BOM that may start a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StreamStart {
+    /// At the start of a stream; this many bytes of a BOM have arrived (the
+    /// BOM may be split across chunks).
+    AwaitingBom {
+        /// Bytes of [`BOM`] matched so far, always fewer than its length.
+        matched: usize,
+    },
+    /// The BOM was stripped, or the stream did not start with one; any later
+    /// U+FEFF is ordinary text.
+    Past,
+}
+
+/// The incremental event-stream parser for one upstream stream.
+///
+/// Feed it chunks with [`Parser::feed`]; call [`Parser::finish`] when the
+/// stream ends. It keeps only the line in progress and the block being
+/// collected, both bounded by [`Limits`].
+#[derive(Clone, Debug)]
+pub struct Parser {
+    /// The bounds this parser enforces.
+    limits: Limits,
+    /// Whether a leading BOM may still arrive.
+    stream_start: StreamStart,
+    /// The start of a line whose end has not arrived yet; lines that lie
+    /// wholly inside one chunk are parsed in place and never copied here.
+    partial_line: Vec<u8>,
+    /// The previous chunk ended with CR, so an LF starting the next chunk is
+    /// the rest of that CRLF, not a second (blank) line.
+    skip_lf: bool,
+    /// The spec's data buffer: each `data` value followed by LF. Handed out
+    /// (not copied) as the dispatched event's data.
+    data: String,
+    /// The spec's event type buffer.
+    event_type: String,
+    /// The value of the last `id` field that took effect in the current
+    /// block; the spec's last event ID buffer is this when `Some`, else
+    /// [`Parser::last_event_id`]. Committed (and reported) at dispatch.
+    block_id: Option<String>,
+    /// The last valid `retry` value in the current block.
+    block_retry: Option<u64>,
+    /// The spec's last event ID *string*: the last event ID buffer as of the
+    /// latest dispatch. Persists across events (and across
+    /// [`Parser::finish`]), as the ID a reconnection resumes from.
+    last_event_id: String,
+    /// The error that stopped this stream; repeated to any further input.
+    failure: Option<ParseError>,
+}
+
+impl Default for Parser {
+    fn default() -> Parser {
+        Parser::new(Limits::default())
+    }
+}
+
+impl Parser {
+    /// A parser at the start of a stream, enforcing `limits`.
+    pub fn new(limits: Limits) -> Parser {
+        Parser {
+            limits,
+            stream_start: StreamStart::AwaitingBom { matched: 0 },
+            partial_line: Vec::new(),
+            skip_lf: false,
+            data: String::new(),
+            event_type: String::new(),
+            block_id: None,
+            block_retry: None,
+            last_event_id: String::new(),
+            failure: None,
+        }
+    }
+
+    /// The bounds this parser enforces.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The last event ID as of the latest dispatch (`""` if none was set, or
+    /// after a reset): the spec's "last event ID string", which a browser
+    /// sends as `Last-Event-ID` when it reconnects. It persists across events
+    /// and across [`Parser::finish`].
+    ///
+    /// An `id` field updates the spec's last event ID buffer at once, but that
+    /// buffer only becomes observable at the next dispatch, so this returns
+    /// the buffer's value as of the latest blank line. If the stream is cut
+    /// in the middle of a block, the block is discarded and its id is not
+    /// taken, so a reconnection resumes before it rather than skipping it.
+    pub fn last_event_id(&self) -> &str {
+        &self.last_event_id
+    }
+
+    /// Bytes the parser currently holds for the stream in progress: the
+    /// unfinished line plus the block's data, event type and id. Never more
+    /// than `max_line_len + max_event_size` between calls; exposed for
+    /// metrics and tests.
+    pub fn buffered_bytes(&self) -> usize {
+        self.partial_line.len() + self.block_size()
+    }
+
+    /// Parses the next chunk of the stream, appending every item it completes
+    /// to `out`, in stream order.
+    ///
+    /// # Errors
+    /// A [`ParseError`] when a limit is exceeded. Items completed before the
+    /// offending line are still appended. The parser then drops what it holds
+    /// and returns the same error for any further input until
+    /// [`Parser::finish`].
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<Item>) -> Result<(), ParseError> {
+        if let Some(failure) = self.failure {
+            return Err(failure);
+        }
+        let result = self.parse_chunk(chunk, out);
+        if let Err(failure) = result {
+            self.failure = Some(failure);
+            // Release the memory the hostile stream made us take.
+            self.partial_line = Vec::new();
+            self.data = String::new();
+            self.event_type = String::new();
+            self.block_id = None;
+        }
+        result
+    }
+
+    /// Ends the stream (the upstream connection closed): an unfinished line
+    /// and an undispatched block are discarded, as the spec requires. The
+    /// parser is then ready for a new stream (a reconnection to the same
+    /// upstream): a BOM is accepted again and any error is cleared, while
+    /// [`Parser::last_event_id`] is kept.
+    pub fn finish(&mut self) {
+        let last_event_id = mem::take(&mut self.last_event_id);
+        *self = Parser {
+            last_event_id,
+            ..Parser::new(self.limits)
+        };
+    }
+
+    /// [`Parser::feed`] without the failure bookkeeping.
+    fn parse_chunk(&mut self, chunk: &[u8], out: &mut Vec<Item>) -> Result<(), ParseError> {
+        let mut rest = self.strip_bom(chunk);
+        let Some(&first) = rest.first() else {
+            return Ok(());
+        };
+        if mem::take(&mut self.skip_lf) && first == LF {
+            rest = &rest[1..];
+        }
+
+        // Complete the line carried over from earlier chunks.
+        if !self.partial_line.is_empty() {
+            let Some(end) = memchr::memchr2(LF, CR, rest) else {
+                self.check_line_len(self.partial_line.len() + rest.len())?;
+                self.partial_line.extend_from_slice(rest);
+                return Ok(());
+            };
+            self.check_line_len(self.partial_line.len() + end)?;
+            self.partial_line.extend_from_slice(&rest[..end]);
+            let line = mem::take(&mut self.partial_line);
+            let processed = self.process_line(Line::Raw(&line), out);
+            self.partial_line = line;
+            self.partial_line.clear();
+            processed?;
+            rest = rest
+                .get(self.after_line_end(rest, end)..)
+                .unwrap_or_default();
+        }
+
+        // Lines wholly inside this chunk are parsed in place. Validating the
+        // chunk's UTF-8 in one pass is far cheaper than value by value; lines
+        // past an invalid sequence (or a character cut by the chunk's end)
+        // take the decoding path instead.
+        let text = valid_utf8_prefix(rest);
+        let mut line_start = 0;
+        while let Some(line_len) =
+            memchr::memchr2(LF, CR, rest.get(line_start..).unwrap_or_default())
+        {
+            self.check_line_len(line_len)?;
+            let end = line_start + line_len;
+            let line = match text.get(line_start..end) {
+                Some(text) => Line::Text(text),
+                None => Line::Raw(rest.get(line_start..end).unwrap_or_default()),
+            };
+            self.process_line(line, out)?;
+            line_start = self.after_line_end(rest, end);
+        }
+
+        let tail = rest.get(line_start..).unwrap_or_default();
+        self.check_line_len(tail.len())?;
+        self.partial_line.extend_from_slice(tail);
+        Ok(())
+    }
+
+    /// Strips a leading BOM, which may arrive split across chunks, and
+    /// returns what is left of `chunk` to parse. Bytes that started like a
+    /// BOM but turned out not to be one are text: they begin the first line.
+    fn strip_bom<'a>(&mut self, chunk: &'a [u8]) -> &'a [u8] {
+        let StreamStart::AwaitingBom { matched } = self.stream_start else {
+            return chunk;
+        };
+        let expected = &BOM[matched..];
+        let agreeing = expected
+            .iter()
+            .zip(chunk)
+            .take_while(|(expected, actual)| expected == actual)
+            .count();
+        if agreeing == expected.len() {
+            self.stream_start = StreamStart::Past;
+            &chunk[agreeing..]
+        } else if agreeing == chunk.len() {
+            self.stream_start = StreamStart::AwaitingBom {
+                matched: matched + agreeing,
+            };
+            &[]
+        } else {
+            self.stream_start = StreamStart::Past;
+            self.partial_line.extend_from_slice(&BOM[..matched]);
+            chunk
+        }
+    }
+
+    /// The index just past the line end at `rest[end]`, which is CR or LF.
+    /// A CR followed by LF is one line end; a CR that ends the chunk may be
+    /// followed by an LF at the start of the next one.
+    fn after_line_end(&mut self, rest: &[u8], end: usize) -> usize {
+        let next = end + 1;
+        if rest.get(end) != Some(&CR) {
+            return next;
+        }
+        match rest.get(next) {
+            Some(&LF) => next + 1,
+            Some(_) => next,
+            None => {
+                self.skip_lf = true;
+                next
+            }
+        }
+    }
+
+    /// Interprets one complete line (without its line end).
+    fn process_line(&mut self, line: Line<'_>, out: &mut Vec<Item>) -> Result<(), ParseError> {
+        let bytes = line.bytes();
+        match bytes.first() {
+            None => {
+                self.dispatch(out);
+                Ok(())
+            }
+            Some(&COLON) => {
+                out.push(Item::Comment(line.text_from(1).into_owned()));
+                Ok(())
+            }
+            // Field names are short, so a plain scan finds the colon sooner
+            // than setting up a vectorised search.
+            Some(_) => match bytes.iter().position(|&byte| byte == COLON) {
+                Some(colon) => {
+                    let value_start = colon + 1;
+                    let value_start = match bytes.get(value_start) {
+                        Some(&SPACE) => value_start + 1,
+                        _ => value_start,
+                    };
+                    self.process_field(&bytes[..colon], line, value_start)
+                }
+                None => self.process_field(bytes, line, bytes.len()),
+            },
+        }
+    }
+
+    /// Applies one field, whose value is `line` from `value_start` on, to the
+    /// block being collected. Field names are compared exactly
+    /// (case-sensitive); unknown fields are ignored.
+    fn process_field(
+        &mut self,
+        name: &[u8],
+        line: Line<'_>,
+        value_start: usize,
+    ) -> Result<(), ParseError> {
+        match name {
+            DATA_FIELD => {
+                let value = line.text_from(value_start);
+                self.check_event_size(self.block_size() + value.len() + 1)?;
+                // Room for the LF too, so a one-line event (the common case)
+                // allocates exactly once.
+                self.data.reserve(value.len() + 1);
+                self.data.push_str(&value);
+                self.data.push(char::from(LF));
+            }
+            EVENT_FIELD => {
+                let value = line.text_from(value_start);
+                self.check_event_size(self.block_size() - self.event_type.len() + value.len())?;
+                self.event_type.clear();
+                self.event_type.push_str(&value);
+            }
+            ID_FIELD => {
+                let raw_value = line.bytes().get(value_start..).unwrap_or_default();
+                if !raw_value.contains(&NUL) {
+                    let value = line.text_from(value_start);
+                    self.check_event_size(self.block_size() - self.block_id_len() + value.len())?;
+                    self.block_id = Some(value.into_owned());
+                }
+            }
+            RETRY_FIELD => {
+                let raw_value = line.bytes().get(value_start..).unwrap_or_default();
+                if let Some(retry_ms) = parse_retry(raw_value) {
+                    self.block_retry = Some(retry_ms);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Dispatches the block a blank line ended, in the spec's order: the last
+    /// event ID string takes the buffer's value even when there is no data; a
+    /// block with empty data fires no event (but is reported when it set the
+    /// id or `retry`); one trailing LF is removed from the data; the data and
+    /// event type buffers are reset.
+    fn dispatch(&mut self, out: &mut Vec<Item>) {
+        let id = self.block_id.take();
+        if let Some(id) = &id {
+            self.last_event_id.clear();
+            self.last_event_id.push_str(id);
+        }
+        let retry = self.block_retry.take();
+        let event_type = mem::take(&mut self.event_type);
+        // The buffer is handed out as the event's data rather than copied;
+        // every data line ends with LF, so `pop` removes exactly that one.
+        let data = (!self.data.is_empty()).then(|| {
+            let mut data = mem::take(&mut self.data);
+            data.pop();
+            data
+        });
+        if id.is_none() && data.is_none() && retry.is_none() {
+            return;
+        }
+        // The type of a block that fires nothing is discarded, as in a browser.
+        let event_type = (data.is_some() && !event_type.is_empty()).then_some(event_type);
+        out.push(Item::Event(Event::from_parsed_block(
+            id, event_type, data, retry,
+        )));
+    }
+
+    /// Size of the block being collected, as [`Limits::max_event_size`]
+    /// counts it.
+    fn block_size(&self) -> usize {
+        self.data.len() + self.event_type.len() + self.block_id_len()
+    }
+
+    /// Length of the id the current block set, or 0 if it set none.
+    fn block_id_len(&self) -> usize {
+        self.block_id.as_ref().map_or(0, String::len)
+    }
+
+    /// Fails when a line of `len` bytes would exceed the line limit.
+    fn check_line_len(&self, len: usize) -> Result<(), ParseError> {
+        if len > self.limits.max_line_len {
+            return Err(ParseError::LineTooLong {
+                limit: self.limits.max_line_len,
+            });
+        }
+        Ok(())
+    }
+
+    /// Fails when a block of `size` bytes would exceed the event limit.
+    fn check_event_size(&self, size: usize) -> Result<(), ParseError> {
+        if size > self.limits.max_event_size {
+            return Err(ParseError::EventTooLarge {
+                limit: self.limits.max_event_size,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One complete line, without its line end.
+#[derive(Clone, Copy, Debug)]
+enum Line<'a> {
+    /// A line already validated as UTF-8, with the rest of its chunk.
+    Text(&'a str),
+    /// A line not validated yet (carried across chunks, or after invalid
+    /// UTF-8 in its chunk); decoded value by value.
+    Raw(&'a [u8]),
+}
+
+impl<'a> Line<'a> {
+    /// The line's bytes, for finding the colon and matching field names.
+    fn bytes(self) -> &'a [u8] {
+        match self {
+            Line::Text(text) => text.as_bytes(),
+            Line::Raw(bytes) => bytes,
+        }
+    }
+
+    /// The decoded text from byte `start` to the end of the line. `start`
+    /// always follows an ASCII byte (`:` or space), so it is a character
+    /// boundary.
+    fn text_from(self, start: usize) -> Cow<'a, str> {
+        match self {
+            Line::Text(text) => Cow::Borrowed(text.get(start..).unwrap_or_default()),
+            Line::Raw(bytes) => decode(bytes.get(start..).unwrap_or_default()),
+        }
+    }
+}
+
+/// The longest prefix of `bytes` that is valid UTF-8.
+fn valid_utf8_prefix(bytes: &[u8]) -> &str {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(error) => {
+            let valid = bytes.get(..error.valid_up_to()).unwrap_or_default();
+            std::str::from_utf8(valid).unwrap_or_default()
+        }
+    }
+}
+
+/// UTF-8 decode with U+FFFD replacement; borrows when the bytes are valid.
+///
+/// Valid input is checked with `str::from_utf8`, which skips ASCII a word at
+/// a time; `from_utf8_lossy` walks byte by byte, so it only runs on input
+/// that needs replacing.
+fn decode(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
+/// The reconnection time in a `retry` value: only a non-empty run of ASCII
+/// digits counts (`1.5`, `-1`, `3s` and `` are ignored), and so does a number
+/// too large for a `u64`.
+fn parse_retry(value: &[u8]) -> Option<u64> {
+    if value.is_empty() {
+        return None;
+    }
+    value.iter().try_fold(0u64, |retry_ms, &byte| {
+        if !byte.is_ascii_digit() {
+            return None;
+        }
+        retry_ms
+            .checked_mul(DECIMAL_RADIX)?
+            .checked_add(u64::from(byte - b'0'))
+    })
+}
