@@ -56,6 +56,14 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 pub const DEFAULT_REPLAY: usize = 1000;
 /// `[sse] retry`: the reconnection time sent to subscribers.
 pub const DEFAULT_RETRY: Duration = Duration::from_secs(3);
+/// `[sse] replay_bytes`: total size of the events kept per topic.
+pub const DEFAULT_REPLAY_BYTES: usize = 4 * 1024 * 1024;
+/// `[sse] linger`: how long a topic with no subscribers keeps its upstream open.
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(30);
+/// `[sse] max_event_size`: a larger upstream event (or line) breaks the stream.
+pub const DEFAULT_MAX_EVENT_SIZE: usize = 256 * 1024;
+/// `[sse] upstream_backoff_max`: the longest wait between upstream reconnects.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// The validated configuration of one sse-fanout process.
 #[derive(Debug, Clone)]
@@ -70,7 +78,19 @@ pub struct Config {
     pub app: AppSettings,
     /// The SSE topics the proxy serves itself, in file order.
     pub topics: Vec<TopicConfig>,
+    /// The stats listener, when `[admin]` is present.
+    pub admin: Option<AdminSettings>,
 }
+
+/// The `[admin]` table: an HTTP listener for operators, off the public ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// Where `GET /stats` is served; loopback by default.
+    pub addr: SocketAddr,
+}
+
+/// `[admin] addr` when the table is present but the key is not.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
 
 /// The `[server]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,8 +156,10 @@ pub struct TopicConfig {
     pub path: PathTemplate,
     /// Where the topic's one upstream stream comes from.
     pub upstream: TopicUpstream,
-    /// Heartbeat, replay and retry for this topic.
+    /// Heartbeat, replay, retry and the other per-topic knobs.
     pub settings: TopicSettings,
+    /// Keep the upstream open even with no subscribers (literal paths only).
+    pub eager: bool,
 }
 
 /// Where a topic's upstream stream is fetched.
@@ -154,10 +176,37 @@ pub struct TopicUpstream {
 pub struct TopicSettings {
     /// A comment frame is sent after this long without an event.
     pub heartbeat: Duration,
-    /// Events kept for `Last-Event-ID` resumption.
-    pub replay: usize,
     /// The reconnection time sent to subscribers (`retry:`).
     pub retry: Duration,
+    /// Events kept for `Last-Event-ID` resumption (at least 1).
+    pub replay: usize,
+    /// Total encoded size of the events kept; the newest is always kept.
+    pub replay_bytes: usize,
+    /// A subscriber this many events behind is disconnected (it resumes).
+    pub max_lag: usize,
+    /// A subscriber this many bytes behind is disconnected (it resumes).
+    pub max_lag_bytes: usize,
+    /// What a subscriber resuming from an id no longer in the window gets.
+    pub resume_lost: ResumeLost,
+    /// How long the upstream stays open after the last subscriber left.
+    pub linger: Duration,
+    /// The largest upstream line or event accepted; larger breaks the stream.
+    pub max_event_size: usize,
+    /// The longest wait between two upstream connection attempts.
+    pub backoff_max: Duration,
+    /// Reconnect an upstream that sent nothing (not even a comment) for
+    /// this long; `None` waits forever (the app may be quiet for hours).
+    pub upstream_idle_timeout: Option<Duration>,
+}
+
+/// What a subscriber gets when its `Last-Event-ID` is not in the replay window
+/// (evicted, or never seen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeLost {
+    /// A comment saying the resume point was lost, then the whole window.
+    Replay,
+    /// A comment saying the resume point was lost, then live events only.
+    Live,
 }
 
 /// A config problem, reported as one line: `file:line:col: key: message`.
@@ -328,12 +377,22 @@ impl Validator<'_> {
         let app = self.app(raw_app)?;
         let defaults = self.sse_defaults(raw.sse)?;
         let topics = self.topics(raw.topic, &app, defaults)?;
+        let admin = raw.admin.map(|admin| self.admin(admin)).transpose()?;
+        if let Some(admin) = &admin {
+            if listeners.iter().any(|l| l.addr == admin.addr) {
+                return Err(self.nowhere(
+                    Some("admin.addr"),
+                    format!("{} is also a [[listen]] address; give the admin listener its own (loopback) address", admin.addr),
+                ));
+            }
+        }
         Ok(Config {
             path: self.source.path.to_path_buf(),
             server,
             listeners,
             app,
             topics,
+            admin,
         })
     }
 
@@ -479,31 +538,145 @@ impl Validator<'_> {
         })
     }
 
-    fn sse_defaults(&self, raw: raw::Sse) -> Result<TopicSettings, ConfigError> {
-        self.topic_settings(
-            raw,
-            "sse",
-            TopicSettings {
-                heartbeat: DEFAULT_HEARTBEAT,
-                replay: DEFAULT_REPLAY,
-                retry: DEFAULT_RETRY,
-            },
-        )
+    fn admin(&self, raw: raw::Admin) -> Result<AdminSettings, ConfigError> {
+        let addr = match raw.addr {
+            None => DEFAULT_ADMIN_ADDR
+                .parse()
+                .expect("the default admin address parses"),
+            Some(addr) => addr.get_ref().parse().map_err(|_| {
+                self.at(
+                    &addr,
+                    "admin.addr",
+                    format!(
+                        "{:?} is not an IP address and port; write e.g. \"127.0.0.1:9090\"",
+                        addr.get_ref()
+                    ),
+                )
+            })?,
+        };
+        Ok(AdminSettings { addr })
     }
 
+    fn sse_defaults(&self, raw: raw::Sse) -> Result<TopicSettings, ConfigError> {
+        let defaults = TopicSettings {
+            heartbeat: DEFAULT_HEARTBEAT,
+            retry: DEFAULT_RETRY,
+            replay: DEFAULT_REPLAY,
+            replay_bytes: DEFAULT_REPLAY_BYTES,
+            max_lag: DEFAULT_REPLAY / 2,
+            max_lag_bytes: DEFAULT_REPLAY_BYTES / 2,
+            resume_lost: ResumeLost::Replay,
+            linger: DEFAULT_LINGER,
+            max_event_size: DEFAULT_MAX_EVENT_SIZE,
+            backoff_max: DEFAULT_BACKOFF_MAX,
+            upstream_idle_timeout: None,
+        };
+        self.topic_settings(raw, "sse", defaults)
+    }
+
+    /// Applies one table's keys over `defaults`. Unset lag bounds follow the
+    /// window: half of what this table's replay window holds.
     fn topic_settings(
         &self,
         raw: raw::Sse,
         table: &str,
         defaults: TopicSettings,
     ) -> Result<TopicSettings, ConfigError> {
+        let key = |name: &str| format!("{table}.{name}");
+        let replay_given = raw.replay.is_some();
+        let replay_bytes_given = raw.replay_bytes.is_some();
+        let replay =
+            match raw.replay {
+                Some(r) if *r.get_ref() == 0 => return Err(self.at(
+                    &r,
+                    key("replay"),
+                    "must be at least 1: the replay window also carries live events to subscribers"
+                        .into(),
+                )),
+                Some(r) => r.into_inner(),
+                None => defaults.replay,
+            };
+        let replay_bytes = self
+            .size(raw.replay_bytes, &key("replay_bytes"))?
+            .unwrap_or(defaults.replay_bytes);
+        let max_event_size = self
+            .size(raw.max_event_size, &key("max_event_size"))?
+            .unwrap_or(defaults.max_event_size);
+        let max_lag = match raw.max_lag {
+            Some(m) if *m.get_ref() == 0 || *m.get_ref() > replay => {
+                return Err(self.at(&m, key("max_lag"), format!("must be between 1 and replay ({replay}): a subscriber can only catch up from events the window still holds")))
+            }
+            Some(m) => m.into_inner(),
+            None if replay_given => (replay / 2).max(1),
+            None => defaults.max_lag.min(replay),
+        };
+        let max_lag_bytes = match raw.max_lag_bytes {
+            Some(m) if m.get_ref().0 > replay_bytes => {
+                return Err(self.at(
+                    &m,
+                    key("max_lag_bytes"),
+                    format!("must not exceed replay_bytes ({replay_bytes} bytes)"),
+                ))
+            }
+            Some(m) => m.into_inner().0,
+            None if replay_bytes_given => replay_bytes / 2,
+            None => defaults.max_lag_bytes.min(replay_bytes),
+        };
+        if max_lag_bytes < max_event_size {
+            return Err(self.nowhere(
+                Some(&key("max_lag_bytes")),
+                format!(
+                    "max_lag_bytes ({max_lag_bytes} bytes) is smaller than max_event_size ({max_event_size} bytes), so one large event would disconnect every subscriber; raise max_lag_bytes (or replay_bytes) or lower max_event_size"
+                ),
+            ));
+        }
+        let resume_lost = match raw.resume_lost {
+            None => defaults.resume_lost,
+            Some(r) => match r.get_ref().as_str() {
+                "replay" => ResumeLost::Replay,
+                "live" => ResumeLost::Live,
+                other => {
+                    return Err(self.at(&r, key("resume_lost"), format!("{other:?} is not a policy; use \"replay\" (send the whole window) or \"live\" (live events only)")))
+                }
+            },
+        };
         Ok(TopicSettings {
             heartbeat: self
-                .positive(raw.heartbeat, &format!("{table}.heartbeat"))?
+                .positive(raw.heartbeat, &key("heartbeat"))?
                 .unwrap_or(defaults.heartbeat),
-            replay: raw.replay.map_or(defaults.replay, Spanned::into_inner),
             retry: raw.retry.map_or(defaults.retry, |d| d.into_inner().0),
+            replay,
+            replay_bytes,
+            max_lag,
+            max_lag_bytes,
+            resume_lost,
+            linger: raw.linger.map_or(defaults.linger, |d| d.into_inner().0),
+            max_event_size,
+            backoff_max: self
+                .positive(raw.upstream_backoff_max, &key("upstream_backoff_max"))?
+                .unwrap_or(defaults.backoff_max),
+            upstream_idle_timeout: match self
+                .positive(raw.upstream_idle_timeout, &key("upstream_idle_timeout"))?
+            {
+                Some(timeout) => Some(timeout),
+                None => defaults.upstream_idle_timeout,
+            },
         })
+    }
+
+    /// A size that must not be zero.
+    fn size(
+        &self,
+        value: Option<Spanned<raw::SizeValue>>,
+        key: &str,
+    ) -> Result<Option<usize>, ConfigError> {
+        match value {
+            Some(s) if s.get_ref().0 == 0 => {
+                Err(self.at(&s, key, "must be larger than zero, e.g. \"1MiB\"".into()))
+            }
+            Some(s) => Ok(Some(s.into_inner().0)),
+            None => Ok(None),
+        }
     }
 
     fn topics(
@@ -531,11 +704,22 @@ impl Validator<'_> {
                 return Err(self.at(&topic.path, format!("{key}.path"), message));
             }
             let upstream = self.topic_upstream(&topic.upstream, &key, &path, app)?;
+            let eager = match topic.eager.take() {
+                Some(e) if *e.get_ref() && path.is_template() => {
+                    return Err(self.at(&e, format!("{key}.eager"), format!(
+                        "a template topic ({:?}) has no instance to keep open before someone subscribes; remove eager or use a literal path",
+                        path.as_str()
+                    )))
+                }
+                Some(e) => e.into_inner(),
+                None => false,
+            };
             let settings = self.topic_settings(topic.settings(), &key, defaults)?;
             topics.push(TopicConfig {
                 path,
                 upstream,
                 settings,
+                eager,
             });
         }
         Ok(topics)
@@ -614,6 +798,13 @@ mod raw {
         pub sse: Sse,
         #[serde(default)]
         pub topic: Vec<Topic>,
+        pub admin: Option<Admin>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Admin {
+        pub addr: Option<Spanned<String>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -668,8 +859,16 @@ mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Sse {
         pub heartbeat: Option<Spanned<DurationValue>>,
-        pub replay: Option<Spanned<usize>>,
         pub retry: Option<Spanned<DurationValue>>,
+        pub replay: Option<Spanned<usize>>,
+        pub replay_bytes: Option<Spanned<SizeValue>>,
+        pub max_lag: Option<Spanned<usize>>,
+        pub max_lag_bytes: Option<Spanned<SizeValue>>,
+        pub resume_lost: Option<Spanned<String>>,
+        pub linger: Option<Spanned<DurationValue>>,
+        pub max_event_size: Option<Spanned<SizeValue>>,
+        pub upstream_backoff_max: Option<Spanned<DurationValue>>,
+        pub upstream_idle_timeout: Option<Spanned<DurationValue>>,
     }
 
     #[derive(Deserialize)]
@@ -677,9 +876,18 @@ mod raw {
     pub struct Topic {
         pub path: Spanned<String>,
         pub upstream: Spanned<String>,
+        pub eager: Option<Spanned<bool>>,
         pub heartbeat: Option<Spanned<DurationValue>>,
-        pub replay: Option<Spanned<usize>>,
         pub retry: Option<Spanned<DurationValue>>,
+        pub replay: Option<Spanned<usize>>,
+        pub replay_bytes: Option<Spanned<SizeValue>>,
+        pub max_lag: Option<Spanned<usize>>,
+        pub max_lag_bytes: Option<Spanned<SizeValue>>,
+        pub resume_lost: Option<Spanned<String>>,
+        pub linger: Option<Spanned<DurationValue>>,
+        pub max_event_size: Option<Spanned<SizeValue>>,
+        pub upstream_backoff_max: Option<Spanned<DurationValue>>,
+        pub upstream_idle_timeout: Option<Spanned<DurationValue>>,
     }
 
     impl Topic {
@@ -687,9 +895,71 @@ mod raw {
         pub fn settings(&mut self) -> Sse {
             Sse {
                 heartbeat: self.heartbeat.take(),
-                replay: self.replay.take(),
                 retry: self.retry.take(),
+                replay: self.replay.take(),
+                replay_bytes: self.replay_bytes.take(),
+                max_lag: self.max_lag.take(),
+                max_lag_bytes: self.max_lag_bytes.take(),
+                resume_lost: self.resume_lost.take(),
+                linger: self.linger.take(),
+                max_event_size: self.max_event_size.take(),
+                upstream_backoff_max: self.upstream_backoff_max.take(),
+                upstream_idle_timeout: self.upstream_idle_timeout.take(),
             }
+        }
+    }
+
+    /// A size in bytes: a whole number, or a string with a unit such as
+    /// `"512KiB"`, `"4MiB"`, `"1MB"`.
+    pub struct SizeValue(pub usize);
+
+    /// Units a size may carry, longest first so `"KiB"` is not read as `"B"`.
+    const SIZE_UNITS: [(&str, usize); 7] = [
+        ("KiB", 1 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+        ("KB", 1_000),
+        ("MB", 1_000_000),
+        ("GB", 1_000_000_000),
+        ("B", 1),
+    ];
+
+    impl<'de> Deserialize<'de> for SizeValue {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct SizeVisitor;
+            impl Visitor<'_> for SizeVisitor {
+                type Value = SizeValue;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str(
+                        "a size: a number of bytes, or a string such as \"512KiB\" or \"4MiB\"",
+                    )
+                }
+                fn visit_i64<E: de::Error>(self, bytes: i64) -> Result<SizeValue, E> {
+                    usize::try_from(bytes).map(SizeValue).map_err(|_| {
+                        E::custom(format!("invalid size {bytes}: must not be negative"))
+                    })
+                }
+                fn visit_str<E: de::Error>(self, text: &str) -> Result<SizeValue, E> {
+                    let trimmed = text.trim();
+                    let (number, multiplier) = SIZE_UNITS
+                        .iter()
+                        .find_map(|(unit, multiplier)| {
+                            trimmed.strip_suffix(unit).map(|n| (n.trim(), *multiplier))
+                        })
+                        .unwrap_or((trimmed, 1));
+                    number
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|n| n.checked_mul(multiplier))
+                        .map(SizeValue)
+                        .ok_or_else(|| {
+                            E::custom(format!(
+                                "invalid size {text:?}; write a whole number with a unit, such as \"512KiB\" or \"4MiB\""
+                            ))
+                        })
+                }
+            }
+            deserializer.deserialize_any(SizeVisitor)
         }
     }
 
@@ -813,6 +1083,67 @@ upstream = "127.0.0.1:3000"
     fn missing_app_table_is_explained() {
         let e = load("[[listen]]\naddr = \"127.0.0.1:1\"\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("app"));
+    }
+
+    #[test]
+    fn sizes_take_units_or_plain_bytes() {
+        let text = format!("{MINIMAL}\n[sse]\nreplay_bytes = \"2MiB\"\nmax_event_size = 1000\n");
+        let config = load(&format!(
+            "{text}[[topic]]\npath = \"/a\"\nupstream = \"/b\"\n"
+        ))
+        .unwrap();
+        let topic = config.topics[0].settings;
+        assert_eq!(topic.replay_bytes, 2 * 1024 * 1024);
+        assert_eq!(topic.max_event_size, 1000);
+        assert_eq!(
+            topic.max_lag_bytes,
+            1024 * 1024,
+            "unset lag bound follows the window"
+        );
+    }
+
+    #[test]
+    fn bad_size_is_refused_with_an_example() {
+        let e = load(&format!("{MINIMAL}\n[sse]\nreplay_bytes = \"lots\"\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sse.replay_bytes"));
+        assert!(e.message.contains("\"4MiB\""), "{e}");
+    }
+
+    #[test]
+    fn max_lag_beyond_the_window_is_refused() {
+        let e = load(&format!("{MINIMAL}\n[sse]\nreplay = 10\nmax_lag = 11\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sse.max_lag"));
+    }
+
+    #[test]
+    fn lag_bytes_below_the_event_size_is_refused() {
+        let e = load(&format!(
+            "{MINIMAL}\n[sse]\nmax_lag_bytes = \"1KiB\"\nmax_event_size = \"2KiB\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sse.max_lag_bytes"));
+    }
+
+    #[test]
+    fn unknown_resume_policy_is_refused() {
+        let e = load(&format!("{MINIMAL}\n[sse]\nresume_lost = \"guess\"\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sse.resume_lost"));
+    }
+
+    #[test]
+    fn eager_template_topic_is_refused() {
+        let text = format!(
+            "{MINIMAL}\n[[topic]]\npath = \"/j/{{id}}\"\nupstream = \"/s/{{id}}\"\neager = true\n"
+        );
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("topic[0].eager"));
+    }
+
+    #[test]
+    fn admin_table_defaults_to_loopback() {
+        let config = load(&format!("{MINIMAL}\n[admin]\n")).unwrap();
+        assert_eq!(config.admin.unwrap().addr.to_string(), DEFAULT_ADMIN_ADDR);
+        assert!(load(MINIMAL).unwrap().admin.is_none());
     }
 
     #[test]

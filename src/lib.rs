@@ -6,10 +6,13 @@
 //! [`server::build`], which wires Pingora's listeners to the [`proxy`].
 
 pub mod access_log;
+pub mod admin;
 pub mod config;
+pub mod hub;
 pub mod origin;
 pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod sse;
+pub mod subscriber;
 pub mod tls;

@@ -1,14 +1,17 @@
-//! The Pingora proxy service: every request that is not a topic goes to the app.
+//! The Pingora proxy service: topic paths go to the hub, everything else to the app.
 //!
-//! [`Proxy`] implements Pingora's [`ProxyHttp`]: it chooses the app as the
+//! [`Proxy`] implements Pingora's [`ProxyHttp`]. In `request_filter` a `GET`
+//! on a topic path is served right there by [`subscriber::serve`] from the
+//! [`Hub`]; the request never reaches the app. For every other request it
+//! chooses the app as the
 //! upstream peer, adds the `X-Forwarded-*` headers, keeps hop-by-hop headers
 //! from crossing the proxy, answers `502` with a short text when the app cannot
 //! be reached, and writes one access-log line per request. Request and response
 //! bodies stream through Pingora untouched and unbuffered, WebSocket upgrades
 //! included.
 //!
-//! It wires things and holds no policy: where the app is and how to reach it
-//! come from [`AppSettings`].
+//! It wires things and holds no policy: topics and replay live in the hub,
+//! where the app is and how to reach it in [`AppSettings`].
 
 use std::time::Instant;
 
@@ -22,6 +25,8 @@ use pingora::{ErrorSource, ErrorType};
 
 use crate::access_log::{self, AccessRecord};
 use crate::config::AppSettings;
+use crate::hub::Hub;
+use crate::subscriber;
 
 /// `X-Forwarded-For`: the client addresses a request passed through.
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -49,6 +54,8 @@ const BAD_GATEWAY_BODY: &str = "502 Bad Gateway: the app behind sse-fanout is no
 pub struct Proxy {
     /// Where ordinary requests go.
     app: AppSettings,
+    /// The topics, served here rather than proxied.
+    hub: Hub,
 }
 
 /// Per-request state shared by the proxy's phases.
@@ -58,9 +65,20 @@ pub struct RequestCtx {
 }
 
 impl Proxy {
-    pub fn new(app: AppSettings) -> Self {
-        Proxy { app }
+    pub fn new(app: AppSettings, hub: Hub) -> Self {
+        Proxy { app, hub }
     }
+}
+
+/// Answers `405` for a method a topic path does not serve.
+async fn method_not_allowed(session: &mut Session) -> Result<()> {
+    let mut response = ResponseHeader::build(405, Some(3))?;
+    response.insert_header(header::ALLOW, "GET")?;
+    response.insert_header(header::CONTENT_LENGTH, 0)?;
+    session.set_keepalive(None);
+    session
+        .write_response_header(Box::new(response), true)
+        .await
 }
 
 /// Whether the client reached us over TLS.
@@ -100,6 +118,19 @@ impl ProxyHttp for Proxy {
         RequestCtx {
             started: Instant::now(),
         }
+    }
+
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Result<bool> {
+        let Some(route) = self.hub.find(session.req_header().uri.path()) else {
+            return Ok(false);
+        };
+        if session.req_header().method != http::Method::GET {
+            method_not_allowed(session).await?;
+            return Ok(true);
+        }
+        let ending = subscriber::serve(session.as_downstream_mut(), &self.hub, &route).await?;
+        log::debug!("subscription to {} ended: {ending:?}", route.key);
+        Ok(true)
     }
 
     async fn upstream_peer(
@@ -227,8 +258,20 @@ impl ProxyHttp for Proxy {
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
-        // Unreachable apps are logged once, in plain words, by fail_to_proxy.
-        error.esource() == &ErrorSource::Upstream
+        // Unreachable apps are logged once, in plain words, by fail_to_proxy;
+        // clients that go away or stop reading are routine, not errors.
+        let client_gone = error.esource() == &ErrorSource::Downstream
+            && matches!(
+                error.etype(),
+                ErrorType::WriteError
+                    | ErrorType::WriteTimedout
+                    | ErrorType::ReadError
+                    | ErrorType::ConnectionClosed
+            );
+        if client_gone {
+            log::debug!("client went away: {error}");
+        }
+        error.esource() == &ErrorSource::Upstream || client_gone
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {

@@ -10,6 +10,7 @@
 //! [`TopicRoutes::find`] whether a request is a topic, and the hub keys its
 //! topics by the resolved path the match returns.
 
+use std::collections::HashMap;
 use std::fmt;
 
 /// A topic path from the config file: literal segments and `{name}` placeholders.
@@ -257,9 +258,99 @@ impl UpstreamTemplate {
     }
 }
 
+/// The configured topic paths, ready to match request paths.
+///
+/// A literal path wins over a template that also matches the request; among
+/// templates the first in config order wins (config validation refuses two
+/// templates of the same shape).
+#[derive(Debug, Clone, Default)]
+pub struct TopicRoutes {
+    /// Literal topic paths and their topic's index.
+    literals: HashMap<String, usize>,
+    /// Template topic paths and their topic's index, in config order.
+    templates: Vec<(PathTemplate, usize)>,
+}
+
+/// A request path that is a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicMatch {
+    /// Index of the topic in the config's `[[topic]]` list.
+    pub index: usize,
+    /// The topic instance: the request path itself (`/events/jobs/42`).
+    pub key: String,
+    /// Placeholder values bound by a template (`[("id", "42")]`).
+    pub params: Vec<(String, String)>,
+}
+
+impl TopicMatch {
+    /// The bound parameters in the form [`UpstreamTemplate::fill`] takes.
+    pub fn param_pairs(&self) -> Vec<(&str, &str)> {
+        self.params
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect()
+    }
+}
+
+impl TopicRoutes {
+    /// Builds the table from topic paths in config order.
+    pub fn new<'a>(paths: impl IntoIterator<Item = &'a PathTemplate>) -> TopicRoutes {
+        let mut routes = TopicRoutes::default();
+        for (index, path) in paths.into_iter().enumerate() {
+            if path.is_template() {
+                routes.templates.push((path.clone(), index));
+            } else {
+                routes.literals.insert(path.as_str().to_string(), index);
+            }
+        }
+        routes
+    }
+
+    /// Whether any topics are configured.
+    pub fn is_empty(&self) -> bool {
+        self.literals.is_empty() && self.templates.is_empty()
+    }
+
+    /// Finds the topic a request path (without its query) names.
+    pub fn find(&self, path: &str) -> Option<TopicMatch> {
+        if let Some(&index) = self.literals.get(path) {
+            return Some(TopicMatch {
+                index,
+                key: path.to_string(),
+                params: Vec::new(),
+            });
+        }
+        self.templates.iter().find_map(|(template, index)| {
+            let params = template.matches(path)?;
+            Some(TopicMatch {
+                index: *index,
+                key: path.to_string(),
+                params: params
+                    .into_iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+            })
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn literal_route_wins_over_a_matching_template() {
+        let paths = [
+            PathTemplate::parse("/events/{name}").unwrap(),
+            PathTemplate::parse("/events/news").unwrap(),
+        ];
+        let routes = TopicRoutes::new(&paths);
+        assert_eq!(routes.find("/events/news").unwrap().index, 1);
+        let other = routes.find("/events/sports").unwrap();
+        assert_eq!(other.index, 0);
+        assert_eq!(other.param_pairs(), vec![("name", "sports")]);
+        assert_eq!(routes.find("/other"), None);
+    }
 
     #[test]
     fn literal_path_matches_only_itself() {

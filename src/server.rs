@@ -17,7 +17,13 @@ use pingora::protocols::TcpKeepalive;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::{background_service, BackgroundService};
+
+use crate::admin;
 use crate::config::{Config, Listener, ServerSettings};
+use crate::hub::Hub;
 use crate::proxy::Proxy;
 
 /// The name Pingora logs for the proxy service.
@@ -29,6 +35,21 @@ pub struct StartOptions {
     /// Take over the listening sockets of a running instance (graceful
     /// upgrade through `upgrade_sock`).
     pub upgrade: bool,
+}
+
+/// Runs the hub's process-wide duties: opens `eager` topics at start, and on
+/// shutdown ends every subscriber's stream cleanly so browsers reconnect
+/// (to another instance, or to this one's successor) within the grace period.
+struct HubLifecycle(Hub);
+
+#[async_trait]
+impl BackgroundService for HubLifecycle {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        self.0.start_eager();
+        let _ = shutdown.changed().await;
+        log::info!("shutting down: ending every subscriber's stream");
+        self.0.shut_down();
+    }
 }
 
 /// Pingora counts its shutdown periods in whole seconds; round up so a
@@ -82,7 +103,11 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<Server> {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config.server));
     server.bootstrap();
 
-    let proxy = pingora::proxy::http_proxy(&server.configuration, Proxy::new(config.app.clone()));
+    let hub = Hub::new(config);
+    let proxy = pingora::proxy::http_proxy(
+        &server.configuration,
+        Proxy::new(config.app.clone(), hub.clone()),
+    );
     let mut service = pingora::services::listening::Service::new(SERVICE_NAME.into(), proxy);
     if let Some(proxy) = service.app_logic_mut() {
         let mut server_options = HttpServerOptions::default();
@@ -120,5 +145,10 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<Server> {
     }
 
     server.add_service(service);
+    if let Some(settings) = &config.admin {
+        server.add_service(admin::service(hub.clone(), settings));
+        log::info!("admin listener on {} (GET /stats)", settings.addr);
+    }
+    server.add_service(background_service("sse hub", HubLifecycle(hub)));
     Ok(server)
 }

@@ -9,6 +9,8 @@
 
 pub mod app;
 pub mod client;
+pub mod sse_app;
+pub mod sse_client;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -101,6 +103,8 @@ pub struct Proxy {
     pub tls_addr: SocketAddr,
     /// The plaintext listener (HTTP/1.1 and h2c).
     pub plain_addr: SocketAddr,
+    /// The admin listener (`/stats`).
+    pub admin_addr: SocketAddr,
     /// The certificates the TLS listener serves.
     pub certs: TestCerts,
 }
@@ -115,6 +119,7 @@ impl Proxy {
         std::fs::write(dir.path().join("key.pem"), &certs.key_pem).unwrap();
         let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let plain_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = format!(
             r#"
 [server]
@@ -134,6 +139,9 @@ addr = "{plain_addr}"
 [app]
 upstream = "{app}"
 connect_timeout = "2s"
+
+[admin]
+addr = "{admin_addr}"
 
 {extra}
 "#,
@@ -155,10 +163,12 @@ connect_timeout = "2s"
             dir,
             tls_addr,
             plain_addr,
+            admin_addr,
             certs,
         };
         wait_for_listener(tls_addr);
         wait_for_listener(plain_addr);
+        wait_for_listener(admin_addr);
         proxy
     }
 
@@ -169,6 +179,64 @@ connect_timeout = "2s"
             let _ = file.read_to_string(&mut text);
         }
         text
+    }
+
+    /// `GET /stats` from the admin listener.
+    pub async fn stats(&self) -> serde_json::Value {
+        let mut client = client::Client::h1(self.admin_addr).await;
+        let body = client::body_bytes(client.get("/stats").await).await;
+        serde_json::from_slice(&body).expect("stats are JSON")
+    }
+
+    /// The stats of the topic `path`, if it is live.
+    pub async fn topic_stats(&self, path: &str) -> Option<serde_json::Value> {
+        let stats = self.stats().await;
+        stats["topics"]
+            .as_array()?
+            .iter()
+            .find(|t| t["path"] == path)
+            .cloned()
+    }
+
+    /// Polls the stats until `check` holds for them.
+    pub async fn wait_for_stats(
+        &self,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let stats = self.stats().await;
+            if check(&stats) {
+                return stats;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stats never showed {what}: {stats}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends SIGTERM (graceful stop).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit and returns its status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "proxy did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The folder holding the proxy's config.

@@ -1,0 +1,98 @@
+//! The admin listener: what operators (and the tests) ask the running proxy.
+//!
+//! It is a separate Pingora service on its own address (`[admin] addr`,
+//! loopback by default), never on the public listeners. `GET /stats` answers
+//! JSON with every live topic: subscribers, upstream state, last event id,
+//! replay window size, events in, deliveries and slow-subscriber closures.
+
+use async_trait::async_trait;
+use http::{header, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use pingora::services::listening::Service;
+use serde_json::{json, Value};
+
+use crate::config::AdminSettings;
+use crate::hub::{Hub, TopicSnapshot, UpstreamState};
+
+/// The admin HTTP app.
+pub struct AdminApp {
+    /// Whose topics are reported.
+    hub: Hub,
+}
+
+/// The admin service, listening on `settings.addr`.
+pub fn service(hub: Hub, settings: &AdminSettings) -> Service<AdminApp> {
+    let mut service = Service::new("sse-fanout admin".into(), AdminApp { hub });
+    service.add_tcp(&settings.addr.to_string());
+    service
+}
+
+fn topic_json(topic: &TopicSnapshot) -> Value {
+    let (state, attempt, error) = match &topic.upstream {
+        UpstreamState::Connecting { attempt } => ("connecting", *attempt, None),
+        UpstreamState::Connected => ("connected", 0, None),
+        UpstreamState::BackingOff { attempt, error } => {
+            ("backing_off", *attempt, Some(error.clone()))
+        }
+        UpstreamState::Ended => ("ended", 0, None),
+    };
+    json!({
+        "path": topic.key,
+        "upstream": topic.upstream_url,
+        "subscribers": topic.subscribers,
+        "upstream_state": state,
+        "upstream_attempt": attempt,
+        "upstream_error": error,
+        "upstream_connects": topic.upstream_connects,
+        "last_event_id": topic.last_event_id,
+        "window_events": topic.window_frames,
+        "window_bytes": topic.window_bytes,
+        "events_in": topic.events_in,
+        "deliveries": topic.deliveries,
+        "slow_closures": topic.slow_closures,
+    })
+}
+
+/// The `/stats` document.
+pub fn stats(hub: &Hub) -> Value {
+    let topics = hub.snapshot();
+    let subscribers: usize = topics.iter().map(|t| t.subscribers).sum();
+    let connected = topics
+        .iter()
+        .filter(|t| t.upstream == UpstreamState::Connected)
+        .count();
+    json!({
+        "topics": topics.iter().map(topic_json).collect::<Vec<_>>(),
+        "totals": {
+            "topics": topics.len(),
+            "subscribers": subscribers,
+            "upstreams_connected": connected,
+        },
+    })
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let (status, content_type, body) = match session.req_header().uri.path() {
+            "/stats" => (
+                StatusCode::OK,
+                "application/json",
+                stats(&self.hub).to_string().into_bytes(),
+            ),
+            _ => (
+                StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                b"not found; try /stats\n".to_vec(),
+            ),
+        };
+        Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::CONTENT_LENGTH, body.len())
+            .header(header::CACHE_CONTROL, "no-store")
+            .body(body)
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,232 @@
+//! Serves one subscription on one downstream session.
+//!
+//! A browser's `GET` on a topic path becomes: a `200` with `text/event-stream`
+//! (chunked on HTTP/1.1, nothing hop-by-hop on HTTP/2), the topic's `retry:`
+//! and either its replay or an id-priming frame, then live frames as the
+//! topic publishes them and heartbeats when it is quiet. The loop ends when
+//! the browser goes away (TCP close, `RST_STREAM`: noticed while waiting,
+//! without needing a write), when it falls too far behind (its stream is
+//! ended and it resumes with `Last-Event-ID`), or when the topic closes
+//! (`204` upstream, or shutdown).
+//!
+//! Frames arrive as `Bytes` handles shared with every other subscriber; this
+//! module writes them as they are.
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::header;
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::{Error, ErrorType};
+
+use crate::hub::upstream::LAST_EVENT_ID;
+use crate::hub::{CloseReason, Hub, Next, Refusal, Subscription};
+use crate::route::TopicMatch;
+
+/// The query parameter a client that cannot set headers resumes with.
+const LAST_EVENT_ID_PARAM: &str = "lastEventId";
+
+/// The longest `Last-Event-ID` taken; a longer one is treated as absent.
+const MAX_LAST_EVENT_ID_LEN: usize = 1024;
+
+/// How a subscription ended, for logs and the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The browser closed the stream.
+    ClientGone,
+    /// The browser fell too far behind; its stream was ended so it resumes.
+    TooSlow,
+    /// The topic closed (upstream `204`, or shutdown).
+    Closed(CloseReason),
+    /// The topic had already ended: answered `204` (the browser stops).
+    Refused,
+}
+
+/// The resume point a subscriber asked for: the `Last-Event-ID` header, or
+/// the `lastEventId` query parameter. Values that are too long or that could
+/// never have been an id (CR, LF, NUL) count as absent.
+pub fn last_event_id(session: &ServerSession) -> Option<String> {
+    let request = session.req_header();
+    let from_header = request
+        .headers
+        .get(LAST_EVENT_ID)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .map(str::to_string);
+    let from_query = || {
+        request.uri.query()?.split('&').find_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            (name == LAST_EVENT_ID_PARAM).then(|| percent_decode(value))?
+        })
+    };
+    from_header
+        .or_else(from_query)
+        .filter(|id| id.len() <= MAX_LAST_EVENT_ID_LEN && !id.contains(['\r', '\n', '\0']))
+}
+
+/// Decodes `%XX` escapes and `+` (as a query string writes a space);
+/// `None` when the result is not UTF-8 or an escape is malformed.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = text.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The response head of an event stream.
+fn stream_header(session: &ServerSession) -> pingora::Result<ResponseHeader> {
+    let mut response = ResponseHeader::build(200, Some(4))?;
+    response.insert_header(header::CONTENT_TYPE, "text/event-stream")?;
+    response.insert_header(header::CACHE_CONTROL, "no-cache")?;
+    response.insert_header("x-accel-buffering", "no")?;
+    if !session.is_http2() && session.req_header().version == http::Version::HTTP_11 {
+        // Chunked keeps an HTTP/1.1 stream framed; the connection is not
+        // reused after it (keepalive is off), so nothing waits on its end.
+        response.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(response)
+}
+
+/// Serves a subscription to `route` on `session` until it ends.
+pub async fn serve(
+    session: &mut ServerSession,
+    hub: &Hub,
+    route: &TopicMatch,
+) -> pingora::Result<Ending> {
+    let resume = last_event_id(session);
+    let mut subscription = match hub.subscribe(route, resume) {
+        Ok(subscription) => subscription,
+        Err(Refusal::Ended) => {
+            // 204 is the browser's signal to stop reconnecting.
+            let response = ResponseHeader::build(204, Some(1))?;
+            session.set_keepalive(None);
+            session.write_response_header(Box::new(response)).await?;
+            session.finish_body().await?;
+            return Ok(Ending::Refused);
+        }
+    };
+    session.set_keepalive(None);
+    // Notice a closed HTTP/1.1 connection while idle instead of waiting
+    // for the next write to fail.
+    session.set_abort_on_close(true);
+    session
+        .write_response_header(Box::new(stream_header(session)?))
+        .await?;
+
+    let mut frames: Vec<Bytes> = Vec::new();
+    subscription.take_opening(&mut frames);
+    let ending = loop {
+        if !frames.is_empty() {
+            if write_frames(session, &mut subscription, &mut frames).await? == Written::Abandoned {
+                // A frame is half written: no clean end is possible. Fail the
+                // request so Pingora drops the connection without finishing it.
+                return Err(Error::explain(
+                    ErrorType::WriteError,
+                    format!(
+                        "subscriber of {} stopped reading and fell past its lag bound",
+                        route.key
+                    ),
+                )
+                .into_down());
+            }
+            continue;
+        }
+        match subscription.next(&mut frames) {
+            Next::Write => {}
+            Next::TooSlow => break Ending::TooSlow,
+            Next::Closed(reason) => break Ending::Closed(reason),
+            Next::Wait => {
+                tokio::select! {
+                    _ = subscription.changed() => {}
+                    _ = session.read_body_or_idle(true) => break Ending::ClientGone,
+                }
+            }
+        }
+    };
+    let clean_end_within = subscription.topic().settings.heartbeat;
+    drop(subscription);
+    if ending != Ending::ClientGone {
+        // A clean end: the browser reconnects after `retry` (with
+        // `Last-Event-ID`), or stops if the topic ended. A client that cannot
+        // take these last bytes within a heartbeat interval is not waited for.
+        match tokio::time::timeout(clean_end_within, session.finish_body()).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(Error::explain(
+                    ErrorType::WriteTimedout,
+                    "subscriber did not take the end of its stream",
+                )
+                .into_down())
+            }
+        }
+    }
+    Ok(ending)
+}
+
+/// Whether [`write_frames`] wrote everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    All,
+    /// A write was given up because the client stopped reading.
+    Abandoned,
+}
+
+/// Writes `frames` (draining it). A write the client does not take is
+/// abandoned as soon as the subscriber falls past its lag bound, so a client
+/// that stopped reading is cut off rather than waited for.
+async fn write_frames(
+    session: &mut ServerSession,
+    subscription: &mut Subscription,
+    frames: &mut Vec<Bytes>,
+) -> pingora::Result<Written> {
+    for frame in frames.drain(..) {
+        let mut write = Box::pin(session.write_response_body(frame, false));
+        // Most writes complete at once; only a stuck one pays for a watch.
+        if let Some(result) = (&mut write).now_or_never() {
+            result?;
+            continue;
+        }
+        loop {
+            tokio::select! {
+                result = &mut write => { result?; break; }
+                _ = subscription.changed() => {
+                    if subscription.is_too_slow() {
+                        // (dropping the drain discards the frames left)
+                        return Ok(Written::Abandoned);
+                    }
+                }
+            }
+        }
+    }
+    subscription.delivered();
+    Ok(Written::All)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_handles_escapes_and_plus() {
+        assert_eq!(percent_decode("a%20b+c").as_deref(), Some("a b c"));
+        assert_eq!(percent_decode("%E2%9C%93").as_deref(), Some("✓"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+    }
+}

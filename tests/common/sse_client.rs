@@ -1,0 +1,121 @@
+//! Reads a subscription's event stream the way a browser would.
+
+use std::collections::VecDeque;
+
+use http::Response;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::timeout;
+
+use sse_fanout::sse::{Event, Item, Limits, Parser};
+
+use super::client::Client;
+use super::PATIENCE;
+
+/// A subscription's response body, parsed as it arrives.
+pub struct EventStream {
+    body: Incoming,
+    parser: Parser,
+    items: VecDeque<Item>,
+    /// Every byte received, for byte-for-byte comparisons.
+    pub raw: Vec<u8>,
+    /// Whether the server ended the stream.
+    pub ended: bool,
+}
+
+impl EventStream {
+    /// Wraps a subscription response, checking it is an event stream.
+    pub fn new(response: Response<Incoming>) -> EventStream {
+        assert_eq!(response.status(), 200, "subscription not answered 200");
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(content_type.as_deref(), Some("text/event-stream"));
+        EventStream {
+            body: response.into_body(),
+            parser: Parser::new(Limits::default()),
+            items: VecDeque::new(),
+            raw: Vec::new(),
+            ended: false,
+        }
+    }
+
+    /// Subscribes with `client` to `path` (optionally with `Last-Event-ID`).
+    pub async fn open(client: &mut Client, path: &str, last_event_id: Option<&str>) -> EventStream {
+        let mut request = client
+            .request("GET", path)
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = client
+            .send(request.body(Default::default()).unwrap())
+            .await
+            .expect("subscription request");
+        EventStream::new(response)
+    }
+
+    /// The next item, or `None` when the stream ended cleanly. Panics if
+    /// nothing arrives within the test's patience or the stream breaks.
+    pub async fn next_item(&mut self) -> Option<Item> {
+        loop {
+            if let Some(item) = self.items.pop_front() {
+                return Some(item);
+            }
+            if self.ended {
+                return None;
+            }
+            let frame = timeout(PATIENCE, self.body.frame())
+                .await
+                .expect("nothing arrived on the event stream in time");
+            match frame {
+                None => {
+                    self.ended = true;
+                    self.parser.finish();
+                }
+                Some(Err(e)) => panic!("event stream broke: {e}"),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.raw.extend_from_slice(&data);
+                        let mut items = Vec::new();
+                        self.parser
+                            .feed(&data, &mut items)
+                            .expect("proxy output parses");
+                        self.items.extend(items);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next event a browser would fire (data present), skipping comments
+    /// and id-only or retry-only blocks.
+    pub async fn next_message(&mut self) -> Option<Event> {
+        loop {
+            match self.next_item().await? {
+                Item::Event(event) if event.data().is_some() => return Some(event),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next `n` messages' ids.
+    pub async fn message_ids(&mut self, n: usize) -> Vec<String> {
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            let event = self.next_message().await.expect("stream ended early");
+            ids.push(event.id().unwrap_or("").to_string());
+        }
+        ids
+    }
+
+    /// Reads until the server ends the stream; returns what came meanwhile.
+    pub async fn until_end(&mut self) -> Vec<Item> {
+        let mut rest = Vec::new();
+        while let Some(item) = self.next_item().await {
+            rest.push(item);
+        }
+        rest
+    }
+}

@@ -1,0 +1,675 @@
+//! Topic fan-out: one upstream stream per topic, replay, heartbeats, upstream
+//! failures, slow and departing subscribers, over real TLS h2 and h1 against
+//! the real binary and a scripted upstream app.
+
+mod common;
+
+use std::time::Duration;
+
+use common::client::{Client, Protocol};
+use common::sse_app::{Answer, SseApp};
+use common::sse_client::EventStream;
+use common::{free_port, Proxy};
+use sse_fanout::sse::Item;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TOPICS: &str = r#"
+[sse]
+heartbeat = "30s"
+retry = "2500ms"
+linger = "1s"
+
+[[topic]]
+path = "/events/news"
+upstream = "/stream/news"
+
+[[topic]]
+path = "/events/sports"
+upstream = "/stream/sports"
+
+[[topic]]
+path = "/events/jobs/{id}"
+upstream = "/stream/jobs/{id}"
+"#;
+
+/// Topics with a short heartbeat, for tests that watch them.
+fn with_heartbeat(interval: &str) -> String {
+    TOPICS.replace(
+        "heartbeat = \"30s\"",
+        &format!("heartbeat = \"{interval}\""),
+    )
+}
+
+async fn h2(proxy: &Proxy) -> Client {
+    Client::tls(proxy.tls_addr, &proxy.certs, &["h2"]).await
+}
+
+async fn h1(proxy: &Proxy) -> Client {
+    Client::tls(proxy.tls_addr, &proxy.certs, &["http/1.1"]).await
+}
+
+/// Waits until the topic has `n` subscribers (so events published next reach them all).
+async fn wait_for_subscribers(proxy: &Proxy, path: &str, n: u64) {
+    proxy
+        .wait_for_stats(&format!("{n} subscribers on {path}"), |stats| {
+            stats["topics"].as_array().unwrap().iter().any(|t| {
+                t["path"] == path && t["subscribers"] == n && t["upstream_state"] == "connected"
+            })
+        })
+        .await;
+}
+
+fn ids(range: std::ops::RangeInclusive<u32>) -> Vec<String> {
+    range.map(|n| n.to_string()).collect()
+}
+
+fn comments(items: &[Item]) -> Vec<String> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Comment(text) => Some(text.clone()),
+            Item::Event(_) => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn fifty_mixed_h1_and_h2_subscribers_get_identical_bytes_from_one_upstream() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, TOPICS);
+    let mut h2_connections = Vec::new();
+    let mut streams = Vec::new();
+    for n in 0..25 {
+        if n % 5 == 0 {
+            h2_connections.push(h2(&proxy).await);
+        }
+        let client = h2_connections.last_mut().unwrap();
+        streams.push(EventStream::open(client, "/events/news", None).await);
+    }
+    let mut h1_clients = Vec::new();
+    for _ in 0..25 {
+        let mut client = h1(&proxy).await;
+        assert_eq!(client.protocol, Protocol::Http1);
+        streams.push(EventStream::open(&mut client, "/events/news", None).await);
+        h1_clients.push(client);
+    }
+    wait_for_subscribers(&proxy, "/events/news", 50).await;
+    for n in 1..=20 {
+        app.publish(
+            "/stream/news",
+            &n.to_string(),
+            &format!("{{\"headline\":{n},\"text\":\"line one\\nline two\"}}"),
+        );
+    }
+    for stream in &mut streams {
+        assert_eq!(stream.message_ids(20).await, ids(1..=20));
+    }
+    let first = streams[0].raw.clone();
+    assert!(
+        streams.iter().all(|s| s.raw == first),
+        "subscribers received different bytes"
+    );
+    assert_eq!(
+        app.requests_for("/stream/news").len(),
+        1,
+        "more than one upstream request"
+    );
+    assert_eq!(app.open_streams("/stream/news"), 1);
+    let stats = proxy.topic_stats("/events/news").await.unwrap();
+    assert_eq!(stats["events_in"], 20);
+    assert_eq!(stats["deliveries"], 20 * 50);
+}
+
+#[tokio::test]
+async fn two_topics_open_exactly_two_upstreams() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, TOPICS);
+    let mut client = h2(&proxy).await;
+    let mut news = Vec::new();
+    let mut sports = Vec::new();
+    for _ in 0..5 {
+        news.push(EventStream::open(&mut client, "/events/news", None).await);
+        sports.push(EventStream::open(&mut client, "/events/sports", None).await);
+    }
+    wait_for_subscribers(&proxy, "/events/news", 5).await;
+    wait_for_subscribers(&proxy, "/events/sports", 5).await;
+    app.publish("/stream/news", "n1", "news");
+    app.publish("/stream/sports", "s1", "sports");
+    for stream in &mut news {
+        assert_eq!(stream.next_message().await.unwrap().data(), Some("news"));
+    }
+    for stream in &mut sports {
+        assert_eq!(stream.next_message().await.unwrap().data(), Some("sports"));
+    }
+    let paths: Vec<String> = app.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths.len(), 2, "{paths:?}");
+    assert!(
+        paths.contains(&"/stream/news".to_string())
+            && paths.contains(&"/stream/sports".to_string())
+    );
+    let request = &app.requests()[0];
+    assert_eq!(request.accept.as_deref(), Some("text/event-stream"));
+}
+
+#[tokio::test]
+async fn template_instances_get_their_own_upstream_and_are_reclaimed_after_linger() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, TOPICS);
+    let mut client = h2(&proxy).await;
+    let mut job1 = EventStream::open(&mut client, "/events/jobs/1", None).await;
+    let mut job2 = EventStream::open(&mut client, "/events/jobs/2", None).await;
+    wait_for_subscribers(&proxy, "/events/jobs/1", 1).await;
+    wait_for_subscribers(&proxy, "/events/jobs/2", 1).await;
+    app.publish("/stream/jobs/1", "a", "job one at 50%");
+    app.publish("/stream/jobs/2", "b", "job two at 10%");
+    assert_eq!(
+        job1.next_message().await.unwrap().data(),
+        Some("job one at 50%")
+    );
+    assert_eq!(
+        job2.next_message().await.unwrap().data(),
+        Some("job two at 10%")
+    );
+    let mut paths: Vec<String> = app.requests().into_iter().map(|r| r.path).collect();
+    paths.sort();
+    assert_eq!(paths, vec!["/stream/jobs/1", "/stream/jobs/2"]);
+
+    drop((job1, job2, client));
+    proxy
+        .wait_for_stats("both job topics reclaimed", |s| s["totals"]["topics"] == 0)
+        .await;
+    app.wait_for_open_streams("/stream/jobs/1", 0).await;
+    app.wait_for_open_streams("/stream/jobs/2", 0).await;
+}
+
+#[tokio::test]
+async fn upstream_restart_loses_no_subscriber_and_no_event_and_doubles_none() {
+    let app = SseApp::start().await;
+    let addr = app.addr;
+    let proxy = Proxy::start(addr, TOPICS);
+    let mut h2_client = h2(&proxy).await;
+    let mut h1_client = h1(&proxy).await;
+    let mut streams = vec![
+        EventStream::open(&mut h2_client, "/events/news", None).await,
+        EventStream::open(&mut h1_client, "/events/news", None).await,
+    ];
+    wait_for_subscribers(&proxy, "/events/news", 2).await;
+    for n in 1..=5 {
+        app.publish("/stream/news", &n.to_string(), "before");
+    }
+    for stream in &mut streams {
+        assert_eq!(stream.message_ids(5).await, ids(1..=5));
+    }
+
+    // The app goes down; what it produces meanwhile waits in its database.
+    let database = app.stop().await;
+    for n in 6..=10 {
+        database.publish("/stream/news", &n.to_string(), "while down");
+    }
+    let app = SseApp::start_with(database, addr).await;
+    wait_for_subscribers(&proxy, "/events/news", 2).await;
+    for n in 11..=15 {
+        app.publish("/stream/news", &n.to_string(), "after");
+    }
+    for stream in &mut streams {
+        assert_eq!(stream.message_ids(10).await, ids(6..=15));
+    }
+    let resumed = app.requests_for("/stream/news");
+    assert_eq!(resumed.last().unwrap().last_event_id.as_deref(), Some("5"));
+    assert_eq!(
+        proxy.topic_stats("/events/news").await.unwrap()["subscribers"],
+        2
+    );
+}
+
+/// A live topic with events 1..=10 and one subscriber keeping it open.
+async fn topic_with_ten_events(app: &SseApp, proxy: &Proxy, client: &mut Client) -> EventStream {
+    let mut keeper = EventStream::open(client, "/events/news", None).await;
+    wait_for_subscribers(proxy, "/events/news", 1).await;
+    for n in 1..=10 {
+        app.publish("/stream/news", &n.to_string(), &format!("event {n}"));
+    }
+    assert_eq!(keeper.message_ids(10).await, ids(1..=10));
+    keeper
+}
+
+#[tokio::test]
+async fn resume_with_last_event_id_header_gets_exactly_the_missed_events() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, TOPICS);
+    let mut client = h2(&proxy).await;
+    let _keeper = topic_with_ten_events(&app, &proxy, &mut client).await;
+    let mut resumed = EventStream::open(&mut client, "/events/news", Some("4")).await;
+    assert_eq!(resumed.message_ids(6).await, ids(5..=10));
+    app.publish("/stream/news", "11", "live");
+    assert_eq!(resumed.message_ids(1).await, ids(11..=11));
+    assert_eq!(
+        app.requests_for("/stream/news").len(),
+        1,
+        "resume must not reach the app"
+    );
+}
+
+#[tokio::test]
+async fn resume_with_last_event_id_query_parameter_gets_exactly_the_missed_events() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, TOPICS);
+    let mut client = h1(&proxy).await;
+    let _keeper = topic_with_ten_events(&app, &proxy, &mut client).await;
+    let mut other = h1(&proxy).await;
+    let mut resumed = EventStream::open(&mut other, "/events/news?lastEventId=7", None).await;
+    assert_eq!(resumed.message_ids(3).await, ids(8..=10));
+    app.publish("/stream/news", "11", "live");
+    assert_eq!(resumed.message_ids(1).await, ids(11..=11));
+}
+
+#[tokio::test]
+async fn unknown_last_event_id_gets_a_comment_then_the_whole_window() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, TOPICS);
+    let mut client = h2(&proxy).await;
+    let _keeper = topic_with_ten_events(&app, &proxy, &mut client).await;
+    let mut resumed = EventStream::open(&mut client, "/events/news", Some("no-such-id")).await;
+    let mut opening = Vec::new();
+    while opening.len() < 2 {
+        opening.push(resumed.next_item().await.unwrap());
+    }
+    let said = comments(&opening);
+    assert!(
+        said.iter()
+            .any(|c| c.contains("resume point") && c.contains("no-such-id")),
+        "{said:?}"
+    );
+    assert_eq!(resumed.message_ids(10).await, ids(1..=10));
+}
+
+#[tokio::test]
+async fn unknown_last_event_id_with_live_policy_gets_only_live_events() {
+    let app = SseApp::start().await;
+    // Appended after TOPICS, the key belongs to its last [[topic]]: the jobs template.
+    let proxy = Proxy::start(app.addr, &format!("{TOPICS}resume_lost = \"live\"\n"));
+    let mut client = h2(&proxy).await;
+    let mut keeper = EventStream::open(&mut client, "/events/jobs/9", None).await;
+    wait_for_subscribers(&proxy, "/events/jobs/9", 1).await;
+    app.publish("/stream/jobs/9", "1", "old");
+    keeper.message_ids(1).await;
+    let mut resumed = EventStream::open(&mut client, "/events/jobs/9", Some("gone")).await;
+    app.publish("/stream/jobs/9", "2", "new");
+    assert_eq!(resumed.message_ids(1).await, vec!["2".to_string()]);
+}
+
+#[tokio::test]
+async fn first_subscribers_resume_point_opens_the_upstream_with_it() {
+    let app = SseApp::start().await;
+    for n in 1..=6 {
+        app.publish("/stream/news", &n.to_string(), "kept by the app");
+    }
+    let proxy = Proxy::start(app.addr, TOPICS);
+    let mut client = h2(&proxy).await;
+    let mut stream = EventStream::open(&mut client, "/events/news", Some("3")).await;
+    assert_eq!(stream.message_ids(3).await, ids(4..=6));
+    assert_eq!(
+        app.requests_for("/stream/news")[0].last_event_id.as_deref(),
+        Some("3")
+    );
+}
+
+#[tokio::test]
+async fn late_joiner_is_primed_with_the_last_id_and_gets_the_retry() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, TOPICS);
+    let mut client = h2(&proxy).await;
+    let _keeper = topic_with_ten_events(&app, &proxy, &mut client).await;
+    let mut late = EventStream::open(&mut client, "/events/news", None).await;
+    let Some(Item::Event(retry)) = late.next_item().await else {
+        panic!("no retry first")
+    };
+    assert_eq!(retry.retry(), Some(2500));
+    let Some(Item::Event(priming)) = late.next_item().await else {
+        panic!("no priming")
+    };
+    assert_eq!(priming.id(), Some("10"));
+    assert_eq!(priming.data(), None, "priming must not fire an event");
+    app.publish("/stream/news", "11", "live");
+    assert_eq!(late.message_ids(1).await, ids(11..=11));
+}
+
+#[tokio::test]
+async fn silent_topic_sends_heartbeats_no_closer_than_the_interval() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, &with_heartbeat("300ms"));
+    let mut client = h2(&proxy).await;
+    let mut stream = EventStream::open(&mut client, "/events/news", None).await;
+    let mut arrivals = Vec::new();
+    while arrivals.len() < 3 {
+        if let Some(Item::Comment(text)) = stream.next_item().await {
+            if text != " ok" {
+                arrivals.push(tokio::time::Instant::now());
+            }
+        }
+    }
+    for pair in arrivals.windows(2) {
+        // One timer per topic, fired only after a silent interval: never a burst.
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(150),
+            "heartbeats too close: {arrivals:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn heartbeats_never_land_inside_an_event_split_across_small_writes() {
+    let app = SseApp::start().await;
+    app.split_writes(4, Duration::from_millis(30));
+    let proxy = Proxy::start(app.addr, &with_heartbeat("100ms"));
+    let mut client = h1(&proxy).await;
+    let mut stream = EventStream::open(&mut client, "/events/news", None).await;
+    wait_for_subscribers(&proxy, "/events/news", 1).await;
+    for n in 1..=3 {
+        app.publish(
+            "/stream/news",
+            &n.to_string(),
+            "a multi-line\nevent that takes\nwell over a heartbeat to arrive",
+        );
+    }
+    assert_eq!(stream.message_ids(3).await, ids(1..=3));
+    let text = String::from_utf8(stream.raw.clone()).unwrap();
+    let heartbeats = text
+        .split("\n\n")
+        .filter(|block| block.starts_with(':') && *block != ": ok")
+        .count();
+    assert!(
+        heartbeats >= 1,
+        "no heartbeat was due during the slow events: {text:?}"
+    );
+    for block in text.split("\n\n") {
+        let lines: Vec<&str> = block.lines().collect();
+        let comment_lines = lines.iter().filter(|l| l.starts_with(':')).count();
+        assert!(
+            comment_lines == 0 || comment_lines == lines.len(),
+            "heartbeat inside an event: {block:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn app_down_at_first_subscriber_gets_200_and_heartbeats_then_events() {
+    let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let proxy = Proxy::start(addr, &with_heartbeat("200ms"));
+    let mut client = h2(&proxy).await;
+    let mut stream = EventStream::open(&mut client, "/events/news", None).await;
+    let mut heartbeats = 0;
+    while heartbeats < 2 {
+        if let Some(Item::Comment(text)) = stream.next_item().await {
+            heartbeats += usize::from(text != " ok");
+        }
+    }
+    let stats = proxy.topic_stats("/events/news").await.unwrap();
+    assert_ne!(stats["upstream_state"], "connected", "{stats}");
+    let app = SseApp::start_with(Default::default(), addr).await;
+    wait_for_subscribers(&proxy, "/events/news", 1).await;
+    app.publish("/stream/news", "1", "the app is up");
+    assert_eq!(
+        stream.next_message().await.unwrap().data(),
+        Some("the app is up")
+    );
+}
+
+#[tokio::test]
+async fn upstream_errors_keep_subscribers_connected_until_the_stream_returns() {
+    let app = SseApp::start().await;
+    app.answer("/stream/news", Answer::Status(503));
+    let proxy = Proxy::start(app.addr, &with_heartbeat("200ms"));
+    let mut client = h1(&proxy).await;
+    let mut stream = EventStream::open(&mut client, "/events/news", None).await;
+    let stats = proxy
+        .wait_for_stats("the upstream's 503", |s| {
+            s["topics"][0]["upstream_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("503"))
+        })
+        .await;
+    assert_eq!(stats["topics"][0]["subscribers"], 1);
+    app.answer("/stream/news", Answer::WrongContentType);
+    proxy
+        .wait_for_stats("the wrong content type", |s| {
+            s["topics"][0]["upstream_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("text/plain"))
+        })
+        .await;
+    app.answer("/stream/news", Answer::Stream);
+    wait_for_subscribers(&proxy, "/events/news", 1).await;
+    app.publish("/stream/news", "1", "recovered");
+    assert_eq!(
+        stream.next_message().await.unwrap().data(),
+        Some("recovered")
+    );
+    // Failing once, recovering once: one warning, however many retries.
+    let log = proxy.log();
+    assert_eq!(
+        log.matches(" lost: ").count(),
+        1,
+        "failure logged more than once:\n{log}"
+    );
+    assert_eq!(log.matches("connected again").count(), 1, "{log}");
+}
+
+#[tokio::test]
+async fn upstream_204_ends_the_topic_and_new_subscribers_get_204() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, TOPICS);
+    let mut client = h2(&proxy).await;
+    let mut stream = EventStream::open(&mut client, "/events/jobs/5", None).await;
+    wait_for_subscribers(&proxy, "/events/jobs/5", 1).await;
+    app.publish("/stream/jobs/5", "100", "done");
+    assert_eq!(stream.next_message().await.unwrap().data(), Some("done"));
+    // The job is over: the app restarts and answers 204 from now on.
+    app.answer("/stream/jobs/5", Answer::Status(204));
+    let addr = app.addr;
+    let _app = SseApp::start_with(app.stop().await, addr).await;
+    stream.until_end().await;
+    assert!(stream.ended, "stream did not end cleanly");
+    let response = client.get("/events/jobs/5").await;
+    assert_eq!(response.status(), 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_that_never_reads_is_cut_off_while_others_get_everything() {
+    let app = SseApp::start().await;
+    let config = TOPICS.replace(
+        "[[topic]]\npath = \"/events/news\"\nupstream = \"/stream/news\"\n",
+        "[[topic]]\npath = \"/events/news\"\nupstream = \"/stream/news\"\nreplay = 1000\nreplay_bytes = \"16MiB\"\nmax_lag = 500\nmax_lag_bytes = \"1MiB\"\nmax_event_size = \"64KiB\"\n",
+    );
+    let proxy = Proxy::start(app.addr, &config);
+    let mut client = h2(&proxy).await;
+    let mut reader = EventStream::open(&mut client, "/events/news", None).await;
+
+    // A raw HTTP/1.1 subscriber with a tiny receive buffer that never reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(proxy.plain_addr).await.unwrap();
+    stuck
+        .write_all(
+            b"GET /events/news HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    wait_for_subscribers(&proxy, "/events/news", 2).await;
+
+    let payload = "x".repeat(8 * 1024);
+    let publisher = async {
+        for n in 1..=1000 {
+            app.publish("/stream/news", &n.to_string(), &payload);
+            if n % 10 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let reading = async { reader.message_ids(1000).await };
+    let (_, received) = tokio::join!(publisher, reading);
+    assert_eq!(received, ids(1..=1000));
+    let stats = proxy
+        .wait_for_stats("the stuck subscriber's closure", |s| {
+            s["topics"][0]["slow_closures"] == 1 && s["topics"][0]["subscribers"] == 1
+        })
+        .await;
+    assert!(stats["topics"][0]["deliveries"].as_u64().unwrap() >= 1000);
+    drop(stuck);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_subscribers_come_and_go_and_the_upstream_closes_after_linger() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, TOPICS);
+    let mut clients = Vec::new();
+    let mut streams = Vec::new();
+    for n in 0..1000 {
+        if n % 100 == 0 {
+            clients.push(Client::h2c(proxy.plain_addr).await);
+        }
+        streams.push(EventStream::open(clients.last_mut().unwrap(), "/events/news", None).await);
+    }
+    wait_for_subscribers(&proxy, "/events/news", 1000).await;
+    assert_eq!(app.open_streams("/stream/news"), 1);
+    drop(streams);
+    drop(clients);
+    proxy
+        .wait_for_stats("every subscriber gone", |s| s["totals"]["subscribers"] == 0)
+        .await;
+    proxy
+        .wait_for_stats("the topic reclaimed after its linger", |s| {
+            s["totals"]["topics"] == 0
+        })
+        .await;
+    app.wait_for_open_streams("/stream/news", 0).await;
+    assert_eq!(app.requests_for("/stream/news").len(), 1);
+}
+
+#[tokio::test]
+async fn closed_subscriber_is_freed_without_waiting_for_an_event() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, TOPICS);
+    let mut client = h2(&proxy).await;
+    let stream = EventStream::open(&mut client, "/events/news", None).await;
+    let mut plain = tokio::net::TcpStream::connect(proxy.plain_addr)
+        .await
+        .unwrap();
+    plain
+        .write_all(b"GET /events/news HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    plain.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    wait_for_subscribers(&proxy, "/events/news", 2).await;
+    drop(stream); // HTTP/2: RST_STREAM on an open connection
+    proxy
+        .wait_for_stats("the h2 subscriber gone", |s| {
+            s["topics"][0]["subscribers"] == 1
+        })
+        .await;
+    drop(plain); // HTTP/1.1: TCP close
+    proxy
+        .wait_for_stats("the h1 subscriber gone", |s| {
+            s["topics"][0]["subscribers"] == 0
+        })
+        .await;
+    assert_eq!(
+        proxy.topic_stats("/events/news").await.unwrap()["events_in"],
+        0
+    );
+    drop(client);
+}
+
+#[tokio::test]
+async fn subscription_headers_are_right_for_h2_and_h1() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, TOPICS);
+    for protocol in ["h2", "http/1.1"] {
+        let mut client = Client::tls(proxy.tls_addr, &proxy.certs, &[protocol]).await;
+        let response = client.get("/events/news").await;
+        let headers = response.headers();
+        assert_eq!(response.status(), 200);
+        assert_eq!(headers["content-type"], "text/event-stream");
+        assert_eq!(headers["cache-control"], "no-cache");
+        assert_eq!(headers["x-accel-buffering"], "no");
+        assert!(headers.get("content-length").is_none());
+        assert!(headers.get("content-encoding").is_none());
+        if protocol == "http/1.1" {
+            assert_eq!(headers["transfer-encoding"], "chunked");
+        } else {
+            for name in ["connection", "keep-alive", "transfer-encoding", "upgrade"] {
+                assert!(headers.get(name).is_none(), "{name} on HTTP/2");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn other_methods_on_a_topic_path_get_405() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, TOPICS);
+    let mut client = h2(&proxy).await;
+    let request = client
+        .request("POST", "/events/news")
+        .body(Default::default())
+        .unwrap();
+    let response = client.send(request).await.unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET");
+    assert!(app.requests().is_empty());
+}
+
+#[tokio::test]
+async fn sigterm_ends_every_stream_cleanly() {
+    let app = SseApp::start().await;
+    let mut proxy = Proxy::start(app.addr, TOPICS);
+    let mut h2_client = h2(&proxy).await;
+    let mut h1_client = h1(&proxy).await;
+    let mut streams = vec![
+        EventStream::open(&mut h2_client, "/events/news", None).await,
+        EventStream::open(&mut h1_client, "/events/news", None).await,
+    ];
+    wait_for_subscribers(&proxy, "/events/news", 2).await;
+    proxy.terminate();
+    for stream in &mut streams {
+        stream.until_end().await; // panics if the stream breaks instead of ending
+        assert!(stream.ended);
+    }
+    assert!(proxy.wait_exit().success());
+}
+
+#[tokio::test]
+async fn oversized_upstream_event_breaks_only_the_upstream_connection() {
+    let app = SseApp::start().await;
+    let config = with_heartbeat("200ms").replace(
+        "linger = \"1s\"",
+        "linger = \"1s\"\nmax_event_size = \"1KiB\"\nmax_lag_bytes = \"1KiB\"",
+    );
+    let proxy = Proxy::start(app.addr, &config);
+    let mut client = h2(&proxy).await;
+    let mut stream = EventStream::open(&mut client, "/events/news", None).await;
+    wait_for_subscribers(&proxy, "/events/news", 1).await;
+    app.publish("/stream/news", "1", "fits");
+    assert_eq!(stream.message_ids(1).await, ids(1..=1));
+    app.publish("/stream/news", "2", &"y".repeat(4096));
+    proxy
+        .wait_for_stats("the parser limit reported", |s| {
+            s["topics"][0]["upstream_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("1024"))
+        })
+        .await;
+    // The subscriber keeps its stream and its heartbeats.
+    let mut heartbeats = 0;
+    while heartbeats < 2 {
+        if let Some(Item::Comment(_)) = stream.next_item().await {
+            heartbeats += 1;
+        }
+    }
+    assert_eq!(
+        proxy.topic_stats("/events/news").await.unwrap()["subscribers"],
+        1
+    );
+}
