@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         upgrade: args.upgrade,
     };
     match server::build(&config, start) {
-        Ok(server) => server.run_forever(),
+        Ok((server, _hub)) => server.run_forever(),
         Err(e) => {
             eprintln!("sse-fanout: cannot start: {e}");
             ExitCode::FAILURE

@@ -94,8 +94,10 @@ fn protocols(listener: &Listener) -> &'static str {
     }
 }
 
-/// Creates the Pingora server with the proxy service on every listener.
-pub fn build(config: &Config, start: StartOptions) -> pingora::Result<Server> {
+/// Creates the Pingora server with the proxy service on every listener, and
+/// returns it with its hub (for callers that add services of their own, such
+/// as the demo, before running it).
+pub fn build(config: &Config, start: StartOptions) -> pingora::Result<(Server, Hub)> {
     let opt = Opt {
         upgrade: start.upgrade,
         ..Opt::default()
@@ -149,6 +151,6 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<Server> {
         server.add_service(admin::service(hub.clone(), settings));
         log::info!("admin listener on {} (GET /stats)", settings.addr);
     }
-    server.add_service(background_service("sse hub", HubLifecycle(hub)));
-    Ok(server)
+    server.add_service(background_service("sse hub", HubLifecycle(hub.clone())));
+    Ok((server, hub))
 }
