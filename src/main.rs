@@ -3,12 +3,16 @@
 //! ```text
 //! sse-fanout [-c FILE]            run with FILE (default conf/sse-fanout.toml)
 //! sse-fanout [-c FILE] --check    validate FILE and its certificates, then exit 0 or 2
+//! sse-fanout [-c FILE] --upgrade  take over the listeners of a running instance
+//! sse-fanout demo [-c FILE]       the proxy and a demo app (default conf/demo.toml)
 //! ```
 
-use std::path::PathBuf;
+mod demo;
+
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use sse_fanout::config::{Config, DEFAULT_CONFIG_PATH};
 use sse_fanout::server::{self, StartOptions};
@@ -19,7 +23,12 @@ const EXIT_BAD_CONFIG: u8 = 2;
 /// A reverse proxy that fans one upstream Server-Sent Events stream per topic
 /// out to every subscriber, and proxies everything else to the app.
 #[derive(Parser, Debug)]
-#[command(name = "sse-fanout", version, about)]
+#[command(
+    name = "sse-fanout",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
     /// The config file.
     #[arg(short = 'c', long = "config", value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
@@ -34,18 +43,54 @@ struct Args {
     /// `upgrade_sock`, for a restart that drops no connection.
     #[arg(long)]
     upgrade: bool,
+
+    /// Something other than running the proxy.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// See it work: the proxy on https://localhost:8443 with a built-in demo
+    /// app behind it, whose page opens dozens of EventSources at once.
+    Demo {
+        /// The config file (the demo app listens on its `[app] upstream`).
+        #[arg(short = 'c', long = "config", value_name = "FILE", default_value = demo::DEFAULT_DEMO_CONFIG_PATH)]
+        config: PathBuf,
+    },
+}
+
+/// Loads a config, or says why not (the caller exits with [`EXIT_BAD_CONFIG`]).
+fn load(path: &Path) -> Option<Config> {
+    match Config::load(path) {
+        Ok(config) => Some(config),
+        Err(e) => {
+            eprintln!("sse-fanout: {e}");
+            None
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
-    let config = match Config::load(&args.config) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("sse-fanout: {e}");
+    if let Some(Command::Demo { config }) = &args.command {
+        let Some(config) = load(config) else {
             return ExitCode::from(EXIT_BAD_CONFIG);
+        };
+        match demo::start(&config) {
+            Ok(server) => server.run_forever(),
+            Err(e) => {
+                eprintln!("sse-fanout demo: {e}");
+                return ExitCode::FAILURE;
+            }
         }
+    }
+
+    let Some(config) = load(&args.config) else {
+        return ExitCode::from(EXIT_BAD_CONFIG);
     };
     if args.check {
         println!(

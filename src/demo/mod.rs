@@ -1,0 +1,154 @@
+//! `sse-fanout demo`: the proxy and a small demo app in one process, to see
+//! sse-fanout do its job within a minute of cloning.
+//!
+//! ```text
+//!  browser ──https://localhost:8443 (h2)──▶ ┌─ sse-fanout ─┐ ── one GET per topic ──▶ ┌─ demo app ─────────┐
+//!  (dozens of EventSources on one page)    │  (the proxy, │    /stream/clock          │ 127.0.0.1:3000     │
+//!  browser ──http://localhost:8080 (h1)──▶ │  conf/demo.  │    /stream/quiet          │ page, stats,       │
+//!  (the same page: six streams, no more)   │  toml)       │    /stream/jobs/{id}      │ restart, streams   │
+//!                                          └──────────────┘ ── everything else ────▶ └────────────────────┘
+//! ```
+//!
+//! The proxy is built exactly as `sse-fanout -c FILE` builds it
+//! ([`server::build`]); the demo only adds one more Pingora service, the
+//! [`DemoApp`](app::DemoApp), on the loopback address the config's `[app]
+//! upstream` names. The shipped `conf/demo.toml` is therefore also the worked
+//! example of a config file. The page the app serves opens many
+//! EventSources at once and shows, live, what the proxy and the app see.
+
+mod app;
+mod feed;
+mod jobs;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use pingora::server::Server;
+use pingora::services::listening::Service;
+
+use app::DemoApp;
+use sse_fanout::config::{Config, Listener};
+use sse_fanout::server::{self, StartOptions};
+
+/// Where `sse-fanout demo` looks for its config when `-c` is not given.
+pub const DEFAULT_DEMO_CONFIG_PATH: &str = "conf/demo.toml";
+
+/// The topic paths the demo page subscribes to (a job id stands in for the
+/// template's `{id}`); the config must serve each of them.
+const PAGE_TOPICS: [&str; 3] = ["/events/clock", "/events/quiet", "/events/jobs/demo-1"];
+
+/// Why the demo cannot start.
+#[derive(Debug)]
+pub enum DemoError {
+    /// `[app] upstream` is not a plain `http` loopback address the demo app
+    /// could listen on.
+    AppAddress {
+        /// The configured upstream.
+        upstream: String,
+    },
+    /// The config lacks a topic the demo page subscribes to.
+    MissingTopic {
+        /// The path the page uses.
+        path: &'static str,
+    },
+    /// Pingora could not build the server (a certificate, a listener).
+    Start(Box<pingora::Error>),
+}
+
+impl fmt::Display for DemoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DemoError::AppAddress { upstream } => write!(
+                f,
+                "[app] upstream is {upstream}, but the demo app listens there itself, so it must be \
+                 a plain http loopback address such as \"127.0.0.1:3000\""
+            ),
+            DemoError::MissingTopic { path } => write!(
+                f,
+                "the demo page subscribes to {path}, but the config has no [[topic]] for it \
+                 (see conf/demo.toml)"
+            ),
+            DemoError::Start(e) => write!(f, "cannot start: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DemoError {}
+
+/// The address the demo app listens on: the config's `[app] upstream`,
+/// which must be plain `http` on a loopback address.
+fn app_address(config: &Config) -> Result<SocketAddr, DemoError> {
+    let origin = &config.app.origin;
+    let ip = match origin.host.as_str() {
+        "localhost" => Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        host => host.parse::<IpAddr>().ok(),
+    };
+    match ip {
+        Some(ip) if ip.is_loopback() && !origin.tls => Ok(SocketAddr::new(ip, origin.port)),
+        _ => Err(DemoError::AppAddress {
+            upstream: origin.to_string(),
+        }),
+    }
+}
+
+/// The URL a browser on this machine uses for a listener.
+fn browser_url(listener: &Listener) -> String {
+    let scheme = if listener.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let ip = listener.addr.ip();
+    let host = if ip.is_loopback() || ip.is_unspecified() {
+        "localhost".to_string()
+    } else if ip.is_ipv6() {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    };
+    format!("{scheme}://{host}:{}/", listener.addr.port())
+}
+
+/// What to open and what to look at, printed when the demo starts.
+fn banner(config: &Config, app: SocketAddr) -> String {
+    let mut text = format!("\nsse-fanout demo ({})\n\n", config.path.display());
+    if let Some(tls) = config.listeners.iter().find(|l| l.tls.is_some()) {
+        text += &format!(
+            "  Open   {}\n         HTTP/2: dozens of EventSources on one page, each topic fed by ONE upstream stream.\n         \
+             (Self-signed development certificate from certs/dev/: accept the browser's warning.)\n",
+            browser_url(tls)
+        );
+    }
+    if let Some(plain) = config.listeners.iter().find(|l| l.tls.is_none()) {
+        text += &format!(
+            "  Then   {}\n         The same page over HTTP/1.1: the browser holds six streams and no more.\n",
+            browser_url(plain)
+        );
+    }
+    if let Some(admin) = &config.admin {
+        text += &format!("  Stats  http://{}/stats\n", admin.addr);
+    }
+    text += &format!(
+        "\n  Look at: \"N subscribers, M upstream connections\" at the top of the page; press\n  \
+         \"Restart the app's streams\" and watch every EventSource stay open with no gap in its ids.\n  \
+         The demo app listens on {app}, behind the proxy. Ctrl-C stops.\n"
+    );
+    text
+}
+
+/// Builds the proxy for `config` plus the demo app on its `[app]` address,
+/// and prints what to open. The caller runs the returned server.
+pub fn start(config: &Config) -> Result<Server, DemoError> {
+    let app_addr = app_address(config)?;
+    let (mut server, hub) =
+        server::build(config, StartOptions::default()).map_err(DemoError::Start)?;
+    if let Some(path) = PAGE_TOPICS.into_iter().find(|p| hub.find(p).is_none()) {
+        return Err(DemoError::MissingTopic { path });
+    }
+    let mut app = Service::new("sse-fanout demo app".into(), DemoApp::new(hub));
+    app.add_tcp(&app_addr.to_string());
+    server.add_service(app);
+    log::info!("demo app listening on {app_addr}");
+    println!("{}", banner(config, app_addr));
+    Ok(server)
+}
