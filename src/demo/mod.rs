@@ -28,6 +28,7 @@ use pingora::services::listening::Service;
 
 use app::DemoApp;
 use sse_fanout::config::{Config, Listener};
+use sse_fanout::route::TopicRoutes;
 use sse_fanout::server::{self, StartOptions};
 
 /// Where `sse-fanout demo` looks for its config when `-c` is not given.
@@ -140,15 +141,78 @@ fn banner(config: &Config, app: SocketAddr) -> String {
 /// and prints what to open. The caller runs the returned server.
 pub fn start(config: &Config) -> Result<Server, DemoError> {
     let app_addr = app_address(config)?;
-    let (mut server, hub) =
-        server::build(config, StartOptions::default()).map_err(DemoError::Start)?;
-    if let Some(path) = PAGE_TOPICS.into_iter().find(|p| hub.find(p).is_none()) {
+    let routes = TopicRoutes::new(config.topics.iter().map(|t| &t.path));
+    if let Some(path) = PAGE_TOPICS.into_iter().find(|p| routes.find(p).is_none()) {
         return Err(DemoError::MissingTopic { path });
     }
+    let (mut server, hub) =
+        server::build(config, StartOptions::default()).map_err(DemoError::Start)?;
     let mut app = Service::new("sse-fanout demo app".into(), DemoApp::new(hub));
     app.add_tcp(&app_addr.to_string());
     server.add_service(app);
     log::info!("demo app listening on {app_addr}");
     println!("{}", banner(config, app_addr));
     Ok(server)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(app: &str, topics: &str) -> Config {
+        let text =
+            format!("[[listen]]\naddr = \"0.0.0.0:8080\"\n[app]\nupstream = \"{app}\"\n{topics}");
+        Config::from_text(Path::new("demo.toml"), &text).expect("a valid config")
+    }
+
+    #[test]
+    fn the_demo_app_listens_on_a_loopback_app_address_only() {
+        let loopback = config("127.0.0.1:3000", "");
+        assert_eq!(
+            app_address(&loopback).unwrap(),
+            "127.0.0.1:3000".parse().unwrap()
+        );
+        let localhost = config("http://localhost:3001", "");
+        assert_eq!(
+            app_address(&localhost).unwrap(),
+            "127.0.0.1:3001".parse().unwrap()
+        );
+        for elsewhere in [
+            "10.0.0.5:3000",
+            "app.internal:3000",
+            "https://127.0.0.1:3000",
+        ] {
+            assert!(
+                matches!(
+                    app_address(&config(elsewhere, "")),
+                    Err(DemoError::AppAddress { .. })
+                ),
+                "{elsewhere}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_banner_names_urls_a_browser_on_this_machine_can_open() {
+        let config = config("127.0.0.1:3000", "");
+        assert_eq!(browser_url(&config.listeners[0]), "http://localhost:8080/");
+        let text = banner(&config, "127.0.0.1:3000".parse().unwrap());
+        assert!(text.contains("http://localhost:8080/"), "{text}");
+    }
+
+    #[test]
+    fn the_shipped_demo_config_serves_every_topic_of_the_page() {
+        let config = Config::load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/",
+            "conf/demo.toml"
+        )))
+        .expect("conf/demo.toml loads");
+        assert!(app_address(&config).is_ok());
+        let routes = TopicRoutes::new(config.topics.iter().map(|t| &t.path));
+        for path in PAGE_TOPICS {
+            assert!(routes.find(path).is_some(), "{path}");
+        }
+    }
 }
