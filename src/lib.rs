@@ -8,6 +8,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod config;
+pub mod front_door;
 pub mod hub;
 pub mod origin;
 pub mod proxy;

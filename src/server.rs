@@ -1,6 +1,8 @@
 //! Builds the Pingora server a [`Config`] describes.
 //!
-//! One Pingora service, the [`Proxy`], listens on every `[[listen]]` address.
+//! One Pingora service listens on every `[[listen]]` address: the
+//! [`FrontDoor`], which serves HTTP/2 topic streams itself and hands every
+//! other session to the reverse [`Proxy`].
 //! TLS listeners offer ALPN `h2` and `http/1.1` (TLS 1.2 and 1.3) with the
 //! certificate the config already loaded; plaintext listeners speak HTTP/1.1
 //! and HTTP/2 with prior knowledge (h2c). Every accepted socket gets TCP
@@ -23,6 +25,7 @@ use pingora::services::background::{background_service, BackgroundService};
 
 use crate::admin;
 use crate::config::{Config, Listener, ServerSettings};
+use crate::front_door::FrontDoor;
 use crate::hub::Hub;
 use crate::proxy::Proxy;
 
@@ -106,19 +109,20 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<(Server, H
     server.bootstrap();
 
     let hub = Hub::new(config);
-    let proxy = pingora::proxy::http_proxy(
+    let mut proxy = pingora::proxy::http_proxy(
         &server.configuration,
         Proxy::new(config.app.clone(), hub.clone()),
     );
-    let mut service = pingora::services::listening::Service::new(SERVICE_NAME.into(), proxy);
-    if let Some(proxy) = service.app_logic_mut() {
-        let mut server_options = HttpServerOptions::default();
-        server_options.h2c = true;
-        proxy.server_options = Some(server_options);
-        let mut h2 = default_h2_options();
-        h2.max_concurrent_streams(config.server.max_concurrent_streams);
-        proxy.h2_options = Some(h2);
-    }
+    let mut server_options = HttpServerOptions::default();
+    server_options.h2c = true;
+    proxy.server_options = Some(server_options);
+    let mut h2 = default_h2_options();
+    h2.max_concurrent_streams(config.server.max_concurrent_streams);
+    proxy.h2_options = Some(h2);
+    let mut service = pingora::services::listening::Service::new(
+        SERVICE_NAME.into(),
+        FrontDoor::new(proxy, hub.clone()),
+    );
 
     let sockets = socket_options(&config.server);
     for listener in &config.listeners {
