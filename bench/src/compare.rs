@@ -1,0 +1,751 @@
+//! The side-by-side comparison: sse-fanout, nchan and plain nginx in one run.
+//!
+//! For each scenario and contender it starts, on 127.0.0.1 ports:
+//! - the benchmark app (`sse-bench app`), silent until told to start;
+//! - the contender: sse-fanout (release build, a config written to a temp
+//!   folder), nginx with nchan (events pushed to its publisher endpoint,
+//!   subscribers on `nchan_subscriber eventsource`), or nginx as a plain SSE
+//!   reverse proxy (`proxy_buffering off`: one upstream connection per
+//!   subscriber);
+//! - load generators (`sse-bench load`), several when one process would run
+//!   out of file descriptors.
+//!
+//! It measures the contender's memory (PSS) before and after the ramp, then
+//! lets the app emit the events and measures CPU time of the contender, the
+//! app and the load generators over the delivery window, the upstream
+//! connections (`ss`), and what the load generators report. Everything is
+//! stopped at the end of each run; every wait has a deadline.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::time::{timeout, Instant};
+
+use crate::histogram::Histogram;
+use crate::procstat;
+
+/// The contenders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contender {
+    SseFanout,
+    Nchan,
+    NginxProxy,
+}
+
+impl Contender {
+    pub fn name(self) -> &'static str {
+        match self {
+            Contender::SseFanout => "sse-fanout",
+            Contender::Nchan => "nchan",
+            Contender::NginxProxy => "nginx proxy",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Contender> {
+        match text {
+            "sse-fanout" => Some(Contender::SseFanout),
+            "nchan" => Some(Contender::Nchan),
+            "nginx" | "nginx-proxy" => Some(Contender::NginxProxy),
+            _ => None,
+        }
+    }
+}
+
+/// One load shape.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub label: String,
+    /// `h2`, `h1` (over TLS).
+    pub protocol: &'static str,
+    pub streams_per_connection: usize,
+    pub subscribers: usize,
+    pub topics: usize,
+    pub rate: f64,
+    pub seconds: u64,
+    pub size: usize,
+    pub contenders: Vec<Contender>,
+}
+
+/// Everything a run needs to find.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// Folder holding `sse-fanout` and `sse-bench` (release builds).
+    pub bin_dir: PathBuf,
+    /// The repository (for the development certificate).
+    pub repo: PathBuf,
+    /// nginx binary.
+    pub nginx: PathBuf,
+    /// Subscriptions opened per second while ramping.
+    pub ramp: f64,
+    /// Worker threads / processes each contender gets.
+    pub workers: usize,
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub contender: &'static str,
+    pub answered: u64,
+    pub failed: u64,
+    pub delivered: u64,
+    pub expected: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub pss_per_subscriber: f64,
+    pub cpu_us_per_delivery: f64,
+    pub proxy_cpu_percent: f64,
+    pub app_cpu_percent: f64,
+    pub load_cpu_percent: f64,
+    pub upstream_connections: Option<usize>,
+    pub note: String,
+}
+
+/// A child process with line-oriented stdin/stdout.
+struct Proc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Proc {
+    fn spawn(command: &mut Command) -> std::io::Result<Proc> {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        Ok(Proc {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// The next stdout line starting with `prefix` (rest of the line).
+    async fn expect(&mut self, prefix: &str, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let line = timeout(
+                deadline.saturating_duration_since(Instant::now()),
+                self.stdout.next_line(),
+            )
+            .await
+            .ok()?
+            .ok()??;
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return Some(rest.trim().to_string());
+            }
+        }
+    }
+
+    async fn say(&mut self, line: &str) {
+        if let Some(stdin) = self.stdin.as_mut() {
+            let _ = stdin.write_all(format!("{line}\n").as_bytes()).await;
+            let _ = stdin.flush().await;
+        }
+    }
+}
+
+/// A free 127.0.0.1 port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_or(0, |a| a.port())
+}
+
+/// Waits until something accepts on `port`.
+async fn wait_for_port(port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// A running contender: its processes and where subscribers go.
+struct Running {
+    /// The process whose PSS/CPU counts (nginx: master and workers).
+    pids: Vec<u32>,
+    /// Keeps processes alive; killed on drop.
+    _processes: Vec<Child>,
+    tls_port: u16,
+    plain_port: u16,
+    /// Subscription path, `{topic}` standing for the topic number.
+    path: String,
+    /// Where the app publishes (nchan), if anywhere.
+    publish_url: Option<String>,
+    /// nginx's prefix, to stop it.
+    nginx_prefix: Option<PathBuf>,
+}
+
+impl Running {
+    async fn stop(self, setup: &Setup) {
+        if let Some(prefix) = &self.nginx_prefix {
+            let _ = Command::new(&setup.nginx)
+                .args([
+                    "-p",
+                    &prefix.to_string_lossy(),
+                    "-c",
+                    "nginx.conf",
+                    "-s",
+                    "stop",
+                ])
+                .stderr(Stdio::null())
+                .status()
+                .await;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self
+                .pids
+                .iter()
+                .any(|p| Path::new(&format!("/proc/{p}")).exists())
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn nginx_conf(
+    setup: &Setup,
+    contender: Contender,
+    prefix: &Path,
+    tls_port: u16,
+    plain_port: u16,
+    app_port: u16,
+) -> String {
+    let cert = setup.repo.join("certs/dev/localhost.pem");
+    let key = setup.repo.join("certs/dev/localhost-key.pem");
+    let locations = match contender {
+        Contender::Nchan => "
+        location ~ ^/sub/(\\w+)$ { nchan_subscriber eventsource; nchan_channel_id $1; }
+        location ~ ^/pub/(\\w+)$ { nchan_publisher; nchan_channel_id $1; nchan_message_buffer_length 1000; nchan_message_timeout 5m; }
+        location = /hello { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }"
+            .to_string(),
+        _ => "
+        location /events/ {
+            proxy_pass http://app/stream/;
+            proxy_http_version 1.1; proxy_set_header Connection \"\";
+            proxy_buffering off; proxy_cache off; proxy_read_timeout 1h;
+        }
+        location = /hello { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }"
+            .to_string(),
+    };
+    let module = if contender == Contender::Nchan {
+        "load_module /usr/lib/nginx/modules/ngx_nchan_module.so;"
+    } else {
+        ""
+    };
+    format!(
+        "{module}
+worker_processes {workers};
+worker_rlimit_nofile 19000;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+daemon on;
+events {{ worker_connections 18000; multi_accept on; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {prefix}/tmp; proxy_temp_path {prefix}/tmp; fastcgi_temp_path {prefix}/tmp;
+    uwsgi_temp_path {prefix}/tmp; scgi_temp_path {prefix}/tmp;
+    upstream app {{ server 127.0.0.1:{app_port}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{tls_port} ssl http2;
+        listen 127.0.0.1:{plain_port};
+        http2_max_concurrent_streams 128;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        {locations}
+    }}
+}}
+",
+        workers = setup.workers,
+        prefix = prefix.display(),
+        cert = cert.display(),
+        key = key.display(),
+    )
+}
+
+fn sse_fanout_conf(
+    setup: &Setup,
+    tls_port: u16,
+    plain_port: u16,
+    admin_port: u16,
+    app_port: u16,
+    dir: &Path,
+) -> String {
+    let cert = setup.repo.join("certs/dev/localhost.pem");
+    let key = setup.repo.join("certs/dev/localhost-key.pem");
+    format!(
+        r#"
+[server]
+threads = {workers}
+grace_period = "1s"
+shutdown_timeout = "1s"
+pid_file = "{dir}/sse-fanout.pid"
+upgrade_sock = "{dir}/upgrade.sock"
+
+[[listen]]
+addr = "127.0.0.1:{tls_port}"
+tls = {{ cert = "{cert}", key = "{key}" }}
+
+[[listen]]
+addr = "127.0.0.1:{plain_port}"
+
+[app]
+upstream = "127.0.0.1:{app_port}"
+
+[admin]
+addr = "127.0.0.1:{admin_port}"
+
+[sse]
+heartbeat = "30s"
+linger = "5s"
+
+[[topic]]
+path = "/events/{{topic}}"
+upstream = "/stream/{{topic}}"
+"#,
+        workers = setup.workers,
+        dir = dir.display(),
+        cert = cert.display(),
+        key = key.display(),
+    )
+}
+
+async fn start_contender(
+    setup: &Setup,
+    contender: Contender,
+    app_port: u16,
+    dir: &Path,
+) -> Result<Running, String> {
+    let tls_port = free_port();
+    let plain_port = free_port();
+    match contender {
+        Contender::SseFanout => {
+            let admin_port = free_port();
+            let config = dir.join("sse-fanout.toml");
+            std::fs::write(
+                &config,
+                sse_fanout_conf(setup, tls_port, plain_port, admin_port, app_port, dir),
+            )
+            .map_err(|e| e.to_string())?;
+            let child = Command::new(setup.bin_dir.join("sse-fanout"))
+                .arg("-c")
+                .arg(&config)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| format!("cannot start sse-fanout: {e}"))?;
+            let pid = child.id().unwrap_or(0);
+            if !wait_for_port(tls_port).await {
+                return Err("sse-fanout did not start listening".into());
+            }
+            Ok(Running {
+                pids: vec![pid],
+                _processes: vec![child],
+                tls_port,
+                plain_port,
+                path: "/events/t{topic}".into(),
+                publish_url: None,
+                nginx_prefix: None,
+            })
+        }
+        Contender::Nchan | Contender::NginxProxy => {
+            let prefix = dir.join("nginx");
+            std::fs::create_dir_all(prefix.join("tmp")).map_err(|e| e.to_string())?;
+            std::fs::write(
+                prefix.join("nginx.conf"),
+                nginx_conf(setup, contender, &prefix, tls_port, plain_port, app_port),
+            )
+            .map_err(|e| e.to_string())?;
+            let status = Command::new(&setup.nginx)
+                .args(["-p", &prefix.to_string_lossy(), "-c", "nginx.conf"])
+                .status()
+                .await
+                .map_err(|e| format!("cannot start nginx: {e}"))?;
+            if !status.success() || !wait_for_port(tls_port).await {
+                let log = std::fs::read_to_string(prefix.join("error.log")).unwrap_or_default();
+                return Err(format!("nginx did not start: {log}"));
+            }
+            let master: u32 = std::fs::read_to_string(prefix.join("nginx.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+                .ok_or("no nginx pid")?;
+            let mut pids = vec![master];
+            pids.extend(procstat::children(master));
+            let (path, publish_url) = match contender {
+                Contender::Nchan => (
+                    "/sub/t{topic}".to_string(),
+                    Some(format!("http://127.0.0.1:{plain_port}/pub")),
+                ),
+                _ => ("/events/t{topic}".to_string(), None),
+            };
+            Ok(Running {
+                pids,
+                _processes: Vec::new(),
+                tls_port,
+                plain_port,
+                path,
+                publish_url,
+                nginx_prefix: Some(prefix),
+            })
+        }
+    }
+}
+
+fn percent(cpu: Duration, wall: Duration) -> f64 {
+    100.0 * cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9)
+}
+
+/// Subscriptions one load process handles (its open-file limit is ~20000).
+const SUBSCRIBERS_PER_LOAD_PROCESS: usize = 10_000;
+
+/// Runs one scenario for one contender.
+pub async fn run_one(setup: &Setup, scenario: &Scenario, contender: Contender) -> Outcome {
+    let mut outcome = Outcome {
+        contender: contender.name(),
+        ..Outcome::default()
+    };
+    let dir =
+        std::env::temp_dir().join(format!("sse-bench-{}-{}", std::process::id(), free_port()));
+    let _ = std::fs::create_dir_all(&dir);
+    let result = run_in(setup, scenario, contender, &dir, &mut outcome).await;
+    if let Err(note) = result {
+        outcome.note = note;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome
+}
+
+async fn run_in(
+    setup: &Setup,
+    scenario: &Scenario,
+    contender: Contender,
+    dir: &Path,
+    outcome: &mut Outcome,
+) -> Result<(), String> {
+    let app_port = free_port();
+    let events = (scenario.rate * scenario.seconds as f64).round() as u64;
+    // The contender first (it knows the app's port, and connects only when
+    // subscribers arrive), then the app: nchan gets events pushed to its
+    // publisher endpoint; the others pull streams from the app.
+    let running = start_contender(setup, contender, app_port, dir).await?;
+    let mut app_command = Command::new(setup.bin_dir.join("sse-bench"));
+    app_command.args([
+        "app",
+        "--listen",
+        &format!("127.0.0.1:{app_port}"),
+        "--topics",
+        &scenario.topics.to_string(),
+        "--rate",
+        &scenario.rate.to_string(),
+        "--events",
+        &events.to_string(),
+        "--size",
+        &scenario.size.to_string(),
+    ]);
+    if let Some(url) = &running.publish_url {
+        app_command.args(["--publish-url", url]);
+    }
+    let mut app =
+        Proc::spawn(&mut app_command).map_err(|e| format!("cannot start the app: {e}"))?;
+    app.expect("listening", Duration::from_secs(10))
+        .await
+        .ok_or("the app did not start")?;
+    tokio::time::sleep(Duration::from_millis(500)).await; // let the contender finish starting up
+    let pss_before = procstat::total_pss(&running.pids);
+
+    // Load generators.
+    let processes = scenario
+        .subscribers
+        .div_ceil(SUBSCRIBERS_PER_LOAD_PROCESS)
+        .max(1);
+    let mut loads = Vec::new();
+    for index in 0..processes {
+        let share = scenario.subscribers / processes
+            + usize::from(index < scenario.subscribers % processes);
+        let port = if scenario.protocol == "h1-plain" {
+            running.plain_port
+        } else {
+            running.tls_port
+        };
+        let protocol = match scenario.protocol {
+            "h2" => "h2",
+            "h1-plain" => "h1",
+            _ => "h1-tls",
+        };
+        let mut command = Command::new(setup.bin_dir.join("sse-bench"));
+        command.args([
+            "load",
+            "--target",
+            &format!("127.0.0.1:{port}"),
+            "--path",
+            &running.path,
+            "--topics",
+            &scenario.topics.to_string(),
+            "--subscribers",
+            &share.to_string(),
+            "--protocol",
+            protocol,
+            "--streams",
+            &scenario.streams_per_connection.to_string(),
+            "--ramp",
+            &(setup.ramp / processes as f64).to_string(),
+            "--events",
+            &events.to_string(),
+            "--source",
+            &format!("127.0.0.{}", 2 + index),
+        ]);
+        loads.push(
+            Proc::spawn(&mut command).map_err(|e| format!("cannot start a load generator: {e}"))?,
+        );
+    }
+    let ramp_limit = Duration::from_secs_f64(scenario.subscribers as f64 / setup.ramp + 60.0);
+    for load in &mut loads {
+        let ready = load
+            .expect("ready", ramp_limit)
+            .await
+            .ok_or("a load generator never got ready")?;
+        let ready: Value = serde_json::from_str(&ready).unwrap_or_default();
+        outcome.answered += ready["answered"].as_u64().unwrap_or(0);
+        outcome.failed += ready["failed"].as_u64().unwrap_or(0);
+    }
+    // Let buffers settle, then take the idle memory figure.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut pids = running.pids.clone();
+    if running.nginx_prefix.is_some() {
+        pids = vec![running.pids[0]];
+        pids.extend(procstat::children(running.pids[0]));
+    }
+    let pss_after = procstat::total_pss(&pids);
+    outcome.pss_per_subscriber =
+        (pss_after.saturating_sub(pss_before)) as f64 / (outcome.answered.max(1) as f64);
+
+    // The delivery window.
+    let load_pids: Vec<u32> = loads.iter().map(Proc::pid).collect();
+    let (proxy_cpu0, app_cpu0, load_cpu0) = (
+        procstat::total_cpu(&pids),
+        procstat::total_cpu(&[app.pid()]),
+        procstat::total_cpu(&load_pids),
+    );
+    let window_start = Instant::now();
+    app.say("start").await;
+    let emit_limit = Duration::from_secs(scenario.seconds * 3 + 30);
+    let mid_window = Duration::from_secs(scenario.seconds / 2).max(Duration::from_millis(500));
+    tokio::time::sleep(mid_window).await;
+    outcome.upstream_connections = procstat::established_to_port(app_port);
+    app.expect("done", emit_limit)
+        .await
+        .ok_or("the app never finished emitting")?;
+    // Stragglers get a grace period, then the load generators report.
+    let grace = Duration::from_secs(5);
+    let mut results = Vec::new();
+    let report_deadline = Instant::now() + grace + Duration::from_secs(30);
+    for load in &mut loads {
+        // Ask to stop after the grace period unless already complete.
+        let result = match timeout(grace, load.stdout.next_line()).await {
+            Ok(Ok(Some(line))) if line.starts_with('{') => Some(line),
+            _ => {
+                load.say("stop").await;
+                load.expect(
+                    "{",
+                    report_deadline.saturating_duration_since(Instant::now()),
+                )
+                .await
+                .map(|rest| format!("{{{rest}"))
+            }
+        };
+        results.push(result.ok_or("a load generator did not report")?);
+    }
+    let wall = window_start.elapsed();
+    let proxy_cpu = procstat::total_cpu(&pids).saturating_sub(proxy_cpu0);
+    let app_cpu = procstat::total_cpu(&[app.pid()]).saturating_sub(app_cpu0);
+    let load_cpu = procstat::total_cpu(&load_pids).saturating_sub(load_cpu0);
+
+    let mut latency = Histogram::default();
+    for line in &results {
+        let result: Value =
+            serde_json::from_str(line).map_err(|e| format!("bad load report: {e}"))?;
+        outcome.delivered += result["delivered"].as_u64().unwrap_or(0);
+        outcome.duplicates += result["duplicates"].as_u64().unwrap_or(0);
+        outcome.out_of_order += result["out_of_order"].as_u64().unwrap_or(0);
+        latency.merge(&Histogram::from_json(&result["latency"]));
+        if let Some(error) = result["first_error"].as_str() {
+            if outcome.note.is_empty() {
+                outcome.note = format!("first failure: {error}");
+            }
+        }
+    }
+    outcome.expected = events * scenario.subscribers as u64;
+    outcome.p50_ms = latency.percentile(0.50) as f64 / 1000.0;
+    outcome.p99_ms = latency.percentile(0.99) as f64 / 1000.0;
+    outcome.max_ms = latency.max_us() as f64 / 1000.0;
+    outcome.cpu_us_per_delivery = proxy_cpu.as_secs_f64() * 1e6 / (outcome.delivered.max(1) as f64);
+    outcome.proxy_cpu_percent = percent(proxy_cpu, wall);
+    outcome.app_cpu_percent = percent(app_cpu, wall);
+    outcome.load_cpu_percent = percent(load_cpu, wall);
+    drop(loads);
+    drop(app);
+    running.stop(setup).await;
+    Ok(())
+}
+
+/// The markdown table of one scenario.
+pub fn table(scenario: &Scenario, outcomes: &[Outcome]) -> String {
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "### {}\n\n{} subscribers, {}, {} topic(s), {} events/s per topic for {} s, {}-byte events.\n",
+        scenario.label,
+        scenario.subscribers,
+        match scenario.protocol {
+            "h2" => format!("HTTP/2 + TLS, {} stream(s) per connection", scenario.streams_per_connection),
+            "h1" => "HTTP/1.1 + TLS".to_string(),
+            other => other.to_string(),
+        },
+        scenario.topics,
+        scenario.rate,
+        scenario.seconds,
+        scenario.size,
+    );
+    text.push_str("| contender | answered | delivered / expected | dup / reordered | p50 ms | p99 ms | max ms | memory per idle subscriber | CPU per delivery | contender CPU | app CPU | load CPU | upstream conns |\n");
+    text.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for o in outcomes {
+        let delivered = if o.expected > 0 {
+            format!(
+                "{} / {} ({:.1} %)",
+                o.delivered,
+                o.expected,
+                100.0 * o.delivered as f64 / o.expected as f64
+            )
+        } else {
+            "-".into()
+        };
+        let _ = writeln!(
+            text,
+            "| {} | {}{} | {} | {} / {} | {:.1} | {:.1} | {:.1} | {:.1} KB | {:.2} µs | {:.0} % | {:.0} % | {:.0} % | {} |",
+            o.contender,
+            o.answered,
+            if o.failed > 0 { format!(" ({} failed)", o.failed) } else { String::new() },
+            delivered,
+            o.duplicates,
+            o.out_of_order,
+            o.p50_ms,
+            o.p99_ms,
+            o.max_ms,
+            o.pss_per_subscriber / 1000.0,
+            o.cpu_us_per_delivery,
+            o.proxy_cpu_percent,
+            o.app_cpu_percent,
+            o.load_cpu_percent,
+            o.upstream_connections.map_or("-".to_string(), |n| n.to_string()),
+        );
+    }
+    for o in outcomes.iter().filter(|o| !o.note.is_empty()) {
+        let _ = writeln!(text, "\n{}: {}", o.contender, o.note);
+    }
+    text
+}
+
+/// Runs wrk through `contender` to the app's `/hello`; returns the table
+/// cells `requests/s | p50 | p99 | proxy CPU`.
+pub async fn wrk_run(
+    setup: &Setup,
+    contender: Contender,
+    duration: &str,
+) -> Result<String, String> {
+    let dir = std::env::temp_dir().join(format!(
+        "sse-bench-wrk-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    let _ = std::fs::create_dir_all(&dir);
+    let app_port = free_port();
+    let mut app = Proc::spawn(Command::new(setup.bin_dir.join("sse-bench")).args([
+        "app",
+        "--listen",
+        &format!("127.0.0.1:{app_port}"),
+    ]))
+    .map_err(|e| format!("cannot start the app: {e}"))?;
+    app.expect("listening", Duration::from_secs(10))
+        .await
+        .ok_or("the app did not start")?;
+    let running = start_contender(setup, contender, app_port, &dir).await?;
+    let mut pids = running.pids.clone();
+    if running.nginx_prefix.is_some() {
+        pids = vec![running.pids[0]];
+        pids.extend(procstat::children(running.pids[0]));
+    }
+    let url = format!("http://127.0.0.1:{}/hello", running.plain_port);
+    // Warm up (connection pools), then measure.
+    let _ = Command::new("wrk")
+        .args(["-t1", "-c32", "-d1s", &url])
+        .output()
+        .await;
+    let cpu0 = procstat::total_cpu(&pids);
+    let started = Instant::now();
+    let output = Command::new("wrk")
+        .args(["-t1", "-c32", &format!("-d{duration}"), "--latency", &url])
+        .output()
+        .await
+        .map_err(|e| format!("cannot run wrk: {e}"))?;
+    let cpu = percent(
+        procstat::total_cpu(&pids).saturating_sub(cpu0),
+        started.elapsed(),
+    );
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    running.stop(setup).await;
+    drop(app);
+    let _ = std::fs::remove_dir_all(&dir);
+    let field = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(str::to_string)
+    };
+    let rps = text
+        .lines()
+        .find(|l| l.starts_with("Requests/sec:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .ok_or_else(|| format!("wrk printed no rate: {text}"))?;
+    let errors = text
+        .lines()
+        .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+        .unwrap_or("");
+    Ok(format!(
+        "{rps}{} | {} | {} | {cpu:.0} %",
+        if errors.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", errors.trim())
+        },
+        field("50%").unwrap_or_default(),
+        field("99%").unwrap_or_default(),
+    ))
+}

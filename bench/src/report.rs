@@ -1,0 +1,428 @@
+//! Runs the whole comparison and writes `docs/benchmarks.md`'s comparison section.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use tokio::process::Command;
+
+use crate::compare::{self, Contender, Outcome, Scenario, Setup};
+
+/// Marks the part of the output file this tool owns.
+const START_MARK: &str = "<!-- sse-bench compare: start -->";
+const END_MARK: &str = "<!-- sse-bench compare: end -->";
+
+/// The p99 latency the issue's scale target allows.
+const P99_TARGET_MS: f64 = 250.0;
+
+pub struct ReportOptions {
+    pub quick: bool,
+    pub out: PathBuf,
+    pub bin_dir: PathBuf,
+    pub contenders: Option<Vec<Contender>>,
+    pub max_search: bool,
+}
+
+fn scenario(
+    label: &str,
+    protocol: &'static str,
+    streams: usize,
+    subscribers: usize,
+    seconds: u64,
+    contenders: &[Contender],
+) -> Scenario {
+    Scenario {
+        label: label.to_string(),
+        protocol,
+        streams_per_connection: streams,
+        subscribers,
+        topics: 1,
+        rate: 10.0,
+        seconds,
+        size: 80,
+        contenders: contenders.to_vec(),
+    }
+}
+
+async fn command_output(program: &str, args: &[&str]) -> String {
+    match Command::new(program).args(args).output().await {
+        Ok(o) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+        .trim()
+        .to_string(),
+        Err(_) => "unknown".into(),
+    }
+}
+
+async fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
+        })
+        .unwrap_or(0);
+    format!(
+        "- machine: {cores} cores ({cpu}), {:.0} GiB RAM, {}\n- nginx: {}; nchan: {}\n- sse-fanout: {} (release build), 2 worker threads; nginx: 2 worker processes\n- date: {}",
+        memory as f64 / 1024.0 / 1024.0,
+        command_output("uname", &["-sr"]).await,
+        command_output("nginx", &["-v"]).await.trim_start_matches("nginx version: "),
+        command_output("dpkg-query", &["-W", "-f", "${Version}", "libnginx-mod-nchan"]).await,
+        command_output("git", &["describe", "--always", "--dirty"]).await,
+        command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).await,
+    )
+}
+
+pub async fn run(options: ReportOptions) {
+    let repo = std::env::current_dir().expect("a working directory");
+    if !repo.join("certs/dev/localhost.pem").exists() {
+        eprintln!("sse-bench compare: run it from the repository root (certs/dev/ not found)");
+        std::process::exit(2);
+    }
+    let setup = Setup {
+        bin_dir: options.bin_dir.clone(),
+        repo: repo.clone(),
+        nginx: PathBuf::from("/usr/sbin/nginx"),
+        ramp: 2000.0,
+        workers: 2,
+    };
+    let all = options.contenders.clone().unwrap_or_else(|| {
+        vec![
+            Contender::SseFanout,
+            Contender::Nchan,
+            Contender::NginxProxy,
+        ]
+    });
+    let without_proxy: Vec<Contender> = all
+        .iter()
+        .copied()
+        .filter(|c| *c != Contender::NginxProxy)
+        .collect();
+    let (small, large, seconds) = if options.quick {
+        (200, 2000, 3)
+    } else {
+        (1000, 20_000, 10)
+    };
+    let scenarios = vec![
+        scenario(
+            &format!("{small} subscribers, HTTP/2, 100 streams per connection"),
+            "h2",
+            100,
+            small,
+            seconds,
+            &all,
+        ),
+        scenario(
+            &format!("{small} subscribers, HTTP/2, 1 stream per connection"),
+            "h2",
+            1,
+            small,
+            seconds,
+            &all,
+        ),
+        scenario(
+            &format!("{small} subscribers, HTTP/1.1"),
+            "h1",
+            1,
+            small,
+            seconds,
+            &all,
+        ),
+        scenario(
+            &format!("{large} subscribers, HTTP/2, 100 streams per connection"),
+            "h2",
+            100,
+            large,
+            seconds,
+            &without_proxy,
+        ),
+    ];
+
+    let mut sections = String::new();
+    let mut results: Vec<(Scenario, Vec<Outcome>)> = Vec::new();
+    for scenario in &scenarios {
+        let mut outcomes = Vec::new();
+        for contender in &scenario.contenders {
+            eprintln!("sse-bench: {} — {}", scenario.label, contender.name());
+            let outcome = compare::run_one(&setup, scenario, *contender).await;
+            eprintln!("  {}", one_line(&outcome));
+            outcomes.push(outcome);
+        }
+        sections.push_str(&compare::table(scenario, &outcomes));
+        sections.push('\n');
+        results.push((scenario.clone(), outcomes));
+    }
+
+    let mut max_lines = String::new();
+    if options.max_search && !options.quick {
+        for contender in &without_proxy {
+            let largest = max_search(&setup, *contender, seconds).await;
+            let _ = writeln!(max_lines, "| {} | {} |", contender.name(), largest);
+        }
+    }
+
+    let proxied = proxied_requests(&setup, &all, options.quick).await;
+    let targets = targets(&results);
+
+    let mut text = String::new();
+    let _ = writeln!(text, "{START_MARK}");
+    let _ = writeln!(text, "## sse-fanout, nchan and nginx, side by side\n");
+    let _ = writeln!(
+        text,
+        "Command: `bash bench/compare.sh{}` (installs nginx, nchan and wrk when missing, builds the release binaries, runs `target/release/sse-bench compare`).\n",
+        if options.quick { " --quick" } else { "" }
+    );
+    let _ = writeln!(text, "{}\n", machine().await);
+    text.push_str(
+        "Everything runs on this one machine: the contender, the benchmark app and the load generators share its cores (their CPU is reported so saturation shows). \
+Memory per idle subscriber is the contender's PSS growth after all subscriptions are answered, divided by their number. \
+CPU per delivery is the contender's CPU time over the delivery window divided by the events delivered. \
+Latency is from the app's emit timestamp (inside each event) to its arrival at the load generator. \
+Upstream conns are the established connections to the app during the window (`ss`); nchan is fed by pushes, so it has none.\n\n",
+    );
+    text.push_str("### Targets\n\n");
+    text.push_str(&targets);
+    text.push('\n');
+    text.push_str(&sections);
+    if !max_lines.is_empty() {
+        let _ = writeln!(
+            text,
+            "### Largest subscriber count with 100 % delivered and p99 ≤ {P99_TARGET_MS} ms (HTTP/2, 100 streams per connection, 10 events/s)\n\n| contender | subscribers |\n|---|---|\n{max_lines}"
+        );
+    }
+    text.push_str(&proxied);
+    let _ = writeln!(text, "{END_MARK}");
+
+    let existing =
+        std::fs::read_to_string(&options.out).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let updated = match (existing.find(START_MARK), existing.find(END_MARK)) {
+        (Some(start), Some(end)) => format!(
+            "{}{}{}",
+            &existing[..start],
+            text,
+            &existing[end + END_MARK.len()..].trim_start_matches('\n')
+        ),
+        _ => format!("{}\n{}", existing.trim_end(), format_args!("\n{text}")),
+    };
+    if let Err(e) = std::fs::write(&options.out, updated) {
+        eprintln!(
+            "sse-bench compare: cannot write {}: {e}",
+            options.out.display()
+        );
+    }
+    println!("{text}");
+}
+
+/// `sse-bench run`: one scenario, one contender, one line of figures.
+pub async fn run_single(
+    contender: Contender,
+    protocol: &'static str,
+    streams: usize,
+    subscribers: usize,
+    seconds: u64,
+    rate: f64,
+    bin_dir: PathBuf,
+) {
+    let setup = Setup {
+        bin_dir,
+        repo: std::env::current_dir().expect("a working directory"),
+        nginx: PathBuf::from("/usr/sbin/nginx"),
+        ramp: 2000.0,
+        workers: 2,
+    };
+    let mut scenario = scenario(
+        "single",
+        protocol,
+        streams,
+        subscribers,
+        seconds,
+        &[contender],
+    );
+    scenario.rate = rate;
+    let outcome = compare::run_one(&setup, &scenario, contender).await;
+    println!("{} {}", contender.name(), one_line(&outcome));
+}
+
+fn one_line(o: &Outcome) -> String {
+    format!(
+        "answered {} failed {} delivered {}/{} dup {} p50 {:.1} ms p99 {:.1} ms mem {:.1} KB/sub cpu {:.2} µs/delivery ({:.0} %) app {:.0} % load {:.0} % upstream {:?} {}",
+        o.answered, o.failed, o.delivered, o.expected, o.duplicates, o.p50_ms, o.p99_ms,
+        o.pss_per_subscriber / 1000.0, o.cpu_us_per_delivery, o.proxy_cpu_percent, o.app_cpu_percent, o.load_cpu_percent,
+        o.upstream_connections, o.note
+    )
+}
+
+fn passed(o: &Outcome) -> bool {
+    o.failed == 0 && o.expected > 0 && o.delivered == o.expected && o.p99_ms <= P99_TARGET_MS
+}
+
+/// The largest subscriber count (in steps) that still passes.
+async fn max_search(setup: &Setup, contender: Contender, seconds: u64) -> String {
+    let mut largest = "below 20000".to_string();
+    for subscribers in [20_000, 30_000, 40_000, 50_000, 60_000, 80_000] {
+        let scenario = scenario("max search", "h2", 100, subscribers, seconds, &[contender]);
+        eprintln!(
+            "sse-bench: max search — {} with {subscribers}",
+            contender.name()
+        );
+        let outcome = compare::run_one(setup, &scenario, contender).await;
+        eprintln!("  {}", one_line(&outcome));
+        if !passed(&outcome) {
+            return format!(
+                "{largest} (at {subscribers}: {:.1} % delivered, p99 {:.0} ms)",
+                100.0 * outcome.delivered as f64 / outcome.expected.max(1) as f64,
+                outcome.p99_ms
+            );
+        }
+        largest = subscribers.to_string();
+    }
+    format!("{largest} or more (largest tried)")
+}
+
+/// Ordinary proxied requests: wrk against sse-fanout and nginx on `/hello`.
+async fn proxied_requests(setup: &Setup, contenders: &[Contender], quick: bool) -> String {
+    let mut text = String::from("### Ordinary proxied requests\n\n");
+    let duration = if quick { "3s" } else { "10s" };
+    let _ = writeln!(
+        text,
+        "`wrk -t1 -c32 -d{duration} --latency http://127.0.0.1:PORT/hello` through each proxy (HTTP/1.1, keep-alive) to the same app.\n\n| proxy | requests/s | p50 | p99 | proxy CPU |\n|---|---|---|---|---|"
+    );
+    for contender in contenders
+        .iter()
+        .filter(|c| matches!(c, Contender::SseFanout | Contender::NginxProxy))
+    {
+        match compare::wrk_run(setup, *contender, duration).await {
+            Ok(line) => {
+                let _ = writeln!(text, "| {} | {line} |", contender.name());
+            }
+            Err(e) => {
+                let _ = writeln!(text, "| {} | failed: {e} | | | |", contender.name());
+            }
+        }
+    }
+    text.push('\n');
+    text
+}
+
+/// The issue's targets, checked against this run.
+fn targets(results: &[(Scenario, Vec<Outcome>)]) -> String {
+    let find = |protocol: &str, streams: usize, large: bool, contender: &str| -> Option<Outcome> {
+        results
+            .iter()
+            .filter(|(s, _)| {
+                s.protocol == protocol
+                    && s.streams_per_connection == streams
+                    && (s.subscribers >= 20_000) == large
+            })
+            .flat_map(|(_, o)| o.iter())
+            .find(|o| o.contender == contender)
+            .cloned()
+    };
+    let mut text = String::from("| target | sse-fanout | nchan | met |\n|---|---|---|---|\n");
+    let mut row = |what: String, ours: String, theirs: String, met: Option<bool>| {
+        let verdict = match met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "-",
+        };
+        let _ = writeln!(text, "| {what} | {ours} | {theirs} | {verdict} |");
+    };
+    for (protocol, streams, label) in [("h2", 1, "HTTP/2, 1 stream/conn"), ("h1", 1, "HTTP/1.1")] {
+        if let (Some(us), Some(them)) = (
+            find(protocol, streams, false, "sse-fanout"),
+            find(protocol, streams, false, "nchan"),
+        ) {
+            row(
+                format!("memory per idle subscriber ≤ nchan's ({label})"),
+                format!("{:.1} KB", us.pss_per_subscriber / 1000.0),
+                format!("{:.1} KB", them.pss_per_subscriber / 1000.0),
+                Some(us.pss_per_subscriber <= them.pss_per_subscriber),
+            );
+        }
+    }
+    if let Some(us) = find("h2", 100, false, "sse-fanout") {
+        row(
+            "memory per idle subscriber ≤ 8 KB (HTTP/2, 100 streams/conn)".into(),
+            format!("{:.1} KB", us.pss_per_subscriber / 1000.0),
+            find("h2", 100, false, "nchan").map_or("-".into(), |t| {
+                format!("{:.1} KB", t.pss_per_subscriber / 1000.0)
+            }),
+            Some(us.pss_per_subscriber <= 8000.0),
+        );
+    }
+    for (protocol, streams, factor, label) in [
+        (
+            "h2",
+            100,
+            0.5,
+            "CPU per delivery ≤ 0.5 × nchan's (HTTP/2, 100 streams/conn)",
+        ),
+        (
+            "h2",
+            1,
+            1.0,
+            "CPU per delivery ≤ nchan's (HTTP/2, 1 stream/conn)",
+        ),
+        ("h1", 1, 1.0, "CPU per delivery ≤ nchan's (HTTP/1.1)"),
+    ] {
+        if let (Some(us), Some(them)) = (
+            find(protocol, streams, false, "sse-fanout"),
+            find(protocol, streams, false, "nchan"),
+        ) {
+            row(
+                label.into(),
+                format!("{:.2} µs", us.cpu_us_per_delivery),
+                format!("{:.2} µs", them.cpu_us_per_delivery),
+                Some(us.cpu_us_per_delivery <= factor * them.cpu_us_per_delivery),
+            );
+        }
+    }
+    if let Some(us) = find("h2", 100, true, "sse-fanout") {
+        let them = find("h2", 100, true, "nchan");
+        let show = |o: &Outcome| {
+            format!(
+                "{:.1} % delivered, p99 {:.0} ms",
+                100.0 * o.delivered as f64 / o.expected.max(1) as f64,
+                o.p99_ms
+            )
+        };
+        row(
+            format!(
+                "{} subscribers: 100 % delivered, p99 ≤ {P99_TARGET_MS} ms",
+                us.answered.max(us.failed)
+            ),
+            show(&us),
+            them.as_ref().map_or("-".into(), show),
+            Some(passed(&us)),
+        );
+    }
+    let upstreams: Vec<String> = results
+        .iter()
+        .flat_map(|(_, o)| o.iter())
+        .filter(|o| o.contender == "sse-fanout")
+        .map(|o| o.upstream_connections.map_or("?".into(), |n| n.to_string()))
+        .collect();
+    row(
+        "upstream connections: one per topic (1 topic)".into(),
+        upstreams.join(", "),
+        "pushed".into(),
+        Some(upstreams.iter().all(|u| u == "1")),
+    );
+    text
+}
