@@ -44,6 +44,11 @@ pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEEPALIVE_COUNT: usize = 5;
 /// `[server] tcp_user_timeout`: unacknowledged data older than this kills the connection.
 pub const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(120);
+/// `[server] read_buffer`: each connection's read buffer. Pingora's default
+/// is 64 KiB, which recycled memory makes resident for every idle stream.
+pub const DEFAULT_READ_BUFFER: usize = 4 * 1024;
+/// The smallest `[server] read_buffer` accepted.
+pub const MIN_READ_BUFFER: usize = 1024;
 /// `[server] pid_file`.
 pub const DEFAULT_PID_FILE: &str = "/tmp/sse-fanout.pid";
 /// `[server] upgrade_sock`: where a new process takes over the listening sockets.
@@ -118,6 +123,8 @@ pub struct ServerSettings {
     /// `TCP_USER_TIMEOUT` on accepted connections: unacknowledged data older
     /// than this closes the connection (catches peers that vanished mid-write).
     pub tcp_user_timeout: Duration,
+    /// Bytes each accepted connection buffers its reads in.
+    pub read_buffer: usize,
 }
 
 /// TCP keepalive probing of accepted connections.
@@ -459,6 +466,17 @@ impl Validator<'_> {
             tcp_user_timeout: raw
                 .tcp_user_timeout
                 .map_or(DEFAULT_TCP_USER_TIMEOUT, |d| d.into_inner().0),
+            read_buffer: match raw.read_buffer {
+                Some(size) if size.get_ref().0 < MIN_READ_BUFFER => {
+                    return Err(self.at(
+                        &size,
+                        "server.read_buffer",
+                        format!("must be at least {MIN_READ_BUFFER} bytes, e.g. \"4KiB\""),
+                    ))
+                }
+                Some(size) => size.into_inner().0,
+                None => DEFAULT_READ_BUFFER,
+            },
         })
     }
 
@@ -821,6 +839,7 @@ mod raw {
         pub max_concurrent_streams: Option<Spanned<u32>>,
         pub tcp_keepalive: Option<Keepalive>,
         pub tcp_user_timeout: Option<Spanned<DurationValue>>,
+        pub read_buffer: Option<Spanned<SizeValue>>,
     }
 
     #[derive(Deserialize, Default)]

@@ -1,9 +1,9 @@
-//! The Pingora proxy service: topic paths go to the hub, everything else to the app.
+//! The Pingora proxy service: every request that is not a subscription goes to the app.
 //!
-//! [`Proxy`] implements Pingora's [`ProxyHttp`]. In `request_filter` a `GET`
-//! on a topic path is served right there by [`subscriber::serve`] from the
-//! [`Hub`]; the request never reaches the app. For every other request it
-//! chooses the app as the
+//! [`Proxy`] implements Pingora's [`ProxyHttp`]. Subscriptions (`GET` on a
+//! topic path) never get here: the [`FrontDoor`](crate::front_door) serves
+//! them from the hub; another method on a topic path is answered `405`. For
+//! every other request it chooses the app as the
 //! upstream peer, adds the `X-Forwarded-*` headers, keeps hop-by-hop headers
 //! from crossing the proxy, answers `502` with a short text when the app cannot
 //! be reached, and writes one access-log line per request. Request and response
@@ -26,7 +26,6 @@ use pingora::{ErrorSource, ErrorType};
 use crate::access_log::{self, AccessRecord};
 use crate::config::AppSettings;
 use crate::hub::Hub;
-use crate::subscriber;
 
 /// `X-Forwarded-For`: the client addresses a request passed through.
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -121,16 +120,13 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Result<bool> {
-        let Some(route) = self.hub.find(session.req_header().uri.path()) else {
-            return Ok(false);
-        };
-        if session.req_header().method != http::Method::GET {
+        // The front door serves every GET on a topic path; what reaches the
+        // proxy on one is another method, which topics do not serve.
+        if self.hub.find(session.req_header().uri.path()).is_some() {
             method_not_allowed(session).await?;
             return Ok(true);
         }
-        let ending = subscriber::serve(session.as_downstream_mut(), &self.hub, &route).await?;
-        log::debug!("subscription to {} ended: {ending:?}", route.key);
-        Ok(true)
+        Ok(false)
     }
 
     async fn upstream_peer(

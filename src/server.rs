@@ -7,13 +7,16 @@
 //! certificate the config already loaded; plaintext listeners speak HTTP/1.1
 //! and HTTP/2 with prior knowledge (h2c). Every accepted socket gets TCP
 //! keepalive and a user timeout so vanished clients are reaped, and HTTP/2
-//! connections announce the configured `MAX_CONCURRENT_STREAMS`.
+//! connections announce the configured `MAX_CONCURRENT_STREAMS`. Each
+//! connection's read buffer is `[server] read_buffer` (4 KiB), not Pingora's
+//! 64 KiB: a long-lived, mostly idle event stream should not keep 64 KiB
+//! resident (it is, once the allocator hands out recycled memory).
 
 use std::time::Duration;
 
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::{ListenerConfig, TcpSocketOptions};
+use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora::protocols::http::v2::server::default_h2_options;
 use pingora::protocols::TcpKeepalive;
 use pingora::server::configuration::{Opt, ServerConf};
@@ -126,8 +129,12 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<(Server, H
 
     let sockets = socket_options(&config.server);
     for listener in &config.listeners {
-        let mut endpoint =
-            ListenerConfig::tcp(listener.addr.to_string()).tcp_socket_options(sockets.clone());
+        let mut endpoint = ListenerConfig::tcp(listener.addr.to_string())
+            .tcp_socket_options(sockets.clone())
+            .l4_buffer(L4BufferSettings {
+                read: Some(config.server.read_buffer),
+                write: None,
+            });
         if let Some(certificate) = &listener.tls {
             let mut tls = TlsSettings::intermediate(
                 &certificate.cert_path.to_string_lossy(),

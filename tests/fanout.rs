@@ -607,6 +607,23 @@ async fn subscription_headers_are_right_for_h2_and_h1() {
 }
 
 #[tokio::test]
+async fn http1_connection_serves_an_ordinary_request_then_a_subscription() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, TOPICS);
+    // One keep-alive connection: a page, then an EventSource on it.
+    let mut client = h1(&proxy).await;
+    let page = common::client::body_bytes(client.get("/index.html").await).await;
+    assert_eq!(page, "plain\n");
+    let mut stream = EventStream::open(&mut client, "/events/news", None).await;
+    wait_for_subscribers(&proxy, "/events/news", 1).await;
+    app.publish("/stream/news", "1", "same connection");
+    assert_eq!(
+        stream.next_message().await.unwrap().data(),
+        Some("same connection")
+    );
+}
+
+#[tokio::test]
 async fn other_methods_on_a_topic_path_get_405() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, TOPICS);

@@ -400,7 +400,9 @@ impl Subscription {
 
     /// Moves the opening frames (`retry:`, priming id, comments) into `out`.
     pub fn take_opening(&mut self, out: &mut Vec<Bytes>) {
-        out.append(&mut self.opening);
+        // `take`, not `append`: the emptied vector's buffer is freed, not
+        // kept for the subscription's whole life.
+        out.extend(std::mem::take(&mut self.opening));
     }
 
     /// Appends the next frames to write to `out` and says what to do.

@@ -1,7 +1,8 @@
 //! A scripted upstream SSE app on raw TCP, so tests control every byte and
 //! every write.
 //!
-//! Any `GET /stream/...` opens an event stream (HTTP/1.1, close-delimited).
+//! Any `GET /stream/...` opens an event stream (HTTP/1.1, close-delimited);
+//! any other path answers `plain`.
 //! Tests publish events per path with [`SseApp::publish`]; the app keeps them
 //! as its "database" and honours `Last-Event-ID` by replaying what came after
 //! it. It records every upstream request, counts open streams, can answer a
@@ -246,6 +247,15 @@ async fn serve(state: Arc<SseState>, mut socket: TcpStream) {
     };
     state.requests.lock().unwrap().push(request.clone());
 
+    if !path.starts_with("/stream/") {
+        // An ordinary page: a short answer, then the app closes.
+        let _ = socket
+            .write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nplain\n",
+            )
+            .await;
+        return;
+    }
     let answer = state
         .answers
         .lock()
