@@ -64,6 +64,8 @@ pub fn parse_event_data(data: &str) -> Option<(u64, u64)> {
 
 /// Per-topic event history and live broadcast.
 struct Topics {
+    /// Event streams opened so far (reported when emitting is done).
+    streams_opened: std::sync::atomic::AtomicU64,
     history: Mutex<HashMap<String, Vec<(u64, String)>>>,
     live: Mutex<HashMap<String, broadcast::Sender<Arc<String>>>>,
 }
@@ -83,6 +85,7 @@ pub async fn run(options: AppOptions) -> std::io::Result<()> {
     let listener = TcpListener::bind(options.listen).await?;
     println!("listening {}", listener.local_addr()?);
     let topics = Arc::new(Topics {
+        streams_opened: std::sync::atomic::AtomicU64::new(0),
         history: Mutex::new(HashMap::new()),
         live: Mutex::new(HashMap::new()),
     });
@@ -99,7 +102,10 @@ pub async fn run(options: AppOptions) -> std::io::Result<()> {
     while let Ok(Some(line)) = stdin.next_line().await {
         if line.trim() == "start" {
             emit(&options, &topics).await;
-            println!("done");
+            let opened = topics
+                .streams_opened
+                .load(std::sync::atomic::Ordering::Relaxed);
+            println!("done {{\"streams_opened\":{opened}}}");
         }
     }
     // Standard input closed: keep serving until killed.
@@ -274,6 +280,9 @@ async fn stream(
     last_event_id: Option<String>,
     reader: BufReader<TcpStream>,
 ) {
+    topics
+        .streams_opened
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut live = topics.sender(topic).subscribe();
     let backlog: Vec<String> = match last_event_id.and_then(|id| id.parse::<u64>().ok()) {
         Some(after) => topics

@@ -105,6 +105,8 @@ pub struct Outcome {
     pub app_cpu_percent: f64,
     pub load_cpu_percent: f64,
     pub upstream_connections: Option<usize>,
+    /// Event streams the app opened (its GETs on /stream/...) during the run.
+    pub upstream_streams: Option<u64>,
     pub note: String,
 }
 
@@ -197,12 +199,14 @@ struct Running {
     publish_url: Option<String>,
     /// nginx's prefix, to stop it.
     nginx_prefix: Option<PathBuf>,
+    /// nginx's binary, to stop it even when a run ends early.
+    nginx: PathBuf,
 }
 
-impl Running {
-    async fn stop(self, setup: &Setup) {
+impl Drop for Running {
+    fn drop(&mut self) {
         if let Some(prefix) = &self.nginx_prefix {
-            let _ = Command::new(&setup.nginx)
+            let _ = std::process::Command::new(&self.nginx)
                 .args([
                     "-p",
                     &prefix.to_string_lossy(),
@@ -212,17 +216,39 @@ impl Running {
                     "stop",
                 ])
                 .stderr(Stdio::null())
-                .status()
-                .await;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while self
-                .pids
-                .iter()
-                .any(|p| Path::new(&format!("/proc/{p}")).exists())
-                && Instant::now() < deadline
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+                .status();
+        }
+    }
+}
+
+impl Running {
+    /// Stops nginx (sse-fanout is killed when its `Child` drops) and waits
+    /// for its processes to go, so the next run starts on a quiet machine.
+    async fn stop(self, setup: &Setup) {
+        self.stop_nginx(setup);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.pids.iter().any(|p| {
+            Path::new(&format!("/proc/{p}/stat")).exists() && procstat::cpu_time(*p).is_some()
+        }) && self.nginx_prefix.is_some()
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn stop_nginx(&self, setup: &Setup) {
+        if let Some(prefix) = &self.nginx_prefix {
+            let _ = std::process::Command::new(&setup.nginx)
+                .args([
+                    "-p",
+                    &prefix.to_string_lossy(),
+                    "-c",
+                    "nginx.conf",
+                    "-s",
+                    "stop",
+                ])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
@@ -373,6 +399,7 @@ async fn start_contender(
                 path: "/events/t{topic}".into(),
                 publish_url: None,
                 nginx_prefix: None,
+                nginx: setup.nginx.clone(),
             })
         }
         Contender::Nchan | Contender::NginxProxy => {
@@ -413,6 +440,7 @@ async fn start_contender(
                 path,
                 publish_url,
                 nginx_prefix: Some(prefix),
+                nginx: setup.nginx.clone(),
             })
         }
     }
@@ -424,6 +452,66 @@ fn percent(cpu: Duration, wall: Duration) -> f64 {
 
 /// Subscriptions one load process handles (its open-file limit is ~20000).
 const SUBSCRIBERS_PER_LOAD_PROCESS: usize = 10_000;
+
+/// How long a ramp may take before it counts as failed.
+fn ramp_limit(setup: &Setup, scenario: &Scenario) -> Duration {
+    Duration::from_secs_f64(scenario.subscribers as f64 / setup.ramp + 60.0)
+}
+
+/// Starts the load generators for a scenario (several when one process
+/// would run out of file descriptors).
+async fn ramp_up(
+    setup: &Setup,
+    scenario: &Scenario,
+    running: &Running,
+    events: u64,
+) -> Result<Vec<Proc>, String> {
+    let processes = scenario
+        .subscribers
+        .div_ceil(SUBSCRIBERS_PER_LOAD_PROCESS)
+        .max(1);
+    let mut loads = Vec::new();
+    for index in 0..processes {
+        let share = scenario.subscribers / processes
+            + usize::from(index < scenario.subscribers % processes);
+        let port = if scenario.protocol == "h1-plain" {
+            running.plain_port
+        } else {
+            running.tls_port
+        };
+        let protocol = match scenario.protocol {
+            "h2" => "h2",
+            "h1-plain" => "h1",
+            _ => "h1-tls",
+        };
+        let mut command = Command::new(setup.bin_dir.join("sse-bench"));
+        command.args([
+            "load",
+            "--target",
+            &format!("127.0.0.1:{port}"),
+            "--path",
+            &running.path,
+            "--topics",
+            &scenario.topics.to_string(),
+            "--subscribers",
+            &share.to_string(),
+            "--protocol",
+            protocol,
+            "--streams",
+            &scenario.streams_per_connection.to_string(),
+            "--ramp",
+            &(setup.ramp / processes as f64).to_string(),
+            "--events",
+            &events.to_string(),
+            "--source",
+            &format!("127.0.0.{}", 2 + index),
+        ]);
+        loads.push(
+            Proc::spawn(&mut command).map_err(|e| format!("cannot start a load generator: {e}"))?,
+        );
+    }
+    Ok(loads)
+}
 
 /// Runs one scenario for one contender.
 pub async fn run_one(setup: &Setup, scenario: &Scenario, contender: Contender) -> Outcome {
@@ -478,57 +566,31 @@ async fn run_in(
         .await
         .ok_or("the app did not start")?;
     tokio::time::sleep(Duration::from_millis(500)).await; // let the contender finish starting up
-    let pss_before = procstat::total_pss(&running.pids);
 
-    // Load generators.
-    let processes = scenario
-        .subscribers
-        .div_ceil(SUBSCRIBERS_PER_LOAD_PROCESS)
-        .max(1);
-    let mut loads = Vec::new();
-    for index in 0..processes {
-        let share = scenario.subscribers / processes
-            + usize::from(index < scenario.subscribers % processes);
-        let port = if scenario.protocol == "h1-plain" {
-            running.plain_port
-        } else {
-            running.tls_port
-        };
-        let protocol = match scenario.protocol {
-            "h2" => "h2",
-            "h1-plain" => "h1",
-            _ => "h1-tls",
-        };
-        let mut command = Command::new(setup.bin_dir.join("sse-bench"));
-        command.args([
-            "load",
-            "--target",
-            &format!("127.0.0.1:{port}"),
-            "--path",
-            &running.path,
-            "--topics",
-            &scenario.topics.to_string(),
-            "--subscribers",
-            &share.to_string(),
-            "--protocol",
-            protocol,
-            "--streams",
-            &scenario.streams_per_connection.to_string(),
-            "--ramp",
-            &(setup.ramp / processes as f64).to_string(),
-            "--events",
-            &events.to_string(),
-            "--source",
-            &format!("127.0.0.{}", 2 + index),
-        ]);
-        loads.push(
-            Proc::spawn(&mut command).map_err(|e| format!("cannot start a load generator: {e}"))?,
-        );
+    let mut pids = running.pids.clone();
+    if running.nginx_prefix.is_some() {
+        pids = vec![running.pids[0]];
+        pids.extend(procstat::children(running.pids[0]));
     }
-    let ramp_limit = Duration::from_secs_f64(scenario.subscribers as f64 / setup.ramp + 60.0);
+    let pss_before = procstat::total_pss(&pids);
+    // A warm-up round first: subscribe everyone, then disconnect. A
+    // long-running server reuses freed memory, and reused memory costs more
+    // than fresh (a zeroed buffer from recycled memory is written, fresh
+    // pages are not), so the figure below, taken in the second round against
+    // the fresh baseline, is the steady-state cost of N subscribers.
+    let mut warm_up = ramp_up(setup, scenario, &running, events).await?;
+    for load in &mut warm_up {
+        load.expect("ready", ramp_limit(setup, scenario))
+            .await
+            .ok_or("a load generator never got ready (warm-up)")?;
+    }
+    drop(warm_up);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut loads = ramp_up(setup, scenario, &running, events).await?;
     for load in &mut loads {
         let ready = load
-            .expect("ready", ramp_limit)
+            .expect("ready", ramp_limit(setup, scenario))
             .await
             .ok_or("a load generator never got ready")?;
         let ready: Value = serde_json::from_str(&ready).unwrap_or_default();
@@ -537,11 +599,6 @@ async fn run_in(
     }
     // Let buffers settle, then take the idle memory figure.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut pids = running.pids.clone();
-    if running.nginx_prefix.is_some() {
-        pids = vec![running.pids[0]];
-        pids.extend(procstat::children(running.pids[0]));
-    }
     let pss_after = procstat::total_pss(&pids);
     outcome.pss_per_subscriber =
         (pss_after.saturating_sub(pss_before)) as f64 / (outcome.answered.max(1) as f64);
@@ -559,9 +616,12 @@ async fn run_in(
     let mid_window = Duration::from_secs(scenario.seconds / 2).max(Duration::from_millis(500));
     tokio::time::sleep(mid_window).await;
     outcome.upstream_connections = procstat::established_to_port(app_port);
-    app.expect("done", emit_limit)
+    let done = app
+        .expect("done", emit_limit)
         .await
         .ok_or("the app never finished emitting")?;
+    let done: Value = serde_json::from_str(&done).unwrap_or_default();
+    outcome.upstream_streams = done["streams_opened"].as_u64();
     // Stragglers get a grace period, then the load generators report.
     let grace = Duration::from_secs(5);
     let mut results = Vec::new();
@@ -633,7 +693,7 @@ pub fn table(scenario: &Scenario, outcomes: &[Outcome]) -> String {
         scenario.seconds,
         scenario.size,
     );
-    text.push_str("| contender | answered | delivered / expected | dup / reordered | p50 ms | p99 ms | max ms | memory per idle subscriber | CPU per delivery | contender CPU | app CPU | load CPU | upstream conns |\n");
+    text.push_str("| contender | answered | delivered / expected | dup / reordered | p50 ms | p99 ms | max ms | memory per idle subscriber | CPU per delivery | contender CPU | app CPU | load CPU | upstream conns (ss) / streams opened |\n");
     text.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for o in outcomes {
         let delivered = if o.expected > 0 {

@@ -191,10 +191,10 @@ pub async fn run(options: ReportOptions) {
     let _ = writeln!(text, "{}\n", machine().await);
     text.push_str(
         "Everything runs on this one machine: the contender, the benchmark app and the load generators share its cores (their CPU is reported so saturation shows). \
-Memory per idle subscriber is the contender's PSS growth after all subscriptions are answered, divided by their number. \
+Memory per idle subscriber is the contender's PSS with all subscriptions open minus its PSS when freshly started, divided by their number, taken in steady state: a warm-up round subscribes and disconnects everyone first, so the figure includes freed-and-reused memory (which a zeroing allocation then writes, unlike fresh pages), as a long-running server's would. \
 CPU per delivery is the contender's CPU time over the delivery window divided by the events delivered. \
 Latency is from the app's emit timestamp (inside each event) to its arrival at the load generator. \
-Upstream conns are the established connections to the app during the window (`ss`); nchan is fed by pushes, so it has none.\n\n",
+Upstream conns are the established connections to the app in the middle of the window (`ss`), streams opened the event streams the app served during the run; nchan is fed by pushes, so it has neither.\n\n",
     );
     text.push_str("### Targets\n\n");
     text.push_str(&targets);
@@ -416,10 +416,10 @@ fn targets(results: &[(Scenario, Vec<Outcome>)]) -> String {
         .iter()
         .flat_map(|(_, o)| o.iter())
         .filter(|o| o.contender == "sse-fanout")
-        .map(|o| o.upstream_connections.map_or("?".into(), |n| n.to_string()))
+        .map(|o| o.upstream_streams.map_or("?".into(), |n| n.to_string()))
         .collect();
     row(
-        "upstream connections: one per topic (1 topic)".into(),
+        "upstream streams opened: one per topic (1 topic, every scenario)".into(),
         upstreams.join(", "),
         "pushed".into(),
         Some(upstreams.iter().all(|u| u == "1")),
