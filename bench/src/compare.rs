@@ -723,7 +723,11 @@ pub fn table(scenario: &Scenario, outcomes: &[Outcome]) -> String {
             o.proxy_cpu_percent,
             o.app_cpu_percent,
             o.load_cpu_percent,
-            o.upstream_connections.map_or("-".to_string(), |n| n.to_string()),
+            format!(
+                "{} / {}",
+                o.upstream_connections.map_or("-".to_string(), |n| n.to_string()),
+                o.upstream_streams.map_or("-".to_string(), |n| n.to_string())
+            ),
         );
     }
     for o in outcomes.iter().filter(|o| !o.note.is_empty()) {

@@ -275,7 +275,7 @@ fn passed(o: &Outcome) -> bool {
 /// The largest subscriber count (in steps) that still passes.
 async fn max_search(setup: &Setup, contender: Contender, seconds: u64) -> String {
     let mut largest = "below 20000".to_string();
-    for subscribers in [20_000, 30_000, 40_000, 50_000, 60_000, 80_000] {
+    for subscribers in [20_000, 25_000, 30_000, 40_000, 50_000, 60_000, 80_000] {
         let scenario = scenario("max search", "h2", 100, subscribers, seconds, &[contender]);
         eprintln!(
             "sse-bench: max search — {} with {subscribers}",
