@@ -12,7 +12,7 @@
 //! one [`ConfigError`] line naming the file, the line, the key and what to do,
 //! so `sse-fanout --check` reads like `nginx -t`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -85,6 +85,10 @@ pub struct Config {
     pub topics: Vec<TopicConfig>,
     /// The stats listener, when `[admin]` is present.
     pub admin: Option<AdminSettings>,
+    /// Caps and input bounds.
+    pub limits: LimitSettings,
+    /// Things that work but deserve a second look (`--check` prints them).
+    pub warnings: Vec<String>,
 }
 
 /// The `[admin]` table: an HTTP listener for operators, off the public ones.
@@ -93,6 +97,28 @@ pub struct AdminSettings {
     /// Where `GET /stats` is served; loopback by default.
     pub addr: SocketAddr,
 }
+
+/// `[limits] max_subscribers`.
+pub const DEFAULT_MAX_SUBSCRIBERS: usize = 100_000;
+/// `[limits] max_subscribers_per_ip`: generous, since offices (and proxies
+/// in front of sse-fanout) put many browsers behind one address.
+pub const DEFAULT_MAX_SUBSCRIBERS_PER_IP: usize = 5_000;
+/// `[limits] max_subscribers_per_topic`.
+pub const DEFAULT_MAX_SUBSCRIBERS_PER_TOPIC: usize = 100_000;
+/// `[limits] max_topic_instances`: upstream streams one template may open.
+pub const DEFAULT_MAX_TOPIC_INSTANCES: usize = 10_000;
+/// `[limits] subscribe_rate_per_ip`: new subscriptions per second per address.
+pub const DEFAULT_SUBSCRIBE_RATE_PER_IP: u32 = 100;
+/// `[limits] max_last_event_id`.
+pub const DEFAULT_MAX_LAST_EVENT_ID: usize = 256;
+/// `[limits] max_param_len`.
+pub const DEFAULT_MAX_PARAM_LEN: usize = 128;
+/// `[limits] header_timeout`.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// `[limits] max_header_bytes`: room for large cookies, far below Pingora's 1 MiB.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
+/// `[limits] auth_cache_size`.
+pub const DEFAULT_AUTH_CACHE_SIZE: usize = 10_000;
 
 /// `[admin] addr` when the table is present but the key is not.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
@@ -167,8 +193,85 @@ pub struct TopicConfig {
     pub settings: TopicSettings,
     /// Keep the upstream open even with no subscribers (literal paths only).
     pub eager: bool,
+    /// Who may subscribe and from which web origins.
+    pub access: TopicAccess,
 }
 
+/// Who may subscribe to a topic, and how its upstream is asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TopicAccess {
+    /// Where the app decides whether a subscriber is admitted; `None` makes
+    /// the topic public.
+    pub auth: Option<AuthTarget>,
+    /// How long an auth decision is reused for the same credentials and
+    /// topic instance; zero asks the app every time.
+    pub auth_cache: Duration,
+    /// Which web origins may subscribe from a page on another origin.
+    pub cors: CorsOrigins,
+    /// Extra headers on the upstream stream's request (e.g. a shared secret);
+    /// never any subscriber's credentials, since the stream is shared.
+    pub upstream_headers: Vec<(String, String)>,
+}
+
+/// The app endpoint that authorizes subscribers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthTarget {
+    /// Its server: `[app]`'s, unless a full URL was given.
+    pub origin: Origin,
+    /// Its path and query.
+    pub path: String,
+}
+
+/// The `cors_origins` of a topic.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CorsOrigins {
+    /// No CORS headers: only pages on the proxy's own origin subscribe.
+    #[default]
+    None,
+    /// `Access-Control-Allow-Origin: *` (public topics only, no credentials).
+    Any,
+    /// These exact origins (`https://app.example`), credentials allowed.
+    List(Vec<String>),
+}
+
+/// The `[limits]` table: what one client, one topic or the whole process may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitSettings {
+    /// Subscriptions open at once, in all.
+    pub max_subscribers: usize,
+    /// Subscriptions open at once from one client address.
+    pub max_subscribers_per_ip: usize,
+    /// Subscriptions open at once on one topic instance.
+    pub max_subscribers_per_topic: usize,
+    /// Live instances of one template topic (each opens an upstream stream).
+    pub max_topic_instances: usize,
+    /// New subscriptions per second from one client address (also the burst).
+    pub subscribe_rate_per_ip: u32,
+    /// What a subscriber over a limit is answered.
+    pub over_limit: OverLimit,
+    /// The longest `Last-Event-ID` taken; longer counts as absent.
+    pub max_last_event_id: usize,
+    /// The longest template parameter value (`{id}`) accepted.
+    pub max_param_len: usize,
+    /// An HTTP/1.1 client must send its whole request header within this.
+    pub header_timeout: Duration,
+    /// The largest request header accepted (HTTP/1.1 header, HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// Auth decisions kept at most (the cache is bounded).
+    pub auth_cache_size: usize,
+}
+
+/// The answer to a subscriber over a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverLimit {
+    /// `200`, a jittered `retry:` and a clean end: the EventSource backs off
+    /// and comes back rather than giving up.
+    Retry,
+    /// `429 Too Many Requests` with `Retry-After` (an EventSource stops).
+    TooManyRequests,
+    /// `503 Service Unavailable` with `Retry-After` (an EventSource stops).
+    Unavailable,
+}
 /// Where a topic's upstream stream is fetched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicUpstream {
@@ -382,8 +485,21 @@ impl Validator<'_> {
             ));
         };
         let app = self.app(raw_app)?;
-        let defaults = self.sse_defaults(raw.sse)?;
-        let topics = self.topics(raw.topic, &app, defaults)?;
+        let mut raw_sse = raw.sse;
+        let access_defaults = self.access(raw_sse.access(), "sse", &app, TopicAccess::default())?;
+        let defaults = self.sse_defaults(raw_sse)?;
+        let topics = self.topics(raw.topic, &app, defaults, &access_defaults)?;
+        let limits = self.limits(raw.limits.unwrap_or_default())?;
+        let warnings = topics
+            .iter()
+            .filter(|t| t.path.is_template() && t.access.auth.is_none())
+            .map(|t| {
+                format!(
+                    "template topic {:?} has no auth: anyone who guesses an instance's path can subscribe to it",
+                    t.path.as_str()
+                )
+            })
+            .collect();
         let admin = raw.admin.map(|admin| self.admin(admin)).transpose()?;
         if let Some(admin) = &admin {
             if listeners.iter().any(|l| l.addr == admin.addr) {
@@ -400,6 +516,8 @@ impl Validator<'_> {
             app,
             topics,
             admin,
+            limits,
+            warnings,
         })
     }
 
@@ -702,6 +820,7 @@ impl Validator<'_> {
         raw: Vec<raw::Topic>,
         app: &AppSettings,
         defaults: TopicSettings,
+        access_defaults: &TopicAccess,
     ) -> Result<Vec<TopicConfig>, ConfigError> {
         let mut topics: Vec<TopicConfig> = Vec::with_capacity(raw.len());
         let mut shapes: HashMap<String, usize> = HashMap::new();
@@ -732,15 +851,225 @@ impl Validator<'_> {
                 Some(e) => e.into_inner(),
                 None => false,
             };
+            let access = self.access(topic.access(), &key, app, access_defaults.clone())?;
             let settings = self.topic_settings(topic.settings(), &key, defaults)?;
             topics.push(TopicConfig {
                 path,
                 upstream,
                 settings,
                 eager,
+                access,
             });
         }
         Ok(topics)
+    }
+
+    /// Applies one table's access keys (`auth`, `auth_cache`,
+    /// `cors_origins`, `upstream_headers`) over `defaults`.
+    fn access(
+        &self,
+        raw: raw::Access,
+        table: &str,
+        app: &AppSettings,
+        defaults: TopicAccess,
+    ) -> Result<TopicAccess, ConfigError> {
+        let key = |name: &str| format!("{table}.{name}");
+        let auth = match &raw.auth {
+            None => defaults.auth,
+            Some(text) if text.get_ref().is_empty() => None,
+            Some(text) => Some(self.auth_target(text, &key("auth"), app)?),
+        };
+        let cors = match &raw.cors_origins {
+            None => defaults.cors,
+            Some(list) => self.cors(list, &key("cors_origins"))?,
+        };
+        if cors == CorsOrigins::Any && auth.is_some() {
+            let message = "cors_origins = [\"*\"] cannot go with auth: a credentialed EventSource needs its exact origin; list the origins instead".to_string();
+            return Err(match (&raw.cors_origins, &raw.auth) {
+                (Some(list), _) => self.at(list, key("cors_origins"), message),
+                (None, Some(auth)) => self.at(auth, key("auth"), message),
+                (None, None) => self.nowhere(Some(&key("cors_origins")), message),
+            });
+        }
+        let upstream_headers = match raw.upstream_headers {
+            None => defaults.upstream_headers,
+            Some(headers) => {
+                let mut checked = Vec::new();
+                for (name, value) in headers.get_ref() {
+                    let valid = http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+                        && http::HeaderValue::from_str(value).is_ok();
+                    let reserved = [
+                        "host",
+                        "connection",
+                        "accept",
+                        "cache-control",
+                        "last-event-id",
+                        "transfer-encoding",
+                        "content-length",
+                    ]
+                    .contains(&name.to_ascii_lowercase().as_str());
+                    if !valid || reserved {
+                        return Err(self.at(
+                            &headers,
+                            key("upstream_headers"),
+                            format!("{name:?} is not a header sse-fanout can add (invalid, or one it sets itself)"),
+                        ));
+                    }
+                    checked.push((name.clone(), value.clone()));
+                }
+                checked
+            }
+        };
+        Ok(TopicAccess {
+            auth,
+            auth_cache: raw
+                .auth_cache
+                .map_or(defaults.auth_cache, |d| d.into_inner().0),
+            cors,
+            upstream_headers,
+        })
+    }
+
+    fn auth_target(
+        &self,
+        raw: &Spanned<String>,
+        key: &str,
+        app: &AppSettings,
+    ) -> Result<AuthTarget, ConfigError> {
+        let text = raw.get_ref();
+        if text.starts_with('/') {
+            return Ok(AuthTarget {
+                origin: app.origin.clone(),
+                path: text.clone(),
+            });
+        }
+        let (origin, path) = Origin::parse_url(text).map_err(|e| {
+            self.at(
+                raw,
+                key,
+                format!("{e}; give a path on [app] such as \"/auth/sse\" or a full URL"),
+            )
+        })?;
+        Ok(AuthTarget {
+            origin,
+            path: if path.is_empty() {
+                "/".into()
+            } else {
+                path.to_string()
+            },
+        })
+    }
+
+    fn cors(&self, raw: &Spanned<Vec<String>>, key: &str) -> Result<CorsOrigins, ConfigError> {
+        let list = raw.get_ref();
+        if list.iter().any(|o| o == "*") {
+            return if list.len() == 1 {
+                Ok(CorsOrigins::Any)
+            } else {
+                Err(self.at(
+                    raw,
+                    key,
+                    "\"*\" stands alone: list exact origins, or only \"*\"".into(),
+                ))
+            };
+        }
+        for origin in list {
+            let well_formed = Origin::parse(origin).is_ok()
+                && (origin.starts_with("https://") || origin.starts_with("http://"))
+                && !origin.ends_with('/');
+            if !well_formed {
+                return Err(self.at(
+                    raw,
+                    key,
+                    format!("{origin:?} is not an origin; write scheme and host (and port), like \"https://app.example\""),
+                ));
+            }
+        }
+        Ok(if list.is_empty() {
+            CorsOrigins::None
+        } else {
+            CorsOrigins::List(list.clone())
+        })
+    }
+
+    fn limits(&self, raw: raw::Limits) -> Result<LimitSettings, ConfigError> {
+        let count = |value: Option<Spanned<usize>>, name: &str, default: usize| match value {
+            Some(v) if *v.get_ref() == 0 => {
+                Err(self.at(&v, format!("limits.{name}"), "must be at least 1".into()))
+            }
+            Some(v) => Ok(v.into_inner()),
+            None => Ok(default),
+        };
+        let over_limit = match raw.over_limit {
+            None => OverLimit::Retry,
+            Some(answer) => match answer.get_ref().as_str() {
+                "retry" => OverLimit::Retry,
+                "429" => OverLimit::TooManyRequests,
+                "503" => OverLimit::Unavailable,
+                other => {
+                    return Err(self.at(
+                        &answer,
+                        "limits.over_limit",
+                        format!("{other:?} is not an answer; use \"retry\" (200, retry: and a clean end), \"429\" or \"503\""),
+                    ))
+                }
+            },
+        };
+        let rate = count(
+            raw.subscribe_rate_per_ip
+                .map(|r| Spanned::new(r.span(), *r.get_ref() as usize)),
+            "subscribe_rate_per_ip",
+            DEFAULT_SUBSCRIBE_RATE_PER_IP as usize,
+        )?;
+        Ok(LimitSettings {
+            max_subscribers: count(
+                raw.max_subscribers,
+                "max_subscribers",
+                DEFAULT_MAX_SUBSCRIBERS,
+            )?,
+            max_subscribers_per_ip: count(
+                raw.max_subscribers_per_ip,
+                "max_subscribers_per_ip",
+                DEFAULT_MAX_SUBSCRIBERS_PER_IP,
+            )?,
+            max_subscribers_per_topic: count(
+                raw.max_subscribers_per_topic,
+                "max_subscribers_per_topic",
+                DEFAULT_MAX_SUBSCRIBERS_PER_TOPIC,
+            )?,
+            max_topic_instances: count(
+                raw.max_topic_instances,
+                "max_topic_instances",
+                DEFAULT_MAX_TOPIC_INSTANCES,
+            )?,
+            subscribe_rate_per_ip: u32::try_from(rate).unwrap_or(u32::MAX),
+            over_limit,
+            max_last_event_id: count(
+                raw.max_last_event_id,
+                "max_last_event_id",
+                DEFAULT_MAX_LAST_EVENT_ID,
+            )?,
+            max_param_len: count(raw.max_param_len, "max_param_len", DEFAULT_MAX_PARAM_LEN)?,
+            header_timeout: self
+                .positive(raw.header_timeout, "limits.header_timeout")?
+                .unwrap_or(DEFAULT_HEADER_TIMEOUT),
+            max_header_bytes: match raw.max_header_bytes {
+                Some(size) if size.get_ref().0 < 1024 => {
+                    return Err(self.at(
+                        &size,
+                        "limits.max_header_bytes",
+                        "must be at least 1KiB".into(),
+                    ))
+                }
+                Some(size) => size.into_inner().0,
+                None => DEFAULT_MAX_HEADER_BYTES,
+            },
+            auth_cache_size: count(
+                raw.auth_cache_size,
+                "auth_cache_size",
+                DEFAULT_AUTH_CACHE_SIZE,
+            )?,
+        })
     }
 
     fn topic_upstream(
@@ -817,6 +1146,32 @@ mod raw {
         #[serde(default)]
         pub topic: Vec<Topic>,
         pub admin: Option<Admin>,
+        pub limits: Option<Limits>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Limits {
+        pub max_subscribers: Option<Spanned<usize>>,
+        pub max_subscribers_per_ip: Option<Spanned<usize>>,
+        pub max_subscribers_per_topic: Option<Spanned<usize>>,
+        pub max_topic_instances: Option<Spanned<usize>>,
+        pub subscribe_rate_per_ip: Option<Spanned<u32>>,
+        pub over_limit: Option<Spanned<String>>,
+        pub max_last_event_id: Option<Spanned<usize>>,
+        pub max_param_len: Option<Spanned<usize>>,
+        pub header_timeout: Option<Spanned<DurationValue>>,
+        pub max_header_bytes: Option<Spanned<SizeValue>>,
+        pub auth_cache_size: Option<Spanned<usize>>,
+    }
+
+    /// The access keys of `[sse]` and `[[topic]]`.
+    #[derive(Default)]
+    pub struct Access {
+        pub auth: Option<Spanned<String>>,
+        pub auth_cache: Option<Spanned<DurationValue>>,
+        pub cors_origins: Option<Spanned<Vec<String>>>,
+        pub upstream_headers: Option<Spanned<BTreeMap<String, String>>>,
     }
 
     #[derive(Deserialize)]
@@ -888,6 +1243,22 @@ mod raw {
         pub max_event_size: Option<Spanned<SizeValue>>,
         pub upstream_backoff_max: Option<Spanned<DurationValue>>,
         pub upstream_idle_timeout: Option<Spanned<DurationValue>>,
+        pub auth: Option<Spanned<String>>,
+        pub auth_cache: Option<Spanned<DurationValue>>,
+        pub cors_origins: Option<Spanned<Vec<String>>>,
+        pub upstream_headers: Option<Spanned<BTreeMap<String, String>>>,
+    }
+
+    impl Sse {
+        /// The access keys, taken out.
+        pub fn access(&mut self) -> Access {
+            Access {
+                auth: self.auth.take(),
+                auth_cache: self.auth_cache.take(),
+                cors_origins: self.cors_origins.take(),
+                upstream_headers: self.upstream_headers.take(),
+            }
+        }
     }
 
     #[derive(Deserialize)]
@@ -907,9 +1278,23 @@ mod raw {
         pub max_event_size: Option<Spanned<SizeValue>>,
         pub upstream_backoff_max: Option<Spanned<DurationValue>>,
         pub upstream_idle_timeout: Option<Spanned<DurationValue>>,
+        pub auth: Option<Spanned<String>>,
+        pub auth_cache: Option<Spanned<DurationValue>>,
+        pub cors_origins: Option<Spanned<Vec<String>>>,
+        pub upstream_headers: Option<Spanned<BTreeMap<String, String>>>,
     }
 
     impl Topic {
+        /// The access keys this topic overrides.
+        pub fn access(&mut self) -> Access {
+            Access {
+                auth: self.auth.take(),
+                auth_cache: self.auth_cache.take(),
+                cors_origins: self.cors_origins.take(),
+                upstream_headers: self.upstream_headers.take(),
+            }
+        }
+
         /// The `[sse]` keys this topic overrides.
         pub fn settings(&mut self) -> Sse {
             Sse {
@@ -924,6 +1309,10 @@ mod raw {
                 max_event_size: self.max_event_size.take(),
                 upstream_backoff_max: self.upstream_backoff_max.take(),
                 upstream_idle_timeout: self.upstream_idle_timeout.take(),
+                auth: None,
+                auth_cache: None,
+                cors_origins: None,
+                upstream_headers: None,
             }
         }
     }

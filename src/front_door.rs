@@ -18,9 +18,15 @@
 //!
 //! An HTTP/2 stream arrives with its header read, so the [`Router`] routes it
 //! as a Pingora `HttpServerApp`. An HTTP/1.1 request has not been read when
-//! Pingora hands over the connection, so the front door reads just its request
-//! line (method and path), then gives Pingora a session that replays those
-//! bytes before the rest of the stream: nothing is lost or read twice.
+//! Pingora hands over the connection, so the front door reads its header
+//! itself (bounded by `[limits] max_header_bytes`, and within
+//! `header_timeout` of its first byte, so a client that never finishes its
+//! header is dropped), looks at the request line, then gives Pingora a
+//! session that replays those bytes before the rest of the stream: nothing
+//! is lost or read twice.
+//!
+//! A topic request is admitted (or refused) by [`Admission`] before the hub
+//! sees it; `OPTIONS` on a topic path is a CORS preflight, answered here.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,15 +36,18 @@ use bytes::BytesMut;
 use pingora::apps::{
     HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp,
 };
+use pingora::http::ResponseHeader;
 use pingora::protocols::http::v2::server::H2Options;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::access_log::{self, AccessRecord};
-use crate::hub::Hub;
+use crate::admission::{self, Admission, Refused};
+use crate::cors;
+use crate::hub::{Hub, Refusal};
 use crate::proxy::Proxy;
 use crate::route::TopicMatch;
 use crate::subscriber;
@@ -46,9 +55,15 @@ use crate::subscriber;
 /// What a client sends first on an HTTP/2 connection without TLS (h2c).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// A request line longer than this is not looked at: it goes to the proxy,
-/// which answers it (Pingora bounds the whole header).
-const MAX_REQUEST_LINE: usize = 8 * 1024;
+/// What a client must send before its HTTP/1.1 header ends.
+const HEADER_END: &[u8] = b"\r\n\r\n";
+
+/// How long a refused HTTP/1.1 client may keep sending before the close.
+const LINGER_ON_REFUSAL: Duration = Duration::from_secs(1);
+
+/// The answer to an HTTP/1.1 header over `[limits] max_header_bytes`.
+const HEADER_TOO_LARGE: &[u8] =
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
 /// How long an HTTP/1.1 connection may sit idle before (and between)
 /// requests: Pingora's own keep-alive timeout, in seconds.
@@ -60,6 +75,8 @@ pub struct Router {
     proxy: Arc<HttpProxy<Proxy>>,
     /// The topics.
     hub: Hub,
+    /// Inputs, caps and auth for subscription requests.
+    admission: Admission,
 }
 
 /// The listeners' app: sorts connections by protocol and HTTP/1.1 requests by
@@ -69,11 +86,12 @@ pub struct FrontDoor {
 }
 
 impl FrontDoor {
-    pub fn new(proxy: HttpProxy<Proxy>, hub: Hub) -> FrontDoor {
+    pub fn new(proxy: HttpProxy<Proxy>, hub: Hub, admission: Admission) -> FrontDoor {
         FrontDoor {
             router: Arc::new(Router {
                 proxy: Arc::new(proxy),
                 hub,
+                admission,
             }),
         }
     }
@@ -95,13 +113,22 @@ impl FrontDoor {
 
     /// Serves HTTP/1.1 requests on one connection until it is not reused.
     async fn serve_http1(&self, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let limits = *self.router.admission.limits.settings();
         let mut settings: Option<HttpPersistentSettings> = None;
         loop {
-            let request_line = tokio::select! {
-                read = read_request_line(&mut stream) => read?,
+            let head = tokio::select! {
+                read = read_request_head(&mut stream, limits.max_header_bytes, limits.header_timeout) => read,
                 _ = wait_for_shutdown(shutdown.clone()) => return None,
             };
-            let topic = topic_request(&self.router.hub, &request_line);
+            let head = match head {
+                Head::Complete(head) => head,
+                Head::TooLarge => {
+                    refuse_and_close(&mut stream, HEADER_TOO_LARGE, limits.max_header_bytes).await;
+                    return None;
+                }
+                Head::Gone => return None,
+            };
+            let request = topic_request(&self.router.hub, &head);
             let mut session = ServerSession::new_http1(stream);
             // Pingora's own defaults for a fresh HTTP/1.1 session ...
             session.set_keepalive((!*shutdown.borrow()).then_some(KEEPALIVE_SECONDS));
@@ -114,10 +141,10 @@ impl FrontDoor {
             if let Some(settings) = settings.take() {
                 settings.apply_to_session(&mut session);
             }
-            session.set_pipelined_prefix(request_line);
-            let reused = match topic {
-                Some(route) => {
-                    self.router.serve_http1_topic(session, &route).await;
+            session.set_pipelined_prefix(head);
+            let reused = match request {
+                Some((method, route)) => {
+                    self.router.serve_http1_topic(session, method, &route).await;
                     None
                 }
                 None => self.router.proxy.process_new_http(session, shutdown).await,
@@ -129,32 +156,80 @@ impl FrontDoor {
     }
 }
 
-/// Reads at least the request line (up to its line end, or a bounded
-/// amount) without parsing anything else; `None` when the client closes or
-/// stays idle past the keep-alive timeout.
-async fn read_request_line(stream: &mut Stream) -> Option<BytesMut> {
+/// Writes a final answer, then reads (and drops) what the client is still
+/// sending, a bounded amount for a bounded time, before closing: closing with
+/// unread input would reset the connection and the client would lose the
+/// answer.
+async fn refuse_and_close(stream: &mut Stream, answer: &[u8], drain_limit: usize) {
+    if stream.write_all(answer).await.is_err() || stream.flush().await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut drained = 0;
+        let mut scratch = [0u8; 4096];
+        while drained < drain_limit {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_ON_REFUSAL, drain).await;
+}
+
+/// How reading an HTTP/1.1 request header ended.
+enum Head {
+    /// The header (and whatever followed it in the same reads).
+    Complete(BytesMut),
+    /// Longer than `max_header_bytes`.
+    TooLarge,
+    /// The client closed, stayed idle past the keep-alive timeout, or did not
+    /// finish its header within the header timeout.
+    Gone,
+}
+
+/// Reads a whole request header: the first byte may take the keep-alive
+/// timeout to come, the rest must follow within `header_timeout`.
+async fn read_request_head(
+    stream: &mut Stream,
+    max_bytes: usize,
+    header_timeout: Duration,
+) -> Head {
     let mut buf = BytesMut::with_capacity(1024);
-    let read = async {
+    let first = tokio::time::timeout(
+        Duration::from_secs(KEEPALIVE_SECONDS),
+        stream.read_buf(&mut buf),
+    )
+    .await;
+    if !matches!(first, Ok(Ok(n)) if n > 0) {
+        return Head::Gone;
+    }
+    let rest = async {
         loop {
             // Leading empty lines before a request are allowed (RFC 9112 §2.2).
             let start = buf
                 .iter()
                 .position(|b| *b != b'\r' && *b != b'\n')
                 .unwrap_or(buf.len());
-            if buf[start..].contains(&b'\n') || buf.len() >= MAX_REQUEST_LINE {
-                return Some(());
+            let body = &buf[start..];
+            if body.windows(HEADER_END.len()).any(|w| w == HEADER_END)
+                || body.windows(2).any(|w| w == b"\n\n")
+            {
+                return Head::Complete(std::mem::take(&mut buf));
+            }
+            if buf.len() > max_bytes {
+                return Head::TooLarge;
             }
             match stream.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return None,
+                Ok(0) | Err(_) => return Head::Gone,
                 Ok(_) => {}
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(KEEPALIVE_SECONDS), read)
+    tokio::time::timeout(header_timeout, rest)
         .await
-        .ok()
-        .flatten()?;
-    Some(buf)
+        .unwrap_or(Head::Gone)
 }
 
 async fn wait_for_shutdown(mut shutdown: ShutdownWatch) {
@@ -165,28 +240,82 @@ async fn wait_for_shutdown(mut shutdown: ShutdownWatch) {
     }
 }
 
-/// The topic a request line (`GET /events/news?x HTTP/1.1`) subscribes to.
-fn topic_request(hub: &Hub, request_line: &[u8]) -> Option<TopicMatch> {
-    let line = request_line
+/// What a request to a topic path asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TopicMethod {
+    /// A subscription.
+    Get,
+    /// A CORS preflight.
+    Options,
+}
+
+/// The topic an HTTP/1.1 request head (`GET /events/news?x HTTP/1.1 ...`)
+/// asks for, and how; `None` for anything the proxy handles.
+fn topic_request(hub: &Hub, head: &[u8]) -> Option<(TopicMethod, TopicMatch)> {
+    let line = head
         .split(|b| *b == b'\n')
         .find(|l| !l.is_empty() && *l != b"\r")?;
     let line = std::str::from_utf8(line).ok()?;
     let mut parts = line.split(' ');
-    if parts.next()? != "GET" {
-        return None;
-    }
+    let method = match parts.next()? {
+        "GET" => TopicMethod::Get,
+        "OPTIONS" => TopicMethod::Options,
+        _ => return None,
+    };
     let target = parts.next()?;
     let path = target.split(['?', '#']).next()?;
-    hub.find(path)
+    Some((method, hub.find(path)?))
 }
 
 impl Router {
-    /// Serves a subscription and writes its access-log line.
+    /// Admits (or refuses) and serves a subscription, and writes its
+    /// access-log line.
     async fn serve_topic(&self, session: &mut ServerSession, route: &TopicMatch) {
         let started = Instant::now();
-        match subscriber::serve(session, &self.hub, route).await {
-            Ok(ending) => log::debug!("subscription to {} ended: {ending:?}", route.key),
-            Err(e) => log::debug!("subscription to {} failed: {e}", route.key),
+        let topic = self.hub.config(route);
+        let limits = self.admission.limits.settings();
+        let origin = session
+            .req_header()
+            .headers
+            .get(http::header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let cors = cors::response_headers(&topic.access.cors, origin.as_deref());
+        let result = match self.admission.check(session, route, topic).await {
+            Err(refused) => {
+                admission::respond(
+                    session,
+                    refused,
+                    topic.settings.retry,
+                    limits.over_limit,
+                    &cors,
+                )
+                .await
+            }
+            Ok(ticket) => match self.hub.subscribe(route, ticket.last_event_id) {
+                Err(Refusal::Ended) => subscriber::respond_ended(session, &cors).await,
+                Err(Refusal::Full(limit)) => {
+                    admission::respond(
+                        session,
+                        Refused::OverLimit(limit),
+                        topic.settings.retry,
+                        limits.over_limit,
+                        &cors,
+                    )
+                    .await
+                }
+                Ok(subscription) => {
+                    let place = ticket.place;
+                    let ending = subscriber::serve(session, subscription, &cors).await;
+                    drop(place);
+                    ending.map(|ending| {
+                        log::debug!("subscription to {} ended: {ending:?}", route.key)
+                    })
+                }
+            },
+        };
+        if let Err(e) = result {
+            log::debug!("subscription to {} failed: {e}", route.key);
         }
         access_log::record(AccessRecord {
             session,
@@ -195,14 +324,46 @@ impl Router {
         });
     }
 
-    /// Reads the (replayed) request and serves it as a subscription; the
-    /// connection is not reused afterwards.
-    async fn serve_http1_topic(&self, mut session: ServerSession, route: &TopicMatch) {
+    /// Answers a CORS preflight on a topic path.
+    async fn serve_preflight(&self, session: &mut ServerSession, route: &TopicMatch) {
+        let topic = self.hub.config(route);
+        let origin = session
+            .req_header()
+            .headers
+            .get(http::header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let headers = cors::preflight_headers(&topic.access.cors, origin.as_deref());
+        let answer = async {
+            let mut response = ResponseHeader::build(204, Some(headers.len()))?;
+            for (name, value) in headers {
+                response.insert_header(name, value)?;
+            }
+            session.set_keepalive(None);
+            session.write_response_header(Box::new(response)).await?;
+            session.finish_body().await
+        };
+        if let Err(e) = answer.await {
+            log::debug!("preflight for {} failed: {e}", route.key);
+        }
+    }
+
+    /// Reads the (replayed) request and serves it; the connection is not
+    /// reused afterwards.
+    async fn serve_http1_topic(
+        &self,
+        mut session: ServerSession,
+        method: TopicMethod,
+        route: &TopicMatch,
+    ) {
         match session.read_request().await {
-            Ok(true) => self.serve_topic(&mut session, route).await,
+            Ok(true) => match method {
+                TopicMethod::Get => self.serve_topic(&mut session, route).await,
+                TopicMethod::Options => self.serve_preflight(&mut session, route).await,
+            },
             Ok(false) => {}
             Err(e) => {
-                log::debug!("bad subscription request: {e}");
+                log::debug!("bad request on a topic path: {e}");
                 let _ = session.respond_error(400).await;
             }
         }
@@ -217,17 +378,19 @@ impl HttpServerApp for Router {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        let route = (session.req_header().method == http::Method::GET)
-            .then(|| self.hub.find(session.req_header().uri.path()))
-            .flatten();
+        let method = match session.req_header().method {
+            http::Method::GET => Some(TopicMethod::Get),
+            http::Method::OPTIONS => Some(TopicMethod::Options),
+            _ => None,
+        };
+        let route = method.and_then(|m| Some((m, self.hub.find(session.req_header().uri.path())?)));
         match route {
-            Some(route) => {
-                self.serve_topic(&mut session, &route).await;
-                // Dropping the session ends the stream if it is not ended yet.
-                None
-            }
-            None => self.proxy.process_new_http(session, shutdown).await,
+            Some((TopicMethod::Get, route)) => self.serve_topic(&mut session, &route).await,
+            Some((TopicMethod::Options, route)) => self.serve_preflight(&mut session, &route).await,
+            None => return self.proxy.process_new_http(session, shutdown).await,
         }
+        // Dropping the session ends the stream if it is not ended yet.
+        None
     }
 
     fn h2_options(&self) -> Option<H2Options> {
@@ -278,12 +441,19 @@ mod tests {
 
     #[test]
     fn get_request_line_on_a_topic_path_is_a_subscription() {
-        let route = topic_request(
+        let (method, route) = topic_request(
             &hub(),
             b"GET /events/news?lastEventId=4 HTTP/1.1\r\nHost: x\r\n",
         )
         .unwrap();
+        assert_eq!(method, TopicMethod::Get);
         assert_eq!(route.key, "/events/news");
+    }
+
+    #[test]
+    fn options_on_a_topic_path_is_a_preflight() {
+        let (method, _) = topic_request(&hub(), b"OPTIONS /events/news HTTP/1.1\r\n").unwrap();
+        assert_eq!(method, TopicMethod::Options);
     }
 
     #[test]

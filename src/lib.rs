@@ -7,9 +7,13 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod admission;
+pub mod auth;
 pub mod config;
+pub mod cors;
 pub mod front_door;
 pub mod hub;
+pub mod limits;
 pub mod origin;
 pub mod proxy;
 pub mod route;

@@ -92,6 +92,9 @@ fn main() -> ExitCode {
     let Some(config) = load(&args.config) else {
         return ExitCode::from(EXIT_BAD_CONFIG);
     };
+    for warning in &config.warnings {
+        eprintln!("sse-fanout: {}: warning: {warning}", args.config.display());
+    }
     if args.check {
         println!(
             "{}: configuration is valid ({} listener(s), {} topic(s), app at {})",

@@ -283,6 +283,29 @@ pub struct TopicMatch {
 }
 
 impl TopicMatch {
+    /// Checks every bound parameter: at most `max_len` bytes of letters,
+    /// digits, `-`, `_`, `.` and `~`, and not `.` or `..`. Anything else
+    /// (`%2F`, `..`, control characters) could reach the app's upstream path
+    /// as something it did not mean, so it is refused before it gets there.
+    pub fn check_params(&self, max_len: usize) -> Result<(), TemplateError> {
+        for (name, value) in &self.params {
+            if value.len() > max_len {
+                return Err(TemplateError(format!(
+                    "{{{name}}} is longer than {max_len} bytes"
+                )));
+            }
+            let allowed = value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'));
+            if !allowed || value == "." || value == ".." {
+                return Err(TemplateError(format!(
+                    "{{{name}}} may hold only letters, digits, '-', '_', '.' and '~'"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The bound parameters in the form [`UpstreamTemplate::fill`] takes.
     pub fn param_pairs(&self) -> Vec<(&str, &str)> {
         self.params
@@ -337,6 +360,23 @@ impl TopicRoutes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameters_outside_the_safe_set_are_refused() {
+        let routes = TopicRoutes::new(&[PathTemplate::parse("/jobs/{id}").unwrap()]);
+        let check = |path: &str| routes.find(path).unwrap().check_params(10);
+        assert!(check("/jobs/a-b_c.d~1").is_ok());
+        for bad in [
+            "/jobs/..",
+            "/jobs/.",
+            "/jobs/a%2Fb",
+            "/jobs/a%0D",
+            "/jobs/12345678901",
+            "/jobs/a:b",
+        ] {
+            assert!(check(bad).is_err(), "{bad} was accepted");
+        }
+    }
 
     #[test]
     fn literal_route_wins_over_a_matching_template() {

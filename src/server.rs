@@ -26,10 +26,17 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::{background_service, BackgroundService};
 
+use std::sync::Arc;
+
+use pingora::connectors::http::Connector;
+
 use crate::admin;
+use crate::admission::Admission;
+use crate::auth::Authorizer;
 use crate::config::{Config, Listener, ServerSettings};
 use crate::front_door::FrontDoor;
 use crate::hub::Hub;
+use crate::limits::Limits;
 use crate::proxy::Proxy;
 
 /// The name Pingora logs for the proxy service.
@@ -121,10 +128,19 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<(Server, H
     proxy.server_options = Some(server_options);
     let mut h2 = default_h2_options();
     h2.max_concurrent_streams(config.server.max_concurrent_streams);
+    h2.max_header_list_size(u32::try_from(config.limits.max_header_bytes).unwrap_or(u32::MAX));
     proxy.h2_options = Some(h2);
+    let admission = Admission {
+        limits: Limits::new(config.limits),
+        authorizer: Authorizer::new(
+            Arc::new(Connector::new(None)),
+            config.app.connect.clone(),
+            config.limits.auth_cache_size,
+        ),
+    };
     let mut service = pingora::services::listening::Service::new(
         SERVICE_NAME.into(),
-        FrontDoor::new(proxy, hub.clone()),
+        FrontDoor::new(proxy, hub.clone(), admission),
     );
 
     let sockets = socket_options(&config.server);

@@ -14,20 +14,16 @@
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http::header;
+use http::header::{self, HeaderName};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::{Error, ErrorType};
 
 use crate::hub::upstream::LAST_EVENT_ID;
-use crate::hub::{CloseReason, Hub, Next, Refusal, Subscription};
-use crate::route::TopicMatch;
+use crate::hub::{CloseReason, Next, Subscription};
 
 /// The query parameter a client that cannot set headers resumes with.
 const LAST_EVENT_ID_PARAM: &str = "lastEventId";
-
-/// The longest `Last-Event-ID` taken; a longer one is treated as absent.
-const MAX_LAST_EVENT_ID_LEN: usize = 1024;
 
 /// How a subscription ended, for logs and the access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,14 +34,12 @@ pub enum Ending {
     TooSlow,
     /// The topic closed (upstream `204`, or shutdown).
     Closed(CloseReason),
-    /// The topic had already ended: answered `204` (the browser stops).
-    Refused,
 }
 
 /// The resume point a subscriber asked for: the `Last-Event-ID` header, or
-/// the `lastEventId` query parameter. Values that are too long or that could
-/// never have been an id (CR, LF, NUL) count as absent.
-pub fn last_event_id(session: &ServerSession) -> Option<String> {
+/// the `lastEventId` query parameter. Values longer than `max_len` or that
+/// could never have been an id (CR, LF, NUL) count as absent.
+pub fn last_event_id(session: &ServerSession, max_len: usize) -> Option<String> {
     let request = session.req_header();
     let from_header = request
         .headers
@@ -60,7 +54,7 @@ pub fn last_event_id(session: &ServerSession) -> Option<String> {
     };
     from_header
         .or_else(from_query)
-        .filter(|id| id.len() <= MAX_LAST_EVENT_ID_LEN && !id.contains(['\r', '\n', '\0']))
+        .filter(|id| id.len() <= max_len && !id.contains(['\r', '\n', '\0']))
 }
 
 /// Decodes `%XX` escapes and `+` (as a query string writes a space);
@@ -90,7 +84,7 @@ fn percent_decode(text: &str) -> Option<String> {
 }
 
 /// The response head of an event stream.
-fn stream_header(session: &ServerSession) -> pingora::Result<ResponseHeader> {
+pub fn stream_header(session: &ServerSession) -> pingora::Result<ResponseHeader> {
     let mut response = ResponseHeader::build(200, Some(4))?;
     response.insert_header(header::CONTENT_TYPE, "text/event-stream")?;
     response.insert_header(header::CACHE_CONTROL, "no-cache")?;
@@ -103,31 +97,38 @@ fn stream_header(session: &ServerSession) -> pingora::Result<ResponseHeader> {
     Ok(response)
 }
 
-/// Serves a subscription to `route` on `session` until it ends.
+/// Answers `204 No Content`: the browser's signal to stop reconnecting, for
+/// a topic whose upstream has ended.
+pub async fn respond_ended(
+    session: &mut ServerSession,
+    cors: &[(HeaderName, String)],
+) -> pingora::Result<()> {
+    let mut response = ResponseHeader::build(204, Some(cors.len()))?;
+    for (name, value) in cors {
+        response.insert_header(name.clone(), value)?;
+    }
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(response)).await?;
+    session.finish_body().await
+}
+
+/// Serves `subscription` on `session` until it ends; `cors` are the headers
+/// the request's origin gets.
 pub async fn serve(
     session: &mut ServerSession,
-    hub: &Hub,
-    route: &TopicMatch,
+    mut subscription: Subscription,
+    cors: &[(HeaderName, String)],
 ) -> pingora::Result<Ending> {
-    let resume = last_event_id(session);
-    let mut subscription = match hub.subscribe(route, resume) {
-        Ok(subscription) => subscription,
-        Err(Refusal::Ended) => {
-            // 204 is the browser's signal to stop reconnecting.
-            let response = ResponseHeader::build(204, Some(1))?;
-            session.set_keepalive(None);
-            session.write_response_header(Box::new(response)).await?;
-            session.finish_body().await?;
-            return Ok(Ending::Refused);
-        }
-    };
+    let key = subscription.topic().key.clone();
     session.set_keepalive(None);
     // Notice a closed HTTP/1.1 connection while idle instead of waiting
     // for the next write to fail.
     session.set_abort_on_close(true);
-    session
-        .write_response_header(Box::new(stream_header(session)?))
-        .await?;
+    let mut head = stream_header(session)?;
+    for (name, value) in cors {
+        head.insert_header(name.clone(), value)?;
+    }
+    session.write_response_header(Box::new(head)).await?;
 
     let mut frames: Vec<Bytes> = Vec::new();
     subscription.take_opening(&mut frames);
@@ -138,10 +139,7 @@ pub async fn serve(
                 // request so Pingora drops the connection without finishing it.
                 return Err(Error::explain(
                     ErrorType::WriteError,
-                    format!(
-                        "subscriber of {} stopped reading and fell past its lag bound",
-                        route.key
-                    ),
+                    format!("subscriber of {key} stopped reading and fell past its lag bound"),
                 )
                 .into_down());
             }

@@ -162,3 +162,46 @@ fn bad_config_also_stops_a_normal_start_with_exit_2() {
     let output = run_cli(&["-c", path.to_str().unwrap()]);
     assert_refused(output, "listen[0].addr", "invalid type");
 }
+
+#[test]
+fn template_topic_without_auth_is_valid_but_warned_about() {
+    let config =
+        format!("{VALID}\n[[topic]]\npath = \"/events/users/{{id}}\"\nupstream = \"/s/{{id}}\"\n");
+    let output = check(&config);
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("warning")
+            && stderr.contains("/events/users/{id}")
+            && stderr.contains("auth"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn wildcard_cors_with_auth_is_refused() {
+    let config = format!("{VALID}auth = \"/auth\"\ncors_origins = [\"*\"]\n");
+    assert_refused(
+        check(&config),
+        "topic[0].cors_origins",
+        "cannot go with auth",
+    );
+}
+
+#[test]
+fn cors_origin_with_a_path_is_refused() {
+    let config = format!("{VALID}cors_origins = [\"https://app.example/page\"]\n");
+    assert_refused(check(&config), "topic[0].cors_origins", "is not an origin");
+}
+
+#[test]
+fn unknown_over_limit_answer_is_refused() {
+    let config = format!("[limits]\nover_limit = \"418\"\n{VALID}");
+    assert_refused(check(&config), "limits.over_limit", "is not an answer");
+}
+
+#[test]
+fn upstream_header_the_proxy_sets_itself_is_refused() {
+    let config = format!("{VALID}upstream_headers = {{ Host = \"other\" }}\n");
+    assert_refused(check(&config), "topic[0].upstream_headers", "sets itself");
+}

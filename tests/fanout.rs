@@ -521,7 +521,9 @@ async fn subscriber_that_never_reads_is_cut_off_while_others_get_everything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_subscribers_come_and_go_and_the_upstream_closes_after_linger() {
     let app = SseApp::start().await;
-    let proxy = Proxy::start(app.addr, TOPICS);
+    // A thousand subscriptions from one address as fast as they open.
+    let limits = "[limits]\nsubscribe_rate_per_ip = 100000\n";
+    let proxy = Proxy::start(app.addr, &format!("{limits}{TOPICS}"));
     let mut clients = Vec::new();
     let mut streams = Vec::new();
     for n in 0..1000 {

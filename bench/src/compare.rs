@@ -346,6 +346,12 @@ upstream = "127.0.0.1:{app_port}"
 [admin]
 addr = "127.0.0.1:{admin_port}"
 
+# The load generators open every subscription from a few addresses, fast.
+[limits]
+max_subscribers = 1000000
+max_subscribers_per_ip = 1000000
+subscribe_rate_per_ip = 1000000
+
 [sse]
 heartbeat = "30s"
 linger = "5s"
@@ -706,6 +712,13 @@ pub fn table(scenario: &Scenario, outcomes: &[Outcome]) -> String {
         } else {
             "-".into()
         };
+        let connections = format!(
+            "{} / {}",
+            o.upstream_connections
+                .map_or("-".to_string(), |n| n.to_string()),
+            o.upstream_streams
+                .map_or("-".to_string(), |n| n.to_string())
+        );
         let _ = writeln!(
             text,
             "| {} | {}{} | {} | {} / {} | {:.1} | {:.1} | {:.1} | {:.1} KB | {:.2} µs | {:.0} % | {:.0} % | {:.0} % | {} |",
@@ -723,11 +736,7 @@ pub fn table(scenario: &Scenario, outcomes: &[Outcome]) -> String {
             o.proxy_cpu_percent,
             o.app_cpu_percent,
             o.load_cpu_percent,
-            format!(
-                "{} / {}",
-                o.upstream_connections.map_or("-".to_string(), |n| n.to_string()),
-                o.upstream_streams.map_or("-".to_string(), |n| n.to_string())
-            ),
+            connections,
         );
     }
     for o in outcomes.iter().filter(|o| !o.note.is_empty()) {

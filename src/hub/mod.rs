@@ -26,7 +26,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use pingora::connectors::http::Connector;
 use tokio::time::{sleep_until, Instant};
 
-use crate::config::{Config, TopicConfig};
+use crate::config::{Config, LimitSettings, TopicConfig};
+use crate::limits::Limit;
 use crate::origin::ConnectSettings;
 use crate::route::{TopicMatch, TopicRoutes};
 pub use topic::{CloseReason, Next, Start, Subscription, Topic, TopicSnapshot, UpstreamState};
@@ -37,6 +38,9 @@ use upstream::UpstreamReader;
 pub enum Refusal {
     /// The topic's upstream answered `204`: tell the browser to stop.
     Ended,
+    /// The topic instance is full, or its template has all the live
+    /// instances it may (`max_subscribers_per_topic`, `max_topic_instances`).
+    Full(Limit),
 }
 
 /// The topics of one process. Cheap to clone (an `Arc`).
@@ -45,14 +49,24 @@ pub struct Hub {
     shared: Arc<Shared>,
 }
 
+/// The live topic instances.
+struct Live {
+    /// By key (the request path that names the instance).
+    by_key: HashMap<String, Arc<Topic>>,
+    /// Live instances per configured topic (index into `configs`).
+    instances: Vec<usize>,
+}
+
 /// State shared by the hub's handles and its drivers.
 struct Shared {
     /// The configured topics, by index as [`TopicRoutes`] reports them.
     configs: Vec<TopicConfig>,
     /// Path matching.
     routes: TopicRoutes,
-    /// Live topic instances.
-    topics: Mutex<HashMap<String, Arc<Topic>>>,
+    /// Live topic instances, and how many each configured topic has.
+    topics: Mutex<Live>,
+    /// `max_subscribers_per_topic` and `max_topic_instances`.
+    limits: LimitSettings,
     /// Pingora's connector for every upstream stream.
     connector: Arc<Connector>,
     /// How upstreams are reached (from `[app]`).
@@ -69,7 +83,11 @@ impl Hub {
             shared: Arc::new(Shared {
                 configs: config.topics.clone(),
                 routes: TopicRoutes::new(config.topics.iter().map(|t| &t.path)),
-                topics: Mutex::new(HashMap::new()),
+                topics: Mutex::new(Live {
+                    by_key: HashMap::new(),
+                    instances: vec![0; config.topics.len()],
+                }),
+                limits: config.limits,
                 connector: Arc::new(Connector::new(None)),
                 connect: config.app.connect.clone(),
                 shutting_down: std::sync::atomic::AtomicBool::new(false),
@@ -77,11 +95,16 @@ impl Hub {
         }
     }
 
-    fn topics(&self) -> MutexGuard<'_, HashMap<String, Arc<Topic>>> {
+    fn topics(&self) -> MutexGuard<'_, Live> {
         self.shared
             .topics
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The configuration of the topic a route names.
+    pub fn config(&self, route: &TopicMatch) -> &TopicConfig {
+        &self.shared.configs[route.index]
     }
 
     /// Whether a request path (without query) is a topic.
@@ -97,18 +120,25 @@ impl Hub {
         last_event_id: Option<String>,
     ) -> Result<Subscription, Refusal> {
         let mut topics = self.topics();
-        let (topic, created) = match topics.get(&route.key) {
+        let (topic, created) = match topics.by_key.get(&route.key) {
             Some(topic) => (topic.clone(), false),
             None => {
+                if topics.instances[route.index] >= self.shared.limits.max_topic_instances {
+                    return Err(Refusal::Full(Limit::Instances));
+                }
                 // A new instance resumes upstream where its first subscriber
                 // left off (e.g. across a restart of the proxy).
                 let topic = self.create(route, last_event_id.clone());
-                topics.insert(route.key.clone(), topic.clone());
+                topics.by_key.insert(route.key.clone(), topic.clone());
+                topics.instances[route.index] += 1;
                 (topic, true)
             }
         };
         if topic.closed() == Some(CloseReason::Ended) {
             return Err(Refusal::Ended);
+        }
+        if topic.subscriber_count() >= self.shared.limits.max_subscribers_per_topic {
+            return Err(Refusal::Full(Limit::PerTopic));
         }
         let start = match last_event_id {
             Some(_) if created => Start::Oldest,
@@ -141,12 +171,14 @@ impl Hub {
             topic: topic.clone(),
             origin: config.upstream.origin.clone(),
             path,
+            extra_headers: config.access.upstream_headers.clone(),
             connect: self.shared.connect.clone(),
             connector: self.shared.connector.clone(),
         };
         tokio::spawn(drive(
             self.shared.clone(),
             topic.clone(),
+            route.index,
             reader,
             config.eager,
         ));
@@ -158,14 +190,15 @@ impl Hub {
         let mut topics = self.topics();
         for (index, config) in self.shared.configs.iter().enumerate() {
             let key = config.path.as_str().to_string();
-            if config.eager && !topics.contains_key(&key) {
+            if config.eager && !topics.by_key.contains_key(&key) {
                 let route = TopicMatch {
                     index,
                     key: key.clone(),
                     params: Vec::new(),
                 };
                 let topic = self.create(&route, None);
-                topics.insert(key, topic);
+                topics.by_key.insert(key, topic);
+                topics.instances[index] += 1;
             }
         }
     }
@@ -176,7 +209,7 @@ impl Hub {
         self.shared
             .shutting_down
             .store(true, std::sync::atomic::Ordering::Release);
-        let topics: Vec<Arc<Topic>> = self.topics().values().cloned().collect();
+        let topics: Vec<Arc<Topic>> = self.topics().by_key.values().cloned().collect();
         for topic in topics {
             topic.close(CloseReason::ShuttingDown);
         }
@@ -184,7 +217,7 @@ impl Hub {
 
     /// A snapshot of every live topic, sorted by key.
     pub fn snapshot(&self) -> Vec<TopicSnapshot> {
-        let topics: Vec<Arc<Topic>> = self.topics().values().cloned().collect();
+        let topics: Vec<Arc<Topic>> = self.topics().by_key.values().cloned().collect();
         let mut snapshots: Vec<TopicSnapshot> = topics.iter().map(|t| t.snapshot()).collect();
         snapshots.sort_by(|a, b| a.key.cmp(&b.key));
         snapshots
@@ -195,13 +228,15 @@ impl Shared {
     /// Removes `topic` if it still has no subscribers; true when removed.
     /// Subscribing happens under the same lock, so no one can join between
     /// the check and the removal.
-    fn remove_if_idle(&self, topic: &Arc<Topic>) -> bool {
+    fn remove_if_idle(&self, topic: &Arc<Topic>, index: usize) -> bool {
         let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
         let is_this_topic = topics
+            .by_key
             .get(&topic.key)
             .is_some_and(|t| Arc::ptr_eq(t, topic));
         if is_this_topic && topic.subscriber_count() == 0 {
-            topics.remove(&topic.key);
+            topics.by_key.remove(&topic.key);
+            topics.instances[index] -= 1;
             return true;
         }
         false
@@ -218,7 +253,13 @@ impl Drop for AbortOnDrop {
 }
 
 /// A topic's life: heartbeats while it lives, reclaimed after its linger.
-async fn drive(shared: Arc<Shared>, topic: Arc<Topic>, reader: UpstreamReader, eager: bool) {
+async fn drive(
+    shared: Arc<Shared>,
+    topic: Arc<Topic>,
+    index: usize,
+    reader: UpstreamReader,
+    eager: bool,
+) {
     let _reader = AbortOnDrop(tokio::spawn(reader.run()).abort_handle());
     loop {
         let heartbeat_at = topic.heartbeat_due();
@@ -232,7 +273,7 @@ async fn drive(shared: Arc<Shared>, topic: Arc<Topic>, reader: UpstreamReader, e
         tokio::select! {
             _ = sleep_until(heartbeat_at) => topic.heartbeat_if_due(),
             _ = sleep_until(linger_until.unwrap_or(heartbeat_at)), if linger_until.is_some() => {
-                if linger_until.is_some_and(|until| until <= Instant::now()) && shared.remove_if_idle(&topic) {
+                if linger_until.is_some_and(|until| until <= Instant::now()) && shared.remove_if_idle(&topic, index) {
                     log::info!("topic {}: no subscribers for {:?}; upstream closed", topic.key, topic.settings.linger);
                     return;
                 }

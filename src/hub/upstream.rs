@@ -43,6 +43,8 @@ pub struct UpstreamReader {
     pub origin: Origin,
     /// Path and query of the stream on that server.
     pub path: String,
+    /// Extra request headers from the topic's `upstream_headers`.
+    pub extra_headers: Vec<(String, String)>,
     /// Connect timeout and TLS verification.
     pub connect: ConnectSettings,
     /// Pingora's connector, shared by every topic.
@@ -228,9 +230,13 @@ impl UpstreamReader {
         if let Some(id) = &last_event_id {
             headers.push((LAST_EVENT_ID, id));
         }
-        for (name, value) in headers {
+        let extra = self
+            .extra_headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()));
+        for (name, value) in headers.into_iter().chain(extra) {
             request
-                .insert_header(name, value)
+                .insert_header(name.to_string(), value)
                 .map_err(|e| format!("invalid upstream header {name}: {e}"))?;
         }
         let exchange = async {

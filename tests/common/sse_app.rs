@@ -2,7 +2,8 @@
 //! every write.
 //!
 //! Any `GET /stream/...` opens an event stream (HTTP/1.1, close-delimited);
-//! any other path answers `plain`.
+//! any other path answers `plain` (or the status set with [`SseApp::answer`],
+//! with a `WWW-Authenticate` challenge: an auth endpoint).
 //! Tests publish events per path with [`SseApp::publish`]; the app keeps them
 //! as its "database" and honours `Last-Event-ID` by replaying what came after
 //! it. It records every upstream request, counts open streams, can answer a
@@ -27,6 +28,18 @@ pub struct UpstreamRequest {
     pub path: String,
     pub last_event_id: Option<String>,
     pub accept: Option<String>,
+    /// Every header, names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl UpstreamRequest {
+    /// The value of header `name` (lower case), if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// How the app answers a path instead of streaming.
@@ -244,16 +257,28 @@ async fn serve(state: Arc<SseState>, mut socket: TcpStream) {
         path: path.clone(),
         last_event_id: header("last-event-id"),
         accept: header("accept"),
+        headers: head
+            .split("\r\n")
+            .skip(1)
+            .filter_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                Some((n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            })
+            .collect(),
     };
     state.requests.lock().unwrap().push(request.clone());
 
+    let answer = state.answers.lock().unwrap().get(&path).copied();
     if !path.starts_with("/stream/") {
-        // An ordinary page: a short answer, then the app closes.
-        let _ = socket
-            .write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nplain\n",
-            )
-            .await;
+        // An ordinary page (or an auth endpoint): a short answer, then the
+        // app closes. A configured status answers instead, with a challenge.
+        let response = match answer {
+            Some(Answer::Status(code)) => format!(
+                "HTTP/1.1 {code} X\r\nWWW-Authenticate: Bearer realm=\"test\"\r\nContent-Type: text/plain\r\nContent-Length: 7\r\n\r\ndenied\n"
+            ),
+            _ => "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nplain\n".to_string(),
+        };
+        let _ = socket.write_all(response.as_bytes()).await;
         return;
     }
     let answer = state

@@ -43,19 +43,34 @@ impl EventStream {
 
     /// Subscribes with `client` to `path` (optionally with `Last-Event-ID`).
     pub async fn open(client: &mut Client, path: &str, last_event_id: Option<&str>) -> EventStream {
-        let mut request = client
-            .request("GET", path)
-            .header("accept", "text/event-stream");
-        if let Some(id) = last_event_id {
-            request = request.header("last-event-id", id);
-        }
-        let response = client
-            .send(request.body(Default::default()).unwrap())
-            .await
-            .expect("subscription request");
-        EventStream::new(response)
+        let headers: Vec<(&str, &str)> = last_event_id
+            .map(|id| ("last-event-id", id))
+            .into_iter()
+            .collect();
+        EventStream::new(subscribe(client, path, &headers).await)
     }
+}
 
+/// Sends a subscription request with extra headers; returns the response
+/// whatever its status.
+pub async fn subscribe(
+    client: &mut Client,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Response<Incoming> {
+    let mut request = client
+        .request("GET", path)
+        .header("accept", "text/event-stream");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    client
+        .send(request.body(Default::default()).unwrap())
+        .await
+        .expect("subscription request")
+}
+
+impl EventStream {
     /// The next item, or `None` when the stream ended cleanly. Panics if
     /// nothing arrives within the test's patience or the stream breaks.
     pub async fn next_item(&mut self) -> Option<Item> {

@@ -1,0 +1,616 @@
+//! Only the right browsers get a topic: subscriber authorization, CORS,
+//! caps, bounded inputs and HTTP/2 abuse, over real TLS h2 and h1 against the
+//! real binary and a scripted app.
+
+mod common;
+
+use std::time::Duration;
+
+use common::client::{body_bytes, Client};
+use common::sse_app::{Answer, SseApp};
+use common::sse_client::{subscribe, EventStream};
+use common::{free_port, Proxy, PATIENCE};
+use sse_fanout::sse::Item;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A public topic, and per-user topics behind the app's auth endpoint.
+const TOPICS: &str = r#"
+[sse]
+heartbeat = "30s"
+retry = "2s"
+linger = "1s"
+
+[[topic]]
+path = "/events/public"
+upstream = "/stream/public"
+
+[[topic]]
+path = "/events/users/{id}"
+upstream = "/stream/users/{id}"
+auth = "/auth/sse"
+cors_origins = ["https://app.example"]
+upstream_headers = { "X-Shared-Secret" = "s3cret" }
+"#;
+
+/// The per-user topic's last keys, appended after TOPICS.
+fn with_user_topic(extra: &str) -> String {
+    format!("{TOPICS}{extra}\n")
+}
+
+/// `[limits]` first, then the topics.
+fn with_limits(limits: &str) -> String {
+    format!("[limits]\n{limits}\n{TOPICS}")
+}
+
+async fn h2(proxy: &Proxy) -> Client {
+    Client::tls(proxy.tls_addr, &proxy.certs, &["h2"]).await
+}
+
+async fn wait_for_subscribers(proxy: &Proxy, path: &str, n: u64) {
+    proxy
+        .wait_for_stats(&format!("{n} subscribers on {path}"), |stats| {
+            stats["topics"].as_array().unwrap().iter().any(|t| {
+                t["path"] == path && t["subscribers"] == n && t["upstream_state"] == "connected"
+            })
+        })
+        .await;
+}
+
+const USER: [(&str, &str); 3] = [
+    ("cookie", "session=abc"),
+    ("authorization", "Bearer t0ken"),
+    ("origin", "https://app.example"),
+];
+
+// --- authorization -------------------------------------------------------
+
+#[tokio::test]
+async fn admitted_subscriber_is_served_and_the_app_learns_who_asked_for_what() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, TOPICS);
+    let mut client = h2(&proxy).await;
+    let mut headers = USER.to_vec();
+    headers.push(("last-event-id", "7"));
+    let mut stream = EventStream::new(subscribe(&mut client, "/events/users/42", &headers).await);
+    wait_for_subscribers(&proxy, "/events/users/42", 1).await;
+    app.publish("/stream/users/42", "8", "for user 42");
+    assert_eq!(
+        stream.next_message().await.unwrap().data(),
+        Some("for user 42")
+    );
+
+    let auth = app.requests_for("/auth/sse");
+    assert_eq!(auth.len(), 1);
+    let auth = &auth[0];
+    assert_eq!(auth.header("cookie"), Some("session=abc"));
+    assert_eq!(auth.header("authorization"), Some("Bearer t0ken"));
+    assert_eq!(auth.header("origin"), Some("https://app.example"));
+    assert_eq!(auth.header("x-sse-topic"), Some("/events/users/42"));
+    assert_eq!(auth.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(auth.header("last-event-id"), Some("7"));
+}
+
+#[tokio::test]
+async fn upstream_stream_carries_the_shared_secret_and_no_subscriber_credentials() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, TOPICS);
+    let mut client = h2(&proxy).await;
+    let _stream = EventStream::new(subscribe(&mut client, "/events/users/9", &USER).await);
+    wait_for_subscribers(&proxy, "/events/users/9", 1).await;
+    let upstream = &app.requests_for("/stream/users/9")[0];
+    assert_eq!(upstream.header("x-shared-secret"), Some("s3cret"));
+    assert_eq!(upstream.header("cookie"), None);
+    assert_eq!(upstream.header("authorization"), None);
+}
+
+#[tokio::test]
+async fn apps_401_and_403_reach_the_subscriber_as_they_are() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, TOPICS);
+    for status in [401u16, 403] {
+        app.answer("/auth/sse", Answer::Status(status));
+        let mut client = h2(&proxy).await;
+        let response = subscribe(&mut client, "/events/users/1", &USER).await;
+        assert_eq!(response.status(), status);
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            "Bearer realm=\"test\""
+        );
+        assert_eq!(body_bytes(response).await, "denied\n");
+    }
+    assert!(
+        app.requests_for("/stream/users/1").is_empty(),
+        "a refused subscriber opened the upstream"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_auth_endpoint_refuses_only_its_subscriber_with_503() {
+    let app = SseApp::start().await;
+    let dead = free_port();
+    let proxy = Proxy::start(
+        app.addr,
+        &TOPICS.replace(
+            "auth = \"/auth/sse\"",
+            &format!("auth = \"http://127.0.0.1:{dead}/auth\""),
+        ),
+    );
+    let mut client = h2(&proxy).await;
+    let mut public = EventStream::open(&mut client, "/events/public", None).await;
+    wait_for_subscribers(&proxy, "/events/public", 1).await;
+
+    let refused = subscribe(&mut client, "/events/users/5", &USER).await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "2");
+    app.publish("/stream/public", "1", "still flowing");
+    assert_eq!(
+        public.next_message().await.unwrap().data(),
+        Some("still flowing")
+    );
+    assert!(
+        proxy.log().contains("auth for /events/users/5 unavailable"),
+        "{}",
+        proxy.log()
+    );
+}
+
+#[tokio::test]
+async fn auth_decisions_are_reused_within_the_ttl_and_asked_again_after() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, &with_user_topic("auth_cache = \"1s\""));
+    let mut client = h2(&proxy).await;
+    let _a = EventStream::new(subscribe(&mut client, "/events/users/3", &USER).await);
+    let _b = EventStream::new(subscribe(&mut client, "/events/users/3", &USER).await);
+    assert_eq!(
+        app.requests_for("/auth/sse").len(),
+        1,
+        "second subscription was not served from the cache"
+    );
+
+    let other = [("cookie", "session=other")];
+    let _c = EventStream::new(subscribe(&mut client, "/events/users/3", &other).await);
+    assert_eq!(
+        app.requests_for("/auth/sse").len(),
+        2,
+        "other credentials must be asked for"
+    );
+
+    // The decision expires with its time to live.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let _d = EventStream::new(subscribe(&mut client, "/events/users/3", &USER).await);
+    assert_eq!(
+        app.requests_for("/auth/sse").len(),
+        3,
+        "an expired decision was reused"
+    );
+}
+
+#[tokio::test]
+async fn without_a_cache_every_subscription_is_asked() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, TOPICS);
+    let mut client = h2(&proxy).await;
+    let _a = EventStream::new(subscribe(&mut client, "/events/users/3", &USER).await);
+    let _b = EventStream::new(subscribe(&mut client, "/events/users/3", &USER).await);
+    assert_eq!(app.requests_for("/auth/sse").len(), 2);
+}
+
+// --- CORS ------------------------------------------------------------------
+
+async fn preflight(client: &mut Client, origin: &str) -> http::Response<hyper::body::Incoming> {
+    let request = client
+        .request("OPTIONS", "/events/users/42")
+        .header("origin", origin)
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "last-event-id")
+        .body(Default::default())
+        .unwrap();
+    client.send(request).await.unwrap()
+}
+
+#[tokio::test]
+async fn preflight_from_an_allowed_origin_is_answered() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, TOPICS);
+    let mut client = h2(&proxy).await;
+    let response = preflight(&mut client, "https://app.example").await;
+    assert_eq!(response.status(), 204);
+    let headers = response.headers();
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(headers["access-control-allow-credentials"], "true");
+    assert_eq!(headers["access-control-allow-methods"], "GET");
+    assert!(headers["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("Last-Event-ID"));
+    assert!(app.requests().is_empty(), "a preflight reached the app");
+}
+
+#[tokio::test]
+async fn preflight_from_another_origin_gets_no_cors_headers() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, TOPICS);
+    let mut client = Client::tls(proxy.tls_addr, &proxy.certs, &["http/1.1"]).await;
+    let response = preflight(&mut client, "https://evil.example").await;
+    assert_eq!(response.status(), 204);
+    assert!(response
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+    assert!(response
+        .headers()
+        .get("access-control-allow-methods")
+        .is_none());
+}
+
+#[tokio::test]
+async fn credentialed_subscription_names_only_an_allowed_origin() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, TOPICS);
+    let mut client = h2(&proxy).await;
+    let allowed = subscribe(&mut client, "/events/users/42", &USER).await;
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(
+        allowed.headers()["access-control-allow-credentials"],
+        "true"
+    );
+    assert_eq!(allowed.headers()["vary"], "Origin");
+    let evil = [
+        ("cookie", "session=abc"),
+        ("origin", "https://evil.example"),
+    ];
+    let refused = subscribe(&mut client, "/events/users/42", &evil).await;
+    assert!(refused
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+    assert!(refused
+        .headers()
+        .get("access-control-allow-credentials")
+        .is_none());
+}
+
+#[tokio::test]
+async fn proxied_paths_get_no_cors_headers_from_the_proxy() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, TOPICS);
+    let mut client = h2(&proxy).await;
+    let request = client
+        .request("GET", "/index.html")
+        .header("origin", "https://app.example")
+        .body(Default::default())
+        .unwrap();
+    let response = client.send(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+}
+
+// --- caps ------------------------------------------------------------------
+
+#[tokio::test]
+async fn total_cap_answers_a_jittered_retry_and_a_clean_end() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, &with_limits("max_subscribers = 2"));
+    let mut client = h2(&proxy).await;
+    let first = EventStream::open(&mut client, "/events/public", None).await;
+    let _second = EventStream::open(&mut client, "/events/public", None).await;
+    let mut third = EventStream::open(&mut client, "/events/public", None).await;
+    let items = third.until_end().await;
+    let Some(Item::Event(retry)) = items.first() else {
+        panic!("no retry first: {items:?}")
+    };
+    let retry = retry.retry().expect("a retry: field");
+    assert!(
+        (2000..=4000).contains(&retry),
+        "retry {retry} is not between 1 and 2 times the topic's"
+    );
+    assert!(items
+        .iter()
+        .any(|i| matches!(i, Item::Comment(c) if c.contains("max_subscribers"))));
+    drop(first);
+    proxy
+        .wait_for_stats("a place freed", |s| s["totals"]["subscribers"] == 1)
+        .await;
+    let mut again = EventStream::open(&mut client, "/events/public", None).await;
+    wait_for_subscribers(&proxy, "/events/public", 2).await;
+    app.publish("/stream/public", "1", "room again");
+    assert_eq!(
+        again.next_message().await.unwrap().data(),
+        Some("room again")
+    );
+}
+
+#[tokio::test]
+async fn per_address_cap_answers_429_when_configured() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(
+        app.addr,
+        &with_limits("max_subscribers_per_ip = 1\nover_limit = \"429\""),
+    );
+    let mut client = h2(&proxy).await;
+    let _first = EventStream::open(&mut client, "/events/public", None).await;
+    let second = subscribe(&mut client, "/events/public", &[]).await;
+    assert_eq!(second.status(), 429);
+    assert_eq!(second.headers()["retry-after"], "2");
+    assert!(String::from_utf8_lossy(&body_bytes(second).await).contains("max_subscribers_per_ip"));
+}
+
+#[tokio::test]
+async fn per_topic_cap_answers_503_when_configured() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(
+        app.addr,
+        &with_limits("max_subscribers_per_topic = 1\nover_limit = \"503\""),
+    );
+    let mut client = h2(&proxy).await;
+    let _first = EventStream::open(&mut client, "/events/public", None).await;
+    let second = subscribe(&mut client, "/events/public", &[]).await;
+    assert_eq!(second.status(), 503);
+    // Another topic still has room.
+    let other = subscribe(&mut client, "/events/users/1", &USER).await;
+    assert_eq!(other.status(), 200);
+}
+
+#[tokio::test]
+async fn template_instances_are_capped_so_ids_cannot_open_unbounded_upstreams() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(
+        app.addr,
+        &with_limits("max_topic_instances = 2\nover_limit = \"503\""),
+    );
+    let mut client = h2(&proxy).await;
+    let _one = EventStream::new(subscribe(&mut client, "/events/users/1", &USER).await);
+    let _two = EventStream::new(subscribe(&mut client, "/events/users/2", &USER).await);
+    let three = subscribe(&mut client, "/events/users/3", &USER).await;
+    assert_eq!(three.status(), 503);
+    assert!(String::from_utf8_lossy(&body_bytes(three).await).contains("max_topic_instances"));
+    assert!(app.requests_for("/stream/users/3").is_empty());
+    // An existing instance still takes subscribers.
+    let another = subscribe(&mut client, "/events/users/1", &USER).await;
+    assert_eq!(another.status(), 200);
+}
+
+#[tokio::test]
+async fn subscription_rate_per_address_is_capped() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(
+        app.addr,
+        &with_limits("subscribe_rate_per_ip = 3\nover_limit = \"429\""),
+    );
+    let mut client = h2(&proxy).await;
+    let mut responses = Vec::new();
+    for _ in 0..4 {
+        // kept, so the admitted streams stay open
+        responses.push(subscribe(&mut client, "/events/public", &[]).await);
+    }
+    let answers: Vec<u16> = responses.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(answers, vec![200, 200, 200, 429]);
+}
+
+// --- bounded inputs ----------------------------------------------------------
+
+#[tokio::test]
+async fn overlong_last_event_id_counts_as_absent() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, &with_limits("max_last_event_id = 16"));
+    let mut client = h2(&proxy).await;
+    let mut keeper = EventStream::open(&mut client, "/events/public", None).await;
+    wait_for_subscribers(&proxy, "/events/public", 1).await;
+    app.publish("/stream/public", "1", "first");
+    keeper.next_message().await;
+    let long_id = "x".repeat(100);
+    let mut late = EventStream::open(&mut client, "/events/public", Some(&long_id)).await;
+    // Treated as a fresh subscriber: retry, then priming with the topic's id,
+    // not a "resume point lost" notice.
+    let Some(Item::Event(retry)) = late.next_item().await else {
+        panic!("no retry")
+    };
+    assert!(retry.retry().is_some());
+    let Some(Item::Event(priming)) = late.next_item().await else {
+        panic!("no priming")
+    };
+    assert_eq!(priming.id(), Some("1"));
+}
+
+#[tokio::test]
+async fn template_parameters_outside_the_safe_set_get_400() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, TOPICS);
+    let long = format!("/events/users/{}", "a".repeat(200));
+    for path in [
+        "/events/users/a%2Fb",
+        "/events/users/..",
+        "/events/users/%0D%0Ax",
+        long.as_str(),
+    ] {
+        let mut client = h2(&proxy).await;
+        let response = subscribe(&mut client, path, &USER).await;
+        assert_eq!(response.status(), 400, "{path}");
+    }
+    assert!(
+        app.requests().is_empty(),
+        "a bad parameter reached the app: {:?}",
+        app.requests()
+    );
+}
+
+#[tokio::test]
+async fn oversized_http1_header_gets_431() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, &with_limits("max_header_bytes = \"4KiB\""));
+    let mut stream = tokio::net::TcpStream::connect(proxy.plain_addr)
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /events/public HTTP/1.1\r\nHost: x\r\nCookie: {}\r\n\r\n",
+        "c".repeat(8 * 1024)
+    );
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+#[tokio::test]
+async fn client_that_never_finishes_its_header_is_dropped() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, &with_limits("header_timeout = \"300ms\""));
+    let mut stream = tokio::net::TcpStream::connect(proxy.plain_addr)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /events/public HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "connection not closed: {closed:?}"
+    );
+    assert!(app.requests().is_empty());
+}
+
+// --- HTTP/2 abuse --------------------------------------------------------------
+
+/// A raw HTTP/2 connection (h2 crate) to the proxy's TLS listener.
+async fn raw_h2(proxy: &Proxy, window: Option<u32>) -> h2::client::SendRequest<bytes::Bytes> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(proxy.certs.root_store())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(proxy.tls_addr)
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut builder = h2::client::Builder::new();
+    if let Some(window) = window {
+        builder.initial_window_size(window);
+    }
+    let (client, connection) = builder.handshake::<_, bytes::Bytes>(tls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+fn get(proxy: &Proxy, path: &str) -> http::Request<()> {
+    http::Request::builder()
+        .uri(format!("https://localhost:{}{path}", proxy.tls_addr.port()))
+        .body(())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_thousand_rapid_resets_leave_other_subscribers_served() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, &with_limits("subscribe_rate_per_ip = 100000"));
+    let mut good_client = h2(&proxy).await;
+    let mut good = EventStream::open(&mut good_client, "/events/public", None).await;
+    wait_for_subscribers(&proxy, "/events/public", 1).await;
+
+    let abuser = raw_h2(&proxy, None).await;
+    for _ in 0..1000 {
+        let Ok(mut ready) = abuser.clone().ready().await else {
+            break; // the proxy may close an abusive connection: fine
+        };
+        let Ok((_, mut stream)) = ready.send_request(get(&proxy, "/events/public"), false) else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+    }
+    app.publish("/stream/public", "1", "unaffected");
+    assert_eq!(
+        good.next_message().await.unwrap().data(),
+        Some("unaffected")
+    );
+    proxy
+        .wait_for_stats("only the good subscriber left", |s| {
+            s["totals"]["subscribers"] == 1
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn proxy_announces_its_stream_cap_to_http2_clients() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, TOPICS);
+    let client = raw_h2(&proxy, None).await;
+    // One exchange, so the proxy's SETTINGS have surely been applied.
+    let (response, _) = client
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(get(&proxy, "/index.html"), true)
+        .unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    // The default; the client waits rather than opening more (and h2 refuses
+    // streams past it from clients that do not).
+    assert_eq!(
+        client.ready().await.unwrap().current_max_send_streams(),
+        128
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_window_client_that_never_reads_is_cut_off_while_others_get_everything() {
+    let app = SseApp::start().await;
+    let config = TOPICS.replace(
+        "path = \"/events/public\"\nupstream = \"/stream/public\"\n",
+        "path = \"/events/public\"\nupstream = \"/stream/public\"\nmax_lag = 20\nmax_event_size = \"4KiB\"\nmax_lag_bytes = \"64KiB\"\n",
+    );
+    let proxy = Proxy::start(app.addr, &config);
+    let mut client = h2(&proxy).await;
+    let mut reader = EventStream::open(&mut client, "/events/public", None).await;
+    let stingy = raw_h2(&proxy, Some(1024)).await;
+    let (response, _) = stingy
+        .ready()
+        .await
+        .unwrap()
+        .send_request(get(&proxy, "/events/public"), true)
+        .unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let _never_read = response.into_body();
+    wait_for_subscribers(&proxy, "/events/public", 2).await;
+
+    let payload = "z".repeat(1024);
+    let publisher = async {
+        for n in 1..=200 {
+            app.publish("/stream/public", &n.to_string(), &payload);
+            if n % 10 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let (_, ids) = tokio::join!(publisher, reader.message_ids(200));
+    assert_eq!(ids.len(), 200);
+    proxy
+        .wait_for_stats("the stingy subscriber cut off", |s| {
+            s["topics"][0]["slow_closures"] == 1 && s["topics"][0]["subscribers"] == 1
+        })
+        .await;
+}
