@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::BytesMut;
+use http::header::HeaderName;
 use pingora::apps::{
     HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp,
 };
@@ -47,7 +48,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::access_log::{self, AccessRecord};
 use crate::admission::{self, Admission, Refused};
 use crate::cors;
-use crate::hub::{Hub, Refusal};
+use crate::hub::{Hub, Refusal, Subscription};
+use crate::limits::Admitted;
 use crate::proxy::Proxy;
 use crate::route::TopicMatch;
 use crate::subscriber;
@@ -267,55 +269,36 @@ fn topic_request(hub: &Hub, head: &[u8]) -> Option<(TopicMethod, TopicMatch)> {
     Some((method, hub.find(path)?))
 }
 
+/// The request's `Origin` header, for CORS.
+fn request_origin(session: &ServerSession) -> Option<String> {
+    session
+        .req_header()
+        .headers
+        .get(http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
 impl Router {
     /// Admits (or refuses) and serves a subscription, and writes its
     /// access-log line.
     async fn serve_topic(&self, session: &mut ServerSession, route: &TopicMatch) {
         let started = Instant::now();
-        let topic = self.hub.config(route);
-        let limits = self.admission.limits.settings();
-        let origin = session
-            .req_header()
-            .headers
-            .get(http::header::ORIGIN)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let cors = cors::response_headers(&topic.access.cors, origin.as_deref());
-        let result = match self.admission.check(session, route, topic).await {
-            Err(refused) => {
-                admission::respond(
-                    session,
-                    refused,
-                    topic.settings.retry,
-                    limits.over_limit,
-                    &cors,
-                )
-                .await
+        let cors = cors::response_headers(
+            &self.hub.config(route).access.cors,
+            request_origin(session).as_deref(),
+        );
+        // Admission (with its auth request) and refusals are short-lived and
+        // boxed: inline, their futures would enlarge this one, which every
+        // open subscription keeps for its whole life.
+        if let Some((subscription, place)) =
+            Box::pin(self.open_subscription(session, route, &cors)).await
+        {
+            match subscriber::serve(session, subscription, &cors).await {
+                Ok(ending) => log::debug!("subscription to {} ended: {ending:?}", route.key),
+                Err(e) => log::debug!("subscription to {} failed: {e}", route.key),
             }
-            Ok(ticket) => match self.hub.subscribe(route, ticket.last_event_id) {
-                Err(Refusal::Ended) => subscriber::respond_ended(session, &cors).await,
-                Err(Refusal::Full(limit)) => {
-                    admission::respond(
-                        session,
-                        Refused::OverLimit(limit),
-                        topic.settings.retry,
-                        limits.over_limit,
-                        &cors,
-                    )
-                    .await
-                }
-                Ok(subscription) => {
-                    let place = ticket.place;
-                    let ending = subscriber::serve(session, subscription, &cors).await;
-                    drop(place);
-                    ending.map(|ending| {
-                        log::debug!("subscription to {} ended: {ending:?}", route.key)
-                    })
-                }
-            },
-        };
-        if let Err(e) = result {
-            log::debug!("subscription to {} failed: {e}", route.key);
+            drop(place);
         }
         access_log::record(AccessRecord {
             session,
@@ -324,15 +307,41 @@ impl Router {
         });
     }
 
+    /// Admits the request and subscribes it, or answers the refusal (and
+    /// returns `None`).
+    async fn open_subscription(
+        &self,
+        session: &mut ServerSession,
+        route: &TopicMatch,
+        cors: &[(HeaderName, String)],
+    ) -> Option<(Subscription, Admitted)> {
+        let topic = self.hub.config(route);
+        let refused = match self.admission.check(session, route, topic).await {
+            Err(refused) => refused,
+            Ok(ticket) => match self.hub.subscribe(route, ticket.last_event_id) {
+                Ok(subscription) => return Some((subscription, ticket.place)),
+                Err(Refusal::Full(limit)) => Refused::OverLimit(limit),
+                Err(Refusal::Ended) => {
+                    if let Err(e) = subscriber::respond_ended(session, cors).await {
+                        log::debug!("answering 204 for {} failed: {e}", route.key);
+                    }
+                    return None;
+                }
+            },
+        };
+        let over_limit = self.admission.limits.settings().over_limit;
+        if let Err(e) =
+            admission::respond(session, refused, topic.settings.retry, over_limit, cors).await
+        {
+            log::debug!("refusing a subscription to {} failed: {e}", route.key);
+        }
+        None
+    }
+
     /// Answers a CORS preflight on a topic path.
     async fn serve_preflight(&self, session: &mut ServerSession, route: &TopicMatch) {
         let topic = self.hub.config(route);
-        let origin = session
-            .req_header()
-            .headers
-            .get(http::header::ORIGIN)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let origin = request_origin(session);
         let headers = cors::preflight_headers(&topic.access.cors, origin.as_deref());
         let answer = async {
             let mut response = ResponseHeader::build(204, Some(headers.len()))?;
@@ -359,7 +368,7 @@ impl Router {
         match session.read_request().await {
             Ok(true) => match method {
                 TopicMethod::Get => self.serve_topic(&mut session, route).await,
-                TopicMethod::Options => self.serve_preflight(&mut session, route).await,
+                TopicMethod::Options => Box::pin(self.serve_preflight(&mut session, route)).await,
             },
             Ok(false) => {}
             Err(e) => {
@@ -386,7 +395,9 @@ impl HttpServerApp for Router {
         let route = method.and_then(|m| Some((m, self.hub.find(session.req_header().uri.path())?)));
         match route {
             Some((TopicMethod::Get, route)) => self.serve_topic(&mut session, &route).await,
-            Some((TopicMethod::Options, route)) => self.serve_preflight(&mut session, &route).await,
+            Some((TopicMethod::Options, route)) => {
+                Box::pin(self.serve_preflight(&mut session, &route)).await
+            }
             None => return self.proxy.process_new_http(session, shutdown).await,
         }
         // Dropping the session ends the stream if it is not ended yet.

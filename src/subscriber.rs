@@ -163,7 +163,14 @@ pub async fn serve(
         // A clean end: the browser reconnects after `retry` (with
         // `Last-Event-ID`), or stops if the topic ended. A client that cannot
         // take these last bytes within a heartbeat interval is not waited for.
-        match tokio::time::timeout(clean_end_within, session.finish_body()).await {
+        // Boxed: needed once per subscription, it should not enlarge the
+        // state every open subscription keeps.
+        match Box::pin(tokio::time::timeout(
+            clean_end_within,
+            session.finish_body(),
+        ))
+        .await
+        {
             Ok(result) => result?,
             Err(_) => {
                 return Err(Error::explain(

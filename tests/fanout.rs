@@ -40,25 +40,6 @@ fn with_heartbeat(interval: &str) -> String {
     )
 }
 
-async fn h2(proxy: &Proxy) -> Client {
-    Client::tls(proxy.tls_addr, &proxy.certs, &["h2"]).await
-}
-
-async fn h1(proxy: &Proxy) -> Client {
-    Client::tls(proxy.tls_addr, &proxy.certs, &["http/1.1"]).await
-}
-
-/// Waits until the topic has `n` subscribers (so events published next reach them all).
-async fn wait_for_subscribers(proxy: &Proxy, path: &str, n: u64) {
-    proxy
-        .wait_for_stats(&format!("{n} subscribers on {path}"), |stats| {
-            stats["topics"].as_array().unwrap().iter().any(|t| {
-                t["path"] == path && t["subscribers"] == n && t["upstream_state"] == "connected"
-            })
-        })
-        .await;
-}
-
 fn ids(range: std::ops::RangeInclusive<u32>) -> Vec<String> {
     range.map(|n| n.to_string()).collect()
 }
@@ -81,19 +62,19 @@ async fn fifty_mixed_h1_and_h2_subscribers_get_identical_bytes_from_one_upstream
     let mut streams = Vec::new();
     for n in 0..25 {
         if n % 5 == 0 {
-            h2_connections.push(h2(&proxy).await);
+            h2_connections.push(proxy.h2().await);
         }
         let client = h2_connections.last_mut().unwrap();
         streams.push(EventStream::open(client, "/events/news", None).await);
     }
     let mut h1_clients = Vec::new();
     for _ in 0..25 {
-        let mut client = h1(&proxy).await;
+        let mut client = proxy.h1().await;
         assert_eq!(client.protocol, Protocol::Http1);
         streams.push(EventStream::open(&mut client, "/events/news", None).await);
         h1_clients.push(client);
     }
-    wait_for_subscribers(&proxy, "/events/news", 50).await;
+    proxy.wait_for_subscribers("/events/news", 50).await;
     for n in 1..=20 {
         app.publish(
             "/stream/news",
@@ -124,15 +105,15 @@ async fn fifty_mixed_h1_and_h2_subscribers_get_identical_bytes_from_one_upstream
 async fn two_topics_open_exactly_two_upstreams() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, TOPICS);
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let mut news = Vec::new();
     let mut sports = Vec::new();
     for _ in 0..5 {
         news.push(EventStream::open(&mut client, "/events/news", None).await);
         sports.push(EventStream::open(&mut client, "/events/sports", None).await);
     }
-    wait_for_subscribers(&proxy, "/events/news", 5).await;
-    wait_for_subscribers(&proxy, "/events/sports", 5).await;
+    proxy.wait_for_subscribers("/events/news", 5).await;
+    proxy.wait_for_subscribers("/events/sports", 5).await;
     app.publish("/stream/news", "n1", "news");
     app.publish("/stream/sports", "s1", "sports");
     for stream in &mut news {
@@ -155,11 +136,11 @@ async fn two_topics_open_exactly_two_upstreams() {
 async fn template_instances_get_their_own_upstream_and_are_reclaimed_after_linger() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, TOPICS);
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let mut job1 = EventStream::open(&mut client, "/events/jobs/1", None).await;
     let mut job2 = EventStream::open(&mut client, "/events/jobs/2", None).await;
-    wait_for_subscribers(&proxy, "/events/jobs/1", 1).await;
-    wait_for_subscribers(&proxy, "/events/jobs/2", 1).await;
+    proxy.wait_for_subscribers("/events/jobs/1", 1).await;
+    proxy.wait_for_subscribers("/events/jobs/2", 1).await;
     app.publish("/stream/jobs/1", "a", "job one at 50%");
     app.publish("/stream/jobs/2", "b", "job two at 10%");
     assert_eq!(
@@ -187,13 +168,13 @@ async fn upstream_restart_loses_no_subscriber_and_no_event_and_doubles_none() {
     let app = SseApp::start().await;
     let addr = app.addr;
     let proxy = Proxy::start(addr, TOPICS);
-    let mut h2_client = h2(&proxy).await;
-    let mut h1_client = h1(&proxy).await;
+    let mut h2_client = proxy.h2().await;
+    let mut h1_client = proxy.h1().await;
     let mut streams = vec![
         EventStream::open(&mut h2_client, "/events/news", None).await,
         EventStream::open(&mut h1_client, "/events/news", None).await,
     ];
-    wait_for_subscribers(&proxy, "/events/news", 2).await;
+    proxy.wait_for_subscribers("/events/news", 2).await;
     for n in 1..=5 {
         app.publish("/stream/news", &n.to_string(), "before");
     }
@@ -207,7 +188,7 @@ async fn upstream_restart_loses_no_subscriber_and_no_event_and_doubles_none() {
         database.publish("/stream/news", &n.to_string(), "while down");
     }
     let app = SseApp::start_with(database, addr).await;
-    wait_for_subscribers(&proxy, "/events/news", 2).await;
+    proxy.wait_for_subscribers("/events/news", 2).await;
     for n in 11..=15 {
         app.publish("/stream/news", &n.to_string(), "after");
     }
@@ -225,7 +206,7 @@ async fn upstream_restart_loses_no_subscriber_and_no_event_and_doubles_none() {
 /// A live topic with events 1..=10 and one subscriber keeping it open.
 async fn topic_with_ten_events(app: &SseApp, proxy: &Proxy, client: &mut Client) -> EventStream {
     let mut keeper = EventStream::open(client, "/events/news", None).await;
-    wait_for_subscribers(proxy, "/events/news", 1).await;
+    proxy.wait_for_subscribers("/events/news", 1).await;
     for n in 1..=10 {
         app.publish("/stream/news", &n.to_string(), &format!("event {n}"));
     }
@@ -237,7 +218,7 @@ async fn topic_with_ten_events(app: &SseApp, proxy: &Proxy, client: &mut Client)
 async fn resume_with_last_event_id_header_gets_exactly_the_missed_events() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, TOPICS);
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let _keeper = topic_with_ten_events(&app, &proxy, &mut client).await;
     let mut resumed = EventStream::open(&mut client, "/events/news", Some("4")).await;
     assert_eq!(resumed.message_ids(6).await, ids(5..=10));
@@ -254,9 +235,9 @@ async fn resume_with_last_event_id_header_gets_exactly_the_missed_events() {
 async fn resume_with_last_event_id_query_parameter_gets_exactly_the_missed_events() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, TOPICS);
-    let mut client = h1(&proxy).await;
+    let mut client = proxy.h1().await;
     let _keeper = topic_with_ten_events(&app, &proxy, &mut client).await;
-    let mut other = h1(&proxy).await;
+    let mut other = proxy.h1().await;
     let mut resumed = EventStream::open(&mut other, "/events/news?lastEventId=7", None).await;
     assert_eq!(resumed.message_ids(3).await, ids(8..=10));
     app.publish("/stream/news", "11", "live");
@@ -267,7 +248,7 @@ async fn resume_with_last_event_id_query_parameter_gets_exactly_the_missed_event
 async fn unknown_last_event_id_gets_a_comment_then_the_whole_window() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, TOPICS);
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let _keeper = topic_with_ten_events(&app, &proxy, &mut client).await;
     let mut resumed = EventStream::open(&mut client, "/events/news", Some("no-such-id")).await;
     let mut opening = Vec::new();
@@ -288,9 +269,9 @@ async fn unknown_last_event_id_with_live_policy_gets_only_live_events() {
     let app = SseApp::start().await;
     // Appended after TOPICS, the key belongs to its last [[topic]]: the jobs template.
     let proxy = Proxy::start(app.addr, &format!("{TOPICS}resume_lost = \"live\"\n"));
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let mut keeper = EventStream::open(&mut client, "/events/jobs/9", None).await;
-    wait_for_subscribers(&proxy, "/events/jobs/9", 1).await;
+    proxy.wait_for_subscribers("/events/jobs/9", 1).await;
     app.publish("/stream/jobs/9", "1", "old");
     keeper.message_ids(1).await;
     let mut resumed = EventStream::open(&mut client, "/events/jobs/9", Some("gone")).await;
@@ -305,7 +286,7 @@ async fn first_subscribers_resume_point_opens_the_upstream_with_it() {
         app.publish("/stream/news", &n.to_string(), "kept by the app");
     }
     let proxy = Proxy::start(app.addr, TOPICS);
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let mut stream = EventStream::open(&mut client, "/events/news", Some("3")).await;
     assert_eq!(stream.message_ids(3).await, ids(4..=6));
     assert_eq!(
@@ -318,7 +299,7 @@ async fn first_subscribers_resume_point_opens_the_upstream_with_it() {
 async fn late_joiner_is_primed_with_the_last_id_and_gets_the_retry() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, TOPICS);
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let _keeper = topic_with_ten_events(&app, &proxy, &mut client).await;
     let mut late = EventStream::open(&mut client, "/events/news", None).await;
     let Some(Item::Event(retry)) = late.next_item().await else {
@@ -338,7 +319,7 @@ async fn late_joiner_is_primed_with_the_last_id_and_gets_the_retry() {
 async fn silent_topic_sends_heartbeats_no_closer_than_the_interval() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, &with_heartbeat("300ms"));
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let mut stream = EventStream::open(&mut client, "/events/news", None).await;
     let mut arrivals = Vec::new();
     while arrivals.len() < 3 {
@@ -362,9 +343,9 @@ async fn heartbeats_never_land_inside_an_event_split_across_small_writes() {
     let app = SseApp::start().await;
     app.split_writes(4, Duration::from_millis(30));
     let proxy = Proxy::start(app.addr, &with_heartbeat("100ms"));
-    let mut client = h1(&proxy).await;
+    let mut client = proxy.h1().await;
     let mut stream = EventStream::open(&mut client, "/events/news", None).await;
-    wait_for_subscribers(&proxy, "/events/news", 1).await;
+    proxy.wait_for_subscribers("/events/news", 1).await;
     for n in 1..=3 {
         app.publish(
             "/stream/news",
@@ -396,7 +377,7 @@ async fn heartbeats_never_land_inside_an_event_split_across_small_writes() {
 async fn app_down_at_first_subscriber_gets_200_and_heartbeats_then_events() {
     let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let proxy = Proxy::start(addr, &with_heartbeat("200ms"));
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let mut stream = EventStream::open(&mut client, "/events/news", None).await;
     let mut heartbeats = 0;
     while heartbeats < 2 {
@@ -407,7 +388,7 @@ async fn app_down_at_first_subscriber_gets_200_and_heartbeats_then_events() {
     let stats = proxy.topic_stats("/events/news").await.unwrap();
     assert_ne!(stats["upstream_state"], "connected", "{stats}");
     let app = SseApp::start_with(Default::default(), addr).await;
-    wait_for_subscribers(&proxy, "/events/news", 1).await;
+    proxy.wait_for_subscribers("/events/news", 1).await;
     app.publish("/stream/news", "1", "the app is up");
     assert_eq!(
         stream.next_message().await.unwrap().data(),
@@ -420,7 +401,7 @@ async fn upstream_errors_keep_subscribers_connected_until_the_stream_returns() {
     let app = SseApp::start().await;
     app.answer("/stream/news", Answer::Status(503));
     let proxy = Proxy::start(app.addr, &with_heartbeat("200ms"));
-    let mut client = h1(&proxy).await;
+    let mut client = proxy.h1().await;
     let mut stream = EventStream::open(&mut client, "/events/news", None).await;
     let stats = proxy
         .wait_for_stats("the upstream's 503", |s| {
@@ -439,7 +420,7 @@ async fn upstream_errors_keep_subscribers_connected_until_the_stream_returns() {
         })
         .await;
     app.answer("/stream/news", Answer::Stream);
-    wait_for_subscribers(&proxy, "/events/news", 1).await;
+    proxy.wait_for_subscribers("/events/news", 1).await;
     app.publish("/stream/news", "1", "recovered");
     assert_eq!(
         stream.next_message().await.unwrap().data(),
@@ -459,9 +440,9 @@ async fn upstream_errors_keep_subscribers_connected_until_the_stream_returns() {
 async fn upstream_204_ends_the_topic_and_new_subscribers_get_204() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, TOPICS);
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let mut stream = EventStream::open(&mut client, "/events/jobs/5", None).await;
-    wait_for_subscribers(&proxy, "/events/jobs/5", 1).await;
+    proxy.wait_for_subscribers("/events/jobs/5", 1).await;
     app.publish("/stream/jobs/5", "100", "done");
     assert_eq!(stream.next_message().await.unwrap().data(), Some("done"));
     // The job is over: the app restarts and answers 204 from now on.
@@ -482,7 +463,7 @@ async fn subscriber_that_never_reads_is_cut_off_while_others_get_everything() {
         "[[topic]]\npath = \"/events/news\"\nupstream = \"/stream/news\"\nreplay = 1000\nreplay_bytes = \"16MiB\"\nmax_lag = 500\nmax_lag_bytes = \"1MiB\"\nmax_event_size = \"64KiB\"\n",
     );
     let proxy = Proxy::start(app.addr, &config);
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let mut reader = EventStream::open(&mut client, "/events/news", None).await;
 
     // A raw HTTP/1.1 subscriber with a tiny receive buffer that never reads.
@@ -495,7 +476,7 @@ async fn subscriber_that_never_reads_is_cut_off_while_others_get_everything() {
         )
         .await
         .unwrap();
-    wait_for_subscribers(&proxy, "/events/news", 2).await;
+    proxy.wait_for_subscribers("/events/news", 2).await;
 
     let payload = "x".repeat(8 * 1024);
     let publisher = async {
@@ -532,7 +513,7 @@ async fn a_thousand_subscribers_come_and_go_and_the_upstream_closes_after_linger
         }
         streams.push(EventStream::open(clients.last_mut().unwrap(), "/events/news", None).await);
     }
-    wait_for_subscribers(&proxy, "/events/news", 1000).await;
+    proxy.wait_for_subscribers("/events/news", 1000).await;
     assert_eq!(app.open_streams("/stream/news"), 1);
     drop(streams);
     drop(clients);
@@ -552,7 +533,7 @@ async fn a_thousand_subscribers_come_and_go_and_the_upstream_closes_after_linger
 async fn closed_subscriber_is_freed_without_waiting_for_an_event() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, TOPICS);
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let stream = EventStream::open(&mut client, "/events/news", None).await;
     let mut plain = tokio::net::TcpStream::connect(proxy.plain_addr)
         .await
@@ -564,7 +545,7 @@ async fn closed_subscriber_is_freed_without_waiting_for_an_event() {
     let mut head = [0u8; 12];
     plain.read_exact(&mut head).await.unwrap();
     assert_eq!(&head, b"HTTP/1.1 200");
-    wait_for_subscribers(&proxy, "/events/news", 2).await;
+    proxy.wait_for_subscribers("/events/news", 2).await;
     drop(stream); // HTTP/2: RST_STREAM on an open connection
     proxy
         .wait_for_stats("the h2 subscriber gone", |s| {
@@ -613,11 +594,11 @@ async fn http1_connection_serves_an_ordinary_request_then_a_subscription() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, TOPICS);
     // One keep-alive connection: a page, then an EventSource on it.
-    let mut client = h1(&proxy).await;
+    let mut client = proxy.h1().await;
     let page = common::client::body_bytes(client.get("/index.html").await).await;
     assert_eq!(page, "plain\n");
     let mut stream = EventStream::open(&mut client, "/events/news", None).await;
-    wait_for_subscribers(&proxy, "/events/news", 1).await;
+    proxy.wait_for_subscribers("/events/news", 1).await;
     app.publish("/stream/news", "1", "same connection");
     assert_eq!(
         stream.next_message().await.unwrap().data(),
@@ -629,7 +610,7 @@ async fn http1_connection_serves_an_ordinary_request_then_a_subscription() {
 async fn other_methods_on_a_topic_path_get_405() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, TOPICS);
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let request = client
         .request("POST", "/events/news")
         .body(Default::default())
@@ -644,13 +625,13 @@ async fn other_methods_on_a_topic_path_get_405() {
 async fn sigterm_ends_every_stream_cleanly() {
     let app = SseApp::start().await;
     let mut proxy = Proxy::start(app.addr, TOPICS);
-    let mut h2_client = h2(&proxy).await;
-    let mut h1_client = h1(&proxy).await;
+    let mut h2_client = proxy.h2().await;
+    let mut h1_client = proxy.h1().await;
     let mut streams = vec![
         EventStream::open(&mut h2_client, "/events/news", None).await,
         EventStream::open(&mut h1_client, "/events/news", None).await,
     ];
-    wait_for_subscribers(&proxy, "/events/news", 2).await;
+    proxy.wait_for_subscribers("/events/news", 2).await;
     proxy.terminate();
     for stream in &mut streams {
         stream.until_end().await; // panics if the stream breaks instead of ending
@@ -667,9 +648,9 @@ async fn oversized_upstream_event_breaks_only_the_upstream_connection() {
         "linger = \"1s\"\nmax_event_size = \"1KiB\"\nmax_lag_bytes = \"1KiB\"",
     );
     let proxy = Proxy::start(app.addr, &config);
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let mut stream = EventStream::open(&mut client, "/events/news", None).await;
-    wait_for_subscribers(&proxy, "/events/news", 1).await;
+    proxy.wait_for_subscribers("/events/news", 1).await;
     app.publish("/stream/news", "1", "fits");
     assert_eq!(stream.message_ids(1).await, ids(1..=1));
     app.publish("/stream/news", "2", &"y".repeat(4096));

@@ -42,20 +42,6 @@ fn with_limits(limits: &str) -> String {
     format!("[limits]\n{limits}\n{TOPICS}")
 }
 
-async fn h2(proxy: &Proxy) -> Client {
-    Client::tls(proxy.tls_addr, &proxy.certs, &["h2"]).await
-}
-
-async fn wait_for_subscribers(proxy: &Proxy, path: &str, n: u64) {
-    proxy
-        .wait_for_stats(&format!("{n} subscribers on {path}"), |stats| {
-            stats["topics"].as_array().unwrap().iter().any(|t| {
-                t["path"] == path && t["subscribers"] == n && t["upstream_state"] == "connected"
-            })
-        })
-        .await;
-}
-
 const USER: [(&str, &str); 3] = [
     ("cookie", "session=abc"),
     ("authorization", "Bearer t0ken"),
@@ -68,11 +54,11 @@ const USER: [(&str, &str); 3] = [
 async fn admitted_subscriber_is_served_and_the_app_learns_who_asked_for_what() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, TOPICS);
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let mut headers = USER.to_vec();
     headers.push(("last-event-id", "7"));
     let mut stream = EventStream::new(subscribe(&mut client, "/events/users/42", &headers).await);
-    wait_for_subscribers(&proxy, "/events/users/42", 1).await;
+    proxy.wait_for_subscribers("/events/users/42", 1).await;
     app.publish("/stream/users/42", "8", "for user 42");
     assert_eq!(
         stream.next_message().await.unwrap().data(),
@@ -94,9 +80,9 @@ async fn admitted_subscriber_is_served_and_the_app_learns_who_asked_for_what() {
 async fn upstream_stream_carries_the_shared_secret_and_no_subscriber_credentials() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, TOPICS);
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let _stream = EventStream::new(subscribe(&mut client, "/events/users/9", &USER).await);
-    wait_for_subscribers(&proxy, "/events/users/9", 1).await;
+    proxy.wait_for_subscribers("/events/users/9", 1).await;
     let upstream = &app.requests_for("/stream/users/9")[0];
     assert_eq!(upstream.header("x-shared-secret"), Some("s3cret"));
     assert_eq!(upstream.header("cookie"), None);
@@ -109,7 +95,7 @@ async fn apps_401_and_403_reach_the_subscriber_as_they_are() {
     let proxy = Proxy::start(app.addr, TOPICS);
     for status in [401u16, 403] {
         app.answer("/auth/sse", Answer::Status(status));
-        let mut client = h2(&proxy).await;
+        let mut client = proxy.h2().await;
         let response = subscribe(&mut client, "/events/users/1", &USER).await;
         assert_eq!(response.status(), status);
         assert_eq!(
@@ -135,9 +121,9 @@ async fn unreachable_auth_endpoint_refuses_only_its_subscriber_with_503() {
             &format!("auth = \"http://127.0.0.1:{dead}/auth\""),
         ),
     );
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let mut public = EventStream::open(&mut client, "/events/public", None).await;
-    wait_for_subscribers(&proxy, "/events/public", 1).await;
+    proxy.wait_for_subscribers("/events/public", 1).await;
 
     let refused = subscribe(&mut client, "/events/users/5", &USER).await;
     assert_eq!(refused.status(), 503);
@@ -158,7 +144,7 @@ async fn unreachable_auth_endpoint_refuses_only_its_subscriber_with_503() {
 async fn auth_decisions_are_reused_within_the_ttl_and_asked_again_after() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, &with_user_topic("auth_cache = \"1s\""));
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let _a = EventStream::new(subscribe(&mut client, "/events/users/3", &USER).await);
     let _b = EventStream::new(subscribe(&mut client, "/events/users/3", &USER).await);
     assert_eq!(
@@ -189,7 +175,7 @@ async fn auth_decisions_are_reused_within_the_ttl_and_asked_again_after() {
 async fn without_a_cache_every_subscription_is_asked() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, TOPICS);
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let _a = EventStream::new(subscribe(&mut client, "/events/users/3", &USER).await);
     let _b = EventStream::new(subscribe(&mut client, "/events/users/3", &USER).await);
     assert_eq!(app.requests_for("/auth/sse").len(), 2);
@@ -212,7 +198,7 @@ async fn preflight(client: &mut Client, origin: &str) -> http::Response<hyper::b
 async fn preflight_from_an_allowed_origin_is_answered() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, TOPICS);
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let response = preflight(&mut client, "https://app.example").await;
     assert_eq!(response.status(), 204);
     let headers = response.headers();
@@ -250,7 +236,7 @@ async fn preflight_from_another_origin_gets_no_cors_headers() {
 async fn credentialed_subscription_names_only_an_allowed_origin() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, TOPICS);
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let allowed = subscribe(&mut client, "/events/users/42", &USER).await;
     assert_eq!(allowed.status(), 200);
     assert_eq!(
@@ -281,7 +267,7 @@ async fn credentialed_subscription_names_only_an_allowed_origin() {
 async fn proxied_paths_get_no_cors_headers_from_the_proxy() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, TOPICS);
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let request = client
         .request("GET", "/index.html")
         .header("origin", "https://app.example")
@@ -301,7 +287,7 @@ async fn proxied_paths_get_no_cors_headers_from_the_proxy() {
 async fn total_cap_answers_a_jittered_retry_and_a_clean_end() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, &with_limits("max_subscribers = 2"));
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let first = EventStream::open(&mut client, "/events/public", None).await;
     let _second = EventStream::open(&mut client, "/events/public", None).await;
     let mut third = EventStream::open(&mut client, "/events/public", None).await;
@@ -322,7 +308,7 @@ async fn total_cap_answers_a_jittered_retry_and_a_clean_end() {
         .wait_for_stats("a place freed", |s| s["totals"]["subscribers"] == 1)
         .await;
     let mut again = EventStream::open(&mut client, "/events/public", None).await;
-    wait_for_subscribers(&proxy, "/events/public", 2).await;
+    proxy.wait_for_subscribers("/events/public", 2).await;
     app.publish("/stream/public", "1", "room again");
     assert_eq!(
         again.next_message().await.unwrap().data(),
@@ -337,7 +323,7 @@ async fn per_address_cap_answers_429_when_configured() {
         app.addr,
         &with_limits("max_subscribers_per_ip = 1\nover_limit = \"429\""),
     );
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let _first = EventStream::open(&mut client, "/events/public", None).await;
     let second = subscribe(&mut client, "/events/public", &[]).await;
     assert_eq!(second.status(), 429);
@@ -352,7 +338,7 @@ async fn per_topic_cap_answers_503_when_configured() {
         app.addr,
         &with_limits("max_subscribers_per_topic = 1\nover_limit = \"503\""),
     );
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let _first = EventStream::open(&mut client, "/events/public", None).await;
     let second = subscribe(&mut client, "/events/public", &[]).await;
     assert_eq!(second.status(), 503);
@@ -368,7 +354,7 @@ async fn template_instances_are_capped_so_ids_cannot_open_unbounded_upstreams() 
         app.addr,
         &with_limits("max_topic_instances = 2\nover_limit = \"503\""),
     );
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let _one = EventStream::new(subscribe(&mut client, "/events/users/1", &USER).await);
     let _two = EventStream::new(subscribe(&mut client, "/events/users/2", &USER).await);
     let three = subscribe(&mut client, "/events/users/3", &USER).await;
@@ -387,7 +373,7 @@ async fn subscription_rate_per_address_is_capped() {
         app.addr,
         &with_limits("subscribe_rate_per_ip = 3\nover_limit = \"429\""),
     );
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let mut responses = Vec::new();
     for _ in 0..4 {
         // kept, so the admitted streams stay open
@@ -403,9 +389,9 @@ async fn subscription_rate_per_address_is_capped() {
 async fn overlong_last_event_id_counts_as_absent() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, &with_limits("max_last_event_id = 16"));
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let mut keeper = EventStream::open(&mut client, "/events/public", None).await;
-    wait_for_subscribers(&proxy, "/events/public", 1).await;
+    proxy.wait_for_subscribers("/events/public", 1).await;
     app.publish("/stream/public", "1", "first");
     keeper.next_message().await;
     let long_id = "x".repeat(100);
@@ -433,7 +419,7 @@ async fn template_parameters_outside_the_safe_set_get_400() {
         "/events/users/%0D%0Ax",
         long.as_str(),
     ] {
-        let mut client = h2(&proxy).await;
+        let mut client = proxy.h2().await;
         let response = subscribe(&mut client, path, &USER).await;
         assert_eq!(response.status(), 400, "{path}");
     }
@@ -527,9 +513,9 @@ fn get(proxy: &Proxy, path: &str) -> http::Request<()> {
 async fn a_thousand_rapid_resets_leave_other_subscribers_served() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, &with_limits("subscribe_rate_per_ip = 100000"));
-    let mut good_client = h2(&proxy).await;
+    let mut good_client = proxy.h2().await;
     let mut good = EventStream::open(&mut good_client, "/events/public", None).await;
-    wait_for_subscribers(&proxy, "/events/public", 1).await;
+    proxy.wait_for_subscribers("/events/public", 1).await;
 
     let abuser = raw_h2(&proxy, None).await;
     for _ in 0..1000 {
@@ -583,7 +569,7 @@ async fn tiny_window_client_that_never_reads_is_cut_off_while_others_get_everyth
         "path = \"/events/public\"\nupstream = \"/stream/public\"\nmax_lag = 20\nmax_event_size = \"4KiB\"\nmax_lag_bytes = \"64KiB\"\n",
     );
     let proxy = Proxy::start(app.addr, &config);
-    let mut client = h2(&proxy).await;
+    let mut client = proxy.h2().await;
     let mut reader = EventStream::open(&mut client, "/events/public", None).await;
     let stingy = raw_h2(&proxy, Some(1024)).await;
     let (response, _) = stingy
@@ -595,7 +581,7 @@ async fn tiny_window_client_that_never_reads_is_cut_off_while_others_get_everyth
     let response = response.await.unwrap();
     assert_eq!(response.status(), 200);
     let _never_read = response.into_body();
-    wait_for_subscribers(&proxy, "/events/public", 2).await;
+    proxy.wait_for_subscribers("/events/public", 2).await;
 
     let payload = "z".repeat(1024);
     let publisher = async {

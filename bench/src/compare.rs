@@ -205,27 +205,15 @@ struct Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(prefix) = &self.nginx_prefix {
-            let _ = std::process::Command::new(&self.nginx)
-                .args([
-                    "-p",
-                    &prefix.to_string_lossy(),
-                    "-c",
-                    "nginx.conf",
-                    "-s",
-                    "stop",
-                ])
-                .stderr(Stdio::null())
-                .status();
-        }
+        self.stop_nginx();
     }
 }
 
 impl Running {
     /// Stops nginx (sse-fanout is killed when its `Child` drops) and waits
     /// for its processes to go, so the next run starts on a quiet machine.
-    async fn stop(self, setup: &Setup) {
-        self.stop_nginx(setup);
+    async fn stop(self) {
+        self.stop_nginx();
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.pids.iter().any(|p| {
             Path::new(&format!("/proc/{p}/stat")).exists() && procstat::cpu_time(*p).is_some()
@@ -236,9 +224,9 @@ impl Running {
         }
     }
 
-    fn stop_nginx(&self, setup: &Setup) {
+    fn stop_nginx(&self) {
         if let Some(prefix) = &self.nginx_prefix {
-            let _ = std::process::Command::new(&setup.nginx)
+            let _ = std::process::Command::new(&self.nginx)
                 .args([
                     "-p",
                     &prefix.to_string_lossy(),
@@ -677,7 +665,7 @@ async fn run_in(
     outcome.load_cpu_percent = percent(load_cpu, wall);
     drop(loads);
     drop(app);
-    running.stop(setup).await;
+    running.stop().await;
     Ok(())
 }
 
@@ -792,7 +780,7 @@ pub async fn wrk_run(
         started.elapsed(),
     );
     let text = String::from_utf8_lossy(&output.stdout).to_string();
-    running.stop(setup).await;
+    running.stop().await;
     drop(app);
     let _ = std::fs::remove_dir_all(&dir);
     let field = |prefix: &str| {

@@ -218,6 +218,27 @@ addr = "{admin_addr}"
         }
     }
 
+    /// Waits until the topic `path` has `n` subscribers and a connected
+    /// upstream (so events published next reach them all).
+    pub async fn wait_for_subscribers(&self, path: &str, n: u64) {
+        self.wait_for_stats(&format!("{n} subscribers on {path}"), |stats| {
+            stats["topics"].as_array().unwrap().iter().any(|t| {
+                t["path"] == path && t["subscribers"] == n && t["upstream_state"] == "connected"
+            })
+        })
+        .await;
+    }
+
+    /// A TLS connection that negotiated HTTP/2.
+    pub async fn h2(&self) -> client::Client {
+        client::Client::tls(self.tls_addr, &self.certs, &["h2"]).await
+    }
+
+    /// A TLS connection that negotiated HTTP/1.1.
+    pub async fn h1(&self) -> client::Client {
+        client::Client::tls(self.tls_addr, &self.certs, &["http/1.1"]).await
+    }
+
     /// Sends SIGTERM (graceful stop).
     pub fn terminate(&self) {
         let status = Command::new("kill")
