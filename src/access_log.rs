@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use pingora::protocols::http::ServerSession;
 
+use crate::client;
+
 /// What one finished request looked like.
 pub struct AccessRecord<'a> {
     /// The downstream session, for client address, method, path and bytes.
@@ -37,12 +39,13 @@ pub fn protocol(session: &ServerSession) -> &'static str {
 
 /// Writes the access-log line for one request.
 pub fn record(entry: AccessRecord<'_>) {
+    // Formatting the line costs on every request: only when it is kept.
+    if !log::log_enabled!(target: "access", log::Level::Info) {
+        return;
+    }
     let session = entry.session;
     let request = session.req_header();
-    let client = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map_or_else(|| "-".to_string(), |a| a.ip().to_string());
+    let client = client::ip(session).map_or_else(|| "-".to_string(), |ip| ip.to_string());
     log::info!(
         target: "access",
         "{client} \"{} {} {}\" {} {}B {}ms",

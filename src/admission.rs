@@ -17,7 +17,6 @@
 //! cap the configured answer — by default `200` with a jittered `retry:` and
 //! a clean end, so an EventSource backs off and comes back.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +26,7 @@ use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 
 use crate::auth::{AuthRequest, Authorizer, Decision, Denial};
+use crate::client;
 use crate::config::{OverLimit, TopicConfig};
 use crate::limits::{Admitted, Limit, Limits};
 use crate::route::TopicMatch;
@@ -60,23 +60,6 @@ pub struct Admission {
     pub authorizer: Authorizer,
 }
 
-/// The client's address, from the session's socket.
-fn client_ip(session: &ServerSession) -> Option<IpAddr> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
-}
-
-fn header_text(session: &ServerSession, name: header::HeaderName) -> Option<String> {
-    session
-        .req_header()
-        .headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
-
 impl Admission {
     /// Checks a subscription request for `route` of the topic `topic`.
     pub async fn check(
@@ -90,23 +73,17 @@ impl Admission {
             .check_params(limits.max_param_len)
             .map_err(|e| Refused::BadRequest(e.0))?;
         let last_event_id = subscriber::last_event_id(session, limits.max_last_event_id);
-        let address = client_ip(session);
-        let place = self.limits.admit(address).map_err(Refused::OverLimit)?;
+        let place = self
+            .limits
+            .admit(client::ip(session))
+            .map_err(Refused::OverLimit)?;
         if let Some(target) = &topic.access.auth {
-            let forwarded_for = match (
-                header_text(session, HeaderName::from_static("x-forwarded-for")),
-                address,
-            ) {
-                (Some(earlier), Some(ip)) => Some(format!("{earlier}, {ip}")),
-                (None, Some(ip)) => Some(ip.to_string()),
-                (earlier, None) => earlier,
-            };
             let request = AuthRequest {
                 topic: route.key.clone(),
-                cookie: header_text(session, header::COOKIE),
-                authorization: header_text(session, header::AUTHORIZATION),
-                origin: header_text(session, header::ORIGIN),
-                forwarded_for,
+                cookie: client::header(session, header::COOKIE),
+                authorization: client::header(session, header::AUTHORIZATION),
+                origin: client::header(session, header::ORIGIN),
+                forwarded_for: client::forwarded_for(session),
                 last_event_id: last_event_id.clone(),
             };
             match self

@@ -118,8 +118,6 @@ pub struct Authorizer {
     connector: Arc<Connector>,
     connect: ConnectSettings,
     cache: Mutex<DecisionCache>,
-    /// Requests sent to auth endpoints (cache misses), for tests and stats.
-    asked: std::sync::atomic::AtomicU64,
 }
 
 impl Authorizer {
@@ -136,13 +134,7 @@ impl Authorizer {
                 order: VecDeque::new(),
                 capacity: cache_size,
             }),
-            asked: std::sync::atomic::AtomicU64::new(0),
         }
-    }
-
-    /// Auth requests sent so far (not counting cache hits).
-    pub fn asked(&self) -> u64 {
-        self.asked.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The app's decision for `request` at `target`, from the cache when
@@ -164,8 +156,6 @@ impl Authorizer {
                 return decision;
             }
         }
-        self.asked
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let decision =
             match tokio::time::timeout(self.connect.connect_timeout, self.ask(target, request))
                 .await

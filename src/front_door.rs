@@ -47,6 +47,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::access_log::{self, AccessRecord};
 use crate::admission::{self, Admission, Refused};
+use crate::client;
 use crate::cors;
 use crate::hub::{Hub, Refusal, Subscription};
 use crate::limits::Admitted;
@@ -269,16 +270,6 @@ fn topic_request(hub: &Hub, head: &[u8]) -> Option<(TopicMethod, TopicMatch)> {
     Some((method, hub.find(path)?))
 }
 
-/// The request's `Origin` header, for CORS.
-fn request_origin(session: &ServerSession) -> Option<String> {
-    session
-        .req_header()
-        .headers
-        .get(http::header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
-
 impl Router {
     /// Admits (or refuses) and serves a subscription, and writes its
     /// access-log line.
@@ -286,7 +277,7 @@ impl Router {
         let started = Instant::now();
         let cors = cors::response_headers(
             &self.hub.config(route).access.cors,
-            request_origin(session).as_deref(),
+            client::header(session, http::header::ORIGIN).as_deref(),
         );
         // Admission (with its auth request) and refusals are short-lived and
         // boxed: inline, their futures would enlarge this one, which every
@@ -341,7 +332,7 @@ impl Router {
     /// Answers a CORS preflight on a topic path.
     async fn serve_preflight(&self, session: &mut ServerSession, route: &TopicMatch) {
         let topic = self.hub.config(route);
-        let origin = request_origin(session);
+        let origin = client::header(session, http::header::ORIGIN);
         let headers = cors::preflight_headers(&topic.access.cors, origin.as_deref());
         let answer = async {
             let mut response = ResponseHeader::build(204, Some(headers.len()))?;

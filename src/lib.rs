@@ -9,6 +9,7 @@ pub mod access_log;
 pub mod admin;
 pub mod admission;
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod cors;
 pub mod front_door;

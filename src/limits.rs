@@ -127,11 +127,6 @@ impl Limits {
         })
     }
 
-    /// Subscriptions open now.
-    pub fn open(&self) -> usize {
-        self.clients().total
-    }
-
     fn release(&self, address: Option<IpAddr>) {
         let rate = f64::from(self.settings.subscribe_rate_per_ip);
         let mut clients = self.clients();
@@ -220,7 +215,7 @@ mod tests {
         let limits = Limits::new(settings(100, 100, 100));
         let admitted = limits.admit(ip(9)).unwrap();
         drop(admitted);
-        assert_eq!(limits.open(), 0);
+        assert_eq!(limits.clients().total, 0);
         assert!(limits.clients().open.is_empty());
     }
 }

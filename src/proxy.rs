@@ -24,11 +24,10 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
 use crate::access_log::{self, AccessRecord};
+use crate::client::{self, X_FORWARDED_FOR};
 use crate::config::AppSettings;
 use crate::hub::Hub;
 
-/// `X-Forwarded-For`: the client addresses a request passed through.
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
 /// `X-Forwarded-Proto`: `https` or `http`, as the client connected.
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 /// `X-Forwarded-Host`: the host the client asked for.
@@ -149,19 +148,7 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
-        if let Some(ip) = client_ip {
-            let forwarded_for = match upstream_request
-                .headers
-                .get(X_FORWARDED_FOR)
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(earlier) if !earlier.trim().is_empty() => format!("{earlier}, {ip}"),
-                _ => ip,
-            };
+        if let Some(forwarded_for) = client::forwarded_for(session) {
             upstream_request.insert_header(X_FORWARDED_FOR, forwarded_for)?;
         }
         let proto = if is_tls(session) { "https" } else { "http" };

@@ -329,11 +329,6 @@ impl TopicRoutes {
         routes
     }
 
-    /// Whether any topics are configured.
-    pub fn is_empty(&self) -> bool {
-        self.literals.is_empty() && self.templates.is_empty()
-    }
-
     /// Finds the topic a request path (without its query) names.
     pub fn find(&self, path: &str) -> Option<TopicMatch> {
         if let Some(&index) = self.literals.get(path) {
