@@ -62,13 +62,36 @@ impl TestCerts {
     }
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// The first port tests hand out: below Linux's ephemeral range (32768 and
+/// up), so the kernel never gives one of them to an outgoing connection or
+/// to a `bind(":0")` of another test.
+const TEST_PORTS_START: u16 = 12_000;
+/// How many ports each test process may hand out.
+const TEST_PORTS_PER_PROCESS: u16 = 1_000;
+
+/// A port on 127.0.0.1 for a listener the test starts (the proxy's, a dead
+/// app's), with no bind-and-release race: ports come from a block below the
+/// ephemeral range chosen by the process id, and a process-wide counter never
+/// hands out the same port twice. A port some other program holds is
+/// skipped (checked with a bind; nobody else is given ports in this range
+/// by the kernel, so it cannot be taken between the check and the use).
 pub fn free_port() -> u16 {
-    StdTcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let blocks = (32_768 - TEST_PORTS_START) / TEST_PORTS_PER_PROCESS;
+    let block = (std::process::id() % u32::from(blocks)) as u16;
+    let base = TEST_PORTS_START + block * TEST_PORTS_PER_PROCESS;
+    loop {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(
+            offset < TEST_PORTS_PER_PROCESS,
+            "this test process ran out of ports"
+        );
+        let port = base + offset;
+        if StdTcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Waits until something accepts TCP connections on `addr`.
