@@ -121,7 +121,7 @@ fn parsed_events(stream: &[u8]) -> Vec<Event> {
         .into_iter()
         .filter_map(|item| match item {
             Item::Event(event) => Some(event),
-            Item::Comment(_) => None,
+            Item::Comment(_) | Item::Skipped(_) => None,
         })
         .collect()
 }

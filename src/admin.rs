@@ -51,6 +51,12 @@ fn topic_json(topic: &TopicSnapshot) -> Value {
         "events_in": topic.events_in,
         "deliveries": topic.deliveries,
         "slow_closures": topic.slow_closures,
+        "write_timeouts": topic.write_timeouts,
+        "events_skipped": topic.events_skipped,
+        "catch_ups": topic.catch_ups,
+        "catch_ups_running": topic.catch_ups_running,
+        "catch_ups_spliced": topic.catch_ups_spliced,
+        "resumes_lost": topic.resumes_lost,
     })
 }
 
@@ -62,12 +68,16 @@ pub fn stats(hub: &Hub) -> Value {
         .iter()
         .filter(|t| t.upstream == UpstreamState::Connected)
         .count();
+    let (replay_bytes, replay_memory, replay_evicted) = hub.replay_memory();
     json!({
         "topics": topics.iter().map(topic_json).collect::<Vec<_>>(),
         "totals": {
             "topics": topics.len(),
             "subscribers": subscribers,
             "upstreams_connected": connected,
+            "replay_bytes": replay_bytes,
+            "replay_memory": replay_memory,
+            "replay_evicted": replay_evicted,
         },
     })
 }

@@ -69,6 +69,18 @@ pub const DEFAULT_LINGER: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_EVENT_SIZE: usize = 256 * 1024;
 /// `[sse] upstream_backoff_max`: the longest wait between upstream reconnects.
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// `[sse] upstream_idle_timeout`: an upstream silent this long (not even a
+/// comment) is reopened, as nginx's `proxy_read_timeout` would cut it; the
+/// reopening resumes from the topic's last id, so nothing is lost.
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `[sse] catch_up_max`: catch-ups one topic instance runs at once (one per
+/// distinct resume point its window lacks, e.g. after a restart).
+pub const DEFAULT_CATCH_UP_MAX: usize = 256;
+/// `[sse] catch_up_timeout`: how long a catch-up may take to reach the window.
+pub const DEFAULT_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest duration any key takes: longer is surely a typo, and keeps
+/// every deadline the proxy computes far from overflowing.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The validated configuration of one sse-fanout process.
 #[derive(Debug, Clone)]
@@ -105,8 +117,11 @@ pub const DEFAULT_MAX_SUBSCRIBERS: usize = 100_000;
 pub const DEFAULT_MAX_SUBSCRIBERS_PER_IP: usize = 5_000;
 /// `[limits] max_subscribers_per_topic`.
 pub const DEFAULT_MAX_SUBSCRIBERS_PER_TOPIC: usize = 100_000;
-/// `[limits] max_topic_instances`: upstream streams one template may open.
-pub const DEFAULT_MAX_TOPIC_INSTANCES: usize = 10_000;
+/// `[limits] max_topic_instances`: live instances one template may have.
+/// As many as subscribers: an instance needs a subscriber to be created, so
+/// by default this never refuses a user `max_subscribers` would admit (the
+/// replay windows are bounded by `replay_memory` instead).
+pub const DEFAULT_MAX_TOPIC_INSTANCES: usize = DEFAULT_MAX_SUBSCRIBERS;
 /// `[limits] subscribe_rate_per_ip`: new subscriptions per second per address.
 pub const DEFAULT_SUBSCRIBE_RATE_PER_IP: u32 = 100;
 /// `[limits] max_last_event_id`.
@@ -119,6 +134,9 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 /// `[limits] auth_cache_size`.
 pub const DEFAULT_AUTH_CACHE_SIZE: usize = 10_000;
+/// `[limits] replay_memory`: what every topic's replay window may hold
+/// together (each is also bounded by its own `replay_bytes`).
+pub const DEFAULT_REPLAY_MEMORY: usize = 256 * 1024 * 1024;
 
 /// `[admin] addr` when the table is present but the key is not.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
@@ -259,6 +277,9 @@ pub struct LimitSettings {
     pub max_header_bytes: usize,
     /// Auth decisions kept at most (the cache is bounded).
     pub auth_cache_size: usize,
+    /// Bytes every replay window may hold together; past it the oldest
+    /// frames of all topics are evicted.
+    pub replay_memory: usize,
 }
 
 /// The answer to a subscriber over a limit.
@@ -305,8 +326,13 @@ pub struct TopicSettings {
     /// The longest wait between two upstream connection attempts.
     pub backoff_max: Duration,
     /// Reconnect an upstream that sent nothing (not even a comment) for
-    /// this long; `None` waits forever (the app may be quiet for hours).
+    /// this long; `None` (configured as `"0s"`) waits forever.
     pub upstream_idle_timeout: Option<Duration>,
+    /// Catch-ups (a resuming subscriber's missed events, fetched from the
+    /// app) running at once on one topic instance.
+    pub catch_up_max: usize,
+    /// How long a catch-up may take to reach the topic's window.
+    pub catch_up_timeout: Duration,
 }
 
 /// What a subscriber gets when its `Last-Event-ID` is not in the replay window
@@ -705,7 +731,9 @@ impl Validator<'_> {
             linger: DEFAULT_LINGER,
             max_event_size: DEFAULT_MAX_EVENT_SIZE,
             backoff_max: DEFAULT_BACKOFF_MAX,
-            upstream_idle_timeout: None,
+            upstream_idle_timeout: Some(DEFAULT_UPSTREAM_IDLE_TIMEOUT),
+            catch_up_max: DEFAULT_CATCH_UP_MAX,
+            catch_up_timeout: DEFAULT_CATCH_UP_TIMEOUT,
         };
         self.topic_settings(raw, "sse", defaults)
     }
@@ -791,12 +819,27 @@ impl Validator<'_> {
             backoff_max: self
                 .positive(raw.upstream_backoff_max, &key("upstream_backoff_max"))?
                 .unwrap_or(defaults.backoff_max),
-            upstream_idle_timeout: match self
-                .positive(raw.upstream_idle_timeout, &key("upstream_idle_timeout"))?
-            {
-                Some(timeout) => Some(timeout),
+            upstream_idle_timeout: match raw.upstream_idle_timeout {
+                // "0s" turns it off (for apps that stay silent for hours).
+                Some(timeout) if timeout.get_ref().0.is_zero() => None,
+                Some(timeout) => Some(timeout.into_inner().0),
                 None => defaults.upstream_idle_timeout,
             },
+            catch_up_max: match raw.catch_up_max {
+                Some(n) if *n.get_ref() == 0 => {
+                    return Err(self.at(
+                        &n,
+                        key("catch_up_max"),
+                        "must be at least 1; resumes the window cannot serve would all be lost"
+                            .into(),
+                    ))
+                }
+                Some(n) => n.into_inner(),
+                None => defaults.catch_up_max,
+            },
+            catch_up_timeout: self
+                .positive(raw.catch_up_timeout, &key("catch_up_timeout"))?
+                .unwrap_or(defaults.catch_up_timeout),
         })
     }
 
@@ -1069,6 +1112,17 @@ impl Validator<'_> {
                 "auth_cache_size",
                 DEFAULT_AUTH_CACHE_SIZE,
             )?,
+            replay_memory: match raw.replay_memory {
+                Some(size) if size.get_ref().0 < 1024 * 1024 => {
+                    return Err(self.at(
+                        &size,
+                        "limits.replay_memory",
+                        "must be at least 1MiB, e.g. \"256MiB\"".into(),
+                    ))
+                }
+                Some(size) => size.into_inner().0,
+                None => DEFAULT_REPLAY_MEMORY,
+            },
         })
     }
 
@@ -1163,6 +1217,7 @@ mod raw {
         pub header_timeout: Option<Spanned<DurationValue>>,
         pub max_header_bytes: Option<Spanned<SizeValue>>,
         pub auth_cache_size: Option<Spanned<usize>>,
+        pub replay_memory: Option<Spanned<SizeValue>>,
     }
 
     /// The access keys of `[sse]` and `[[topic]]`.
@@ -1243,6 +1298,8 @@ mod raw {
         pub max_event_size: Option<Spanned<SizeValue>>,
         pub upstream_backoff_max: Option<Spanned<DurationValue>>,
         pub upstream_idle_timeout: Option<Spanned<DurationValue>>,
+        pub catch_up_max: Option<Spanned<usize>>,
+        pub catch_up_timeout: Option<Spanned<DurationValue>>,
         pub auth: Option<Spanned<String>>,
         pub auth_cache: Option<Spanned<DurationValue>>,
         pub cors_origins: Option<Spanned<Vec<String>>>,
@@ -1278,6 +1335,8 @@ mod raw {
         pub max_event_size: Option<Spanned<SizeValue>>,
         pub upstream_backoff_max: Option<Spanned<DurationValue>>,
         pub upstream_idle_timeout: Option<Spanned<DurationValue>>,
+        pub catch_up_max: Option<Spanned<usize>>,
+        pub catch_up_timeout: Option<Spanned<DurationValue>>,
         pub auth: Option<Spanned<String>>,
         pub auth_cache: Option<Spanned<DurationValue>>,
         pub cors_origins: Option<Spanned<Vec<String>>>,
@@ -1309,6 +1368,8 @@ mod raw {
                 max_event_size: self.max_event_size.take(),
                 upstream_backoff_max: self.upstream_backoff_max.take(),
                 upstream_idle_timeout: self.upstream_idle_timeout.take(),
+                catch_up_max: self.catch_up_max.take(),
+                catch_up_timeout: self.catch_up_timeout.take(),
                 auth: None,
                 auth_cache: None,
                 cors_origins: None,
@@ -1383,11 +1444,18 @@ mod raw {
                     f.write_str("a duration string with a unit, such as \"15s\" or \"500ms\"")
                 }
                 fn visit_str<E: de::Error>(self, text: &str) -> Result<DurationValue, E> {
-                    humantime::parse_duration(text).map(DurationValue).map_err(|e| {
+                    let duration = humantime::parse_duration(text).map_err(|e| {
                         E::custom(format!(
                             "invalid duration {text:?} ({e}); write a number with a unit, such as \"15s\" or \"500ms\""
                         ))
-                    })
+                    })?;
+                    if duration > super::MAX_DURATION {
+                        return Err(E::custom(format!(
+                            "duration {text:?} is longer than the longest allowed, {}",
+                            humantime::format_duration(super::MAX_DURATION)
+                        )));
+                    }
+                    Ok(DurationValue(duration))
                 }
             }
             deserializer.deserialize_str(DurationVisitor)

@@ -177,6 +177,7 @@ mod tests {
             header_timeout: Duration::from_secs(10),
             max_header_bytes: 32 * 1024,
             auth_cache_size: 100,
+            replay_memory: 1 << 20,
         }
     }
 

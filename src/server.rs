@@ -58,7 +58,7 @@ struct HubLifecycle(Hub);
 #[async_trait]
 impl BackgroundService for HubLifecycle {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        self.0.start_eager();
+        self.0.start();
         let _ = shutdown.changed().await;
         log::info!("shutting down: ending every subscriber's stream");
         self.0.shut_down();

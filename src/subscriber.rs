@@ -32,13 +32,19 @@ pub enum Ending {
     ClientGone,
     /// The browser fell too far behind; its stream was ended so it resumes.
     TooSlow,
+    /// Its catch-up stopped part way; its stream was ended so it resumes
+    /// from the last event it got.
+    Resume,
     /// The topic closed (upstream `204`, or shutdown).
     Closed(CloseReason),
 }
 
 /// The resume point a subscriber asked for: the `Last-Event-ID` header, or
-/// the `lastEventId` query parameter. Values longer than `max_len` or that
-/// could never have been an id (CR, LF, NUL) count as absent.
+/// the `lastEventId` query parameter. Values longer than `max_len`, empty, or
+/// that could never have been an id (CR, LF, NUL) count as absent. What is
+/// left is only ever looked up in a topic's window, or sent to the app in
+/// that subscriber's own catch-up after a stricter check (a header value);
+/// it never reaches the topic's shared upstream request.
 pub fn last_event_id(session: &ServerSession, max_len: usize) -> Option<String> {
     let request = session.req_header();
     let from_header = request
@@ -54,7 +60,7 @@ pub fn last_event_id(session: &ServerSession, max_len: usize) -> Option<String> 
     };
     from_header
         .or_else(from_query)
-        .filter(|id| id.len() <= max_len && !id.contains(['\r', '\n', '\0']))
+        .filter(|id| !id.is_empty() && id.len() <= max_len && !id.contains(['\r', '\n', '\0']))
 }
 
 /// Decodes `%XX` escapes and `+` (as a query string writes a space);
@@ -139,7 +145,7 @@ pub async fn serve(
                 // request so Pingora drops the connection without finishing it.
                 return Err(Error::explain(
                     ErrorType::WriteError,
-                    format!("subscriber of {key} stopped reading and fell past its lag bound"),
+                    format!("subscriber of {key} stopped reading (past its lag bound, or no write completed within two heartbeats)"),
                 )
                 .into_down());
             }
@@ -148,6 +154,7 @@ pub async fn serve(
         match subscription.next(&mut frames) {
             Next::Write => {}
             Next::TooSlow => break Ending::TooSlow,
+            Next::Resume => break Ending::Resume,
             Next::Closed(reason) => break Ending::Closed(reason),
             Next::Wait => {
                 tokio::select! {
@@ -193,13 +200,17 @@ enum Written {
 }
 
 /// Writes `frames` (draining it). A write the client does not take is
-/// abandoned as soon as the subscriber falls past its lag bound, so a client
-/// that stopped reading is cut off rather than waited for.
+/// abandoned as soon as the subscriber falls past its lag bound, or when it
+/// has not completed within two heartbeat intervals (a client that stopped
+/// reading on a quiet topic, where the lag never grows, or an HTTP/2 client
+/// that keeps its window shut), so a client that stopped reading is cut off
+/// rather than waited for.
 async fn write_frames(
     session: &mut ServerSession,
     subscription: &mut Subscription,
     frames: &mut Vec<Bytes>,
 ) -> pingora::Result<Written> {
+    let write_timeout = subscription.topic().settings.heartbeat.saturating_mul(2);
     for frame in frames.drain(..) {
         // Boxed: one small allocation per write, rather than ~550 more bytes
         // in every subscription's state for its whole life (memory per idle
@@ -210,6 +221,9 @@ async fn write_frames(
             result?;
             continue;
         }
+        // Only a stuck write pays for a timer.
+        let deadline = tokio::time::sleep(write_timeout);
+        tokio::pin!(deadline);
         loop {
             tokio::select! {
                 result = &mut write => { result?; break; }
@@ -218,6 +232,10 @@ async fn write_frames(
                         // (dropping the drain discards the frames left)
                         return Ok(Written::Abandoned);
                     }
+                }
+                _ = &mut deadline => {
+                    subscription.write_timed_out();
+                    return Ok(Written::Abandoned);
                 }
             }
         }

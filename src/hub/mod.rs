@@ -9,29 +9,38 @@
 //!
 //! ```text
 //!  Hub ── topics: path → Arc<Topic> ── driver task ── owns ── UpstreamReader task
-//!                          │                          (heartbeats, linger)
-//!                          └── Subscription (cursor) × N, one per browser stream
+//!   │                      │                          (heartbeats, linger)
+//!   │                      ├── Subscription (cursor) × N, one per browser stream
+//!   │                      └── CatchUp task × (≤ catch_up_max), one per resume point
+//!   ├── drivers: JoinSet (the hub owns every driver; a driver that ends
+//!   │   for any reason, a panic included, takes its topic out of the map)
+//!   └── trimmer task: keeps every window together within `replay_memory`
 //! ```
 //!
 //! The hub has no HTTP server code: it hands out subscriptions, and
 //! `subscriber.rs` writes them to sessions.
 
+mod budget;
+mod catch_up;
 mod replay;
 pub mod topic;
 pub mod upstream;
 
-use std::collections::HashMap;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use pingora::connectors::http::Connector;
+use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 
 use crate::config::{Config, LimitSettings, TopicConfig};
 use crate::limits::Limit;
 use crate::origin::ConnectSettings;
 use crate::route::{TopicMatch, TopicRoutes};
+use budget::ReplayBudget;
 pub use topic::{CloseReason, Next, Start, Subscription, Topic, TopicSnapshot, UpstreamState};
-use upstream::UpstreamReader;
+use upstream::{UpstreamReader, UpstreamSource};
 
 /// Why a subscription was not opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,19 +74,33 @@ struct Shared {
     routes: TopicRoutes,
     /// Live topic instances, and how many each configured topic has.
     topics: Mutex<Live>,
+    /// Every topic's driver task. Finished ones are reaped whenever a topic
+    /// is created, so the set is as large as the live topics.
+    drivers: Mutex<JoinSet<()>>,
     /// `max_subscribers_per_topic` and `max_topic_instances`.
     limits: LimitSettings,
     /// Pingora's connector for every upstream stream.
     connector: Arc<Connector>,
     /// How upstreams are reached (from `[app]`).
     connect: ConnectSettings,
+    /// What every replay window may hold together.
+    budget: Arc<ReplayBudget>,
     /// Set once shutdown began: new subscribers are ended at once.
-    shutting_down: std::sync::atomic::AtomicBool,
+    shutting_down: AtomicBool,
+}
+
+/// Aborts a task when dropped: the owner of a task ends it with itself.
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Hub {
     /// A hub for the config's topics; nothing runs until the first subscriber
-    /// (or [`start_eager`](Self::start_eager)).
+    /// (or [`start`](Self::start)).
     pub fn new(config: &Config) -> Hub {
         Hub {
             shared: Arc::new(Shared {
@@ -87,19 +110,14 @@ impl Hub {
                     by_key: HashMap::new(),
                     instances: vec![0; config.topics.len()],
                 }),
+                drivers: Mutex::new(JoinSet::new()),
                 limits: config.limits,
                 connector: Arc::new(Connector::new(None)),
                 connect: config.app.connect.clone(),
-                shutting_down: std::sync::atomic::AtomicBool::new(false),
+                budget: Arc::new(ReplayBudget::new(config.limits.replay_memory)),
+                shutting_down: AtomicBool::new(false),
             }),
         }
-    }
-
-    fn topics(&self) -> MutexGuard<'_, Live> {
-        self.shared
-            .topics
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The configuration of the topic a route names.
@@ -113,25 +131,22 @@ impl Hub {
     }
 
     /// Subscribes to a topic instance, creating it (and opening its upstream)
-    /// if it is not live. `last_event_id` is the subscriber's resume point.
+    /// if it is not live. `last_event_id` is the subscriber's resume point:
+    /// it decides where this subscriber starts, and nothing else.
     pub fn subscribe(
         &self,
         route: &TopicMatch,
         last_event_id: Option<String>,
     ) -> Result<Subscription, Refusal> {
-        let mut topics = self.topics();
-        let (topic, created) = match topics.by_key.get(&route.key) {
-            Some(topic) => (topic.clone(), false),
+        let mut topics = self.shared.topics();
+        let topic = match topics.by_key.get(&route.key) {
+            Some(topic) => topic.clone(),
             None => {
-                if topics.instances[route.index] >= self.shared.limits.max_topic_instances {
+                let cap = self.shared.limits.max_topic_instances;
+                if topics.instances[route.index] >= cap {
                     return Err(Refusal::Full(Limit::Instances));
                 }
-                // A new instance resumes upstream where its first subscriber
-                // left off (e.g. across a restart of the proxy).
-                let topic = self.create(route, last_event_id.clone());
-                topics.by_key.insert(route.key.clone(), topic.clone());
-                topics.instances[route.index] += 1;
-                (topic, true)
+                self.shared.create(&mut topics, route)
             }
         };
         if topic.closed() == Some(CloseReason::Ended) {
@@ -141,64 +156,29 @@ impl Hub {
             return Err(Refusal::Full(Limit::PerTopic));
         }
         let start = match last_event_id {
-            Some(_) if created => Start::Oldest,
-            Some(id) => Start::After(id),
-            None => Start::Live,
+            Some(id) if !id.is_empty() => Start::After(id),
+            _ => Start::Live,
         };
         let subscription = topic.subscribe(start);
         drop(topics);
-        if self
-            .shared
-            .shutting_down
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
+        if self.shared.shutting_down.load(Ordering::Acquire) {
             topic.close(CloseReason::ShuttingDown);
         }
         Ok(subscription)
     }
 
-    /// Creates a topic instance and starts its driver.
-    fn create(&self, route: &TopicMatch, last_event_id: Option<String>) -> Arc<Topic> {
-        let config = &self.shared.configs[route.index];
-        let path = config.upstream.path.fill(&route.param_pairs());
-        let topic = Topic::new(
-            route.key.clone(),
-            format!("{}{path}", config.upstream.origin),
-            config.settings,
-            last_event_id,
-        );
-        let reader = UpstreamReader {
-            topic: topic.clone(),
-            origin: config.upstream.origin.clone(),
-            path,
-            extra_headers: config.access.upstream_headers.clone(),
-            connect: self.shared.connect.clone(),
-            connector: self.shared.connector.clone(),
-        };
-        tokio::spawn(drive(
-            self.shared.clone(),
-            topic.clone(),
-            route.index,
-            reader,
-            config.eager,
-        ));
-        topic
-    }
-
-    /// Opens the upstreams of `eager` topics, which stay open with no subscribers.
-    pub fn start_eager(&self) {
-        let mut topics = self.topics();
+    /// Starts the hub's own work: opens the upstreams of `eager` topics
+    /// (which stay open with no subscribers), and the trimmer that keeps
+    /// every replay window together within `[limits] replay_memory`.
+    pub fn start(&self) {
+        let shared = self.shared.clone();
+        self.shared
+            .drivers()
+            .spawn(async move { shared.trim_replay_forever().await });
+        let mut topics = self.shared.topics();
         for (index, config) in self.shared.configs.iter().enumerate() {
-            let key = config.path.as_str().to_string();
-            if config.eager && !topics.by_key.contains_key(&key) {
-                let route = TopicMatch {
-                    index,
-                    key: key.clone(),
-                    params: Vec::new(),
-                };
-                let topic = self.create(&route, None);
-                topics.by_key.insert(key, topic);
-                topics.instances[index] += 1;
+            if config.eager {
+                self.shared.open_eager(&mut topics, index);
             }
         }
     }
@@ -206,10 +186,8 @@ impl Hub {
     /// Ends every subscriber's stream cleanly (they reconnect elsewhere) and
     /// ends new subscriptions at once from now on.
     pub fn shut_down(&self) {
-        self.shared
-            .shutting_down
-            .store(true, std::sync::atomic::Ordering::Release);
-        let topics: Vec<Arc<Topic>> = self.topics().by_key.values().cloned().collect();
+        self.shared.shutting_down.store(true, Ordering::Release);
+        let topics: Vec<Arc<Topic>> = self.shared.topics().by_key.values().cloned().collect();
         for topic in topics {
             topic.close(CloseReason::ShuttingDown);
         }
@@ -217,68 +195,287 @@ impl Hub {
 
     /// A snapshot of every live topic, sorted by key.
     pub fn snapshot(&self) -> Vec<TopicSnapshot> {
-        let topics: Vec<Arc<Topic>> = self.topics().by_key.values().cloned().collect();
+        let topics: Vec<Arc<Topic>> = self.shared.topics().by_key.values().cloned().collect();
         let mut snapshots: Vec<TopicSnapshot> = topics.iter().map(|t| t.snapshot()).collect();
         snapshots.sort_by(|a, b| a.key.cmp(&b.key));
         snapshots
     }
+
+    /// Process-wide replay memory: bytes held, the budget, frames evicted
+    /// to stay within it.
+    pub fn replay_memory(&self) -> (usize, usize, u64) {
+        let budget = &self.shared.budget;
+        (
+            budget.held(),
+            budget.limit(),
+            budget.evicted.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl Shared {
-    /// Removes `topic` if it still has no subscribers; true when removed.
-    /// Subscribing happens under the same lock, so no one can join between
-    /// the check and the removal.
-    fn remove_if_idle(&self, topic: &Arc<Topic>, index: usize) -> bool {
-        let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-        let is_this_topic = topics
-            .by_key
-            .get(&topic.key)
-            .is_some_and(|t| Arc::ptr_eq(t, topic));
-        if is_this_topic && topic.subscriber_count() == 0 {
-            topics.by_key.remove(&topic.key);
-            topics.instances[index] -= 1;
-            return true;
+    fn topics(&self) -> MutexGuard<'_, Live> {
+        self.topics.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn drivers(&self) -> MutexGuard<'_, JoinSet<()>> {
+        self.drivers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates a topic instance, registers it and starts its driver.
+    fn create(self: &Arc<Self>, topics: &mut Live, route: &TopicMatch) -> Arc<Topic> {
+        let config = &self.configs[route.index];
+        let path = config.upstream.path.fill(&route.param_pairs());
+        let source = Arc::new(UpstreamSource {
+            url: format!("{}{path}", config.upstream.origin),
+            origin: config.upstream.origin.clone(),
+            path,
+            extra_headers: config.access.upstream_headers.clone(),
+            connect: self.connect.clone(),
+            connector: self.connector.clone(),
+        });
+        let topic = Topic::new(
+            route.key.clone(),
+            source.clone(),
+            config.settings,
+            self.budget.clone(),
+        );
+        topics.by_key.insert(route.key.clone(), topic.clone());
+        topics.instances[route.index] += 1;
+        let driver = Driver {
+            registration: Registration {
+                shared: self.clone(),
+                topic: topic.clone(),
+                index: route.index,
+            },
+            reader: UpstreamReader {
+                topic: topic.clone(),
+                source,
+            },
+            eager: config.eager,
+        };
+        let mut drivers = self.drivers();
+        // Reap drivers that ended, so the set stays as large as the topics.
+        while drivers.try_join_next().is_some() {}
+        drivers.spawn(driver.run());
+        topic
+    }
+
+    /// Opens the eager topic `index` unless it is live.
+    fn open_eager(self: &Arc<Self>, topics: &mut Live, index: usize) {
+        let key = self.configs[index].path.as_str().to_string();
+        if !topics.by_key.contains_key(&key) && !self.shutting_down.load(Ordering::Acquire) {
+            let route = TopicMatch {
+                index,
+                key,
+                params: Vec::new(),
+            };
+            self.create(topics, &route);
         }
-        false
+    }
+
+    /// Keeps the replay windows within the budget: woken when they hold
+    /// more, evicts the oldest frames across all topics down to the target.
+    async fn trim_replay_forever(&self) {
+        loop {
+            self.budget.over.notified().await;
+            self.trim_replay();
+        }
+    }
+
+    fn trim_replay(&self) {
+        if self.budget.held() <= self.budget.limit() {
+            return;
+        }
+        let topics: Vec<Arc<Topic>> = self.topics().by_key.values().cloned().collect();
+        // Oldest first: a min-heap on the stamp of each window's oldest frame.
+        let mut oldest: BinaryHeap<std::cmp::Reverse<(u64, usize)>> = topics
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| Some(std::cmp::Reverse((t.oldest_evictable()?, i))))
+            .collect();
+        let mut evicted = 0;
+        while self.budget.held() > self.budget.target() {
+            let Some(std::cmp::Reverse((_, i))) = oldest.pop() else {
+                break;
+            };
+            if topics[i].evict_for_budget() {
+                evicted += 1;
+            }
+            if let Some(stamp) = topics[i].oldest_evictable() {
+                oldest.push(std::cmp::Reverse((stamp, i)));
+            }
+        }
+        let before = self.budget.evicted.fetch_add(evicted, Ordering::Relaxed);
+        if before == 0 && evicted > 0 {
+            log::warn!(
+                "replay windows reached [limits] replay_memory ({} bytes): the oldest events of all topics are evicted to stay within it (said once; see replay_evicted in /stats)",
+                self.budget.limit()
+            );
+        }
     }
 }
 
-/// Aborts a task when dropped: the driver owns its topic's upstream reader.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// A topic's life: heartbeats while it lives, reclaimed after its linger.
-async fn drive(
+/// A topic's place in the hub, for as long as its driver runs: dropping it
+/// (the driver returned, panicked or was aborted) takes the topic out of the
+/// map, so new subscribers get a fresh instance rather than a dead one, and
+/// ends the streams of any subscribers left so they reconnect to it.
+struct Registration {
     shared: Arc<Shared>,
     topic: Arc<Topic>,
     index: usize,
+}
+
+impl Registration {
+    /// Removes the topic if it still has no subscribers; true when removed.
+    /// Subscribing happens under the same lock, so no one can join between
+    /// the check and the removal.
+    fn remove_if_idle(&self) -> bool {
+        let topics = self.shared.topics();
+        self.topic.subscriber_count() == 0 && self.remove(topics)
+    }
+
+    fn remove(&self, mut topics: MutexGuard<'_, Live>) -> bool {
+        let is_this_topic = topics
+            .by_key
+            .get(&self.topic.key)
+            .is_some_and(|t| Arc::ptr_eq(t, &self.topic));
+        if is_this_topic {
+            topics.by_key.remove(&self.topic.key);
+            topics.instances[self.index] -= 1;
+        }
+        is_this_topic
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let topics = self.shared.topics();
+        if self.remove(topics) {
+            log::error!(
+                "topic {}: its driver stopped unexpectedly; the topic was closed and its subscribers reconnect to a new instance",
+                self.topic.key
+            );
+            self.topic.close(CloseReason::Failed);
+        }
+    }
+}
+
+/// A topic's life: its upstream reader, heartbeats while it lives, and its
+/// reclaiming after `linger` without subscribers.
+struct Driver {
+    registration: Registration,
     reader: UpstreamReader,
+    /// Kept open with no subscribers; reopened after `linger` if it ended.
     eager: bool,
-) {
-    let _reader = AbortOnDrop(tokio::spawn(reader.run()).abort_handle());
-    loop {
-        let heartbeat_at = topic.heartbeat_due();
-        let linger_until = if eager {
-            None
-        } else {
-            topic
-                .idle_since()
-                .map(|since| since + topic.settings.linger)
-        };
-        tokio::select! {
-            _ = sleep_until(heartbeat_at) => topic.heartbeat_if_due(),
-            _ = sleep_until(linger_until.unwrap_or(heartbeat_at)), if linger_until.is_some() => {
-                if linger_until.is_some_and(|until| until <= Instant::now()) && shared.remove_if_idle(&topic, index) {
-                    log::info!("topic {}: no subscribers for {:?}; upstream closed", topic.key, topic.settings.linger);
-                    return;
+}
+
+impl Driver {
+    async fn run(self) {
+        let topic = self.registration.topic.clone();
+        let _reader = AbortOnDrop(tokio::spawn(self.reader.run()).abort_handle());
+        loop {
+            let heartbeat_at = topic.heartbeat_due();
+            // An eager topic lingers only once its upstream ended (`204`):
+            // then it is reclaimed and opened afresh, so the app is asked
+            // again rather than never.
+            let ended = topic.closed() == Some(CloseReason::Ended);
+            let linger_until = if self.eager && !ended {
+                None
+            } else {
+                topic
+                    .idle_since()
+                    .map(|since| since + topic.settings.linger)
+            };
+            tokio::select! {
+                _ = sleep_until(heartbeat_at) => topic.heartbeat_if_due(),
+                _ = sleep_until(linger_until.unwrap_or(heartbeat_at)), if linger_until.is_some() => {
+                    if linger_until.is_some_and(|until| until <= Instant::now()) && self.registration.remove_if_idle() {
+                        log::info!("topic {}: no subscribers for {:?}; upstream closed", topic.key, topic.settings.linger);
+                        if self.eager {
+                            let shared = self.registration.shared.clone();
+                            let mut topics = shared.topics();
+                            shared.open_eager(&mut topics, self.registration.index);
+                        }
+                        return;
+                    }
                 }
+                _ = topic.subscribers_changed.notified() => {}
             }
-            _ = topic.subscribers_changed.notified() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(extra: &str) -> Hub {
+        let config = Config::from_text(
+            std::path::Path::new("t.toml"),
+            &format!("[[listen]]\naddr = \"127.0.0.1:1\"\n[app]\nupstream = \"127.0.0.1:9\"\n{extra}\n[[topic]]\npath = \"/events/{{name}}\"\nupstream = \"/s/{{name}}\"\n"),
+        )
+        .unwrap();
+        Hub::new(&config)
+    }
+
+    fn route(hub: &Hub, path: &str) -> TopicMatch {
+        hub.find(path).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_topic_whose_driver_died_is_replaced_and_its_subscribers_are_ended() {
+        let hub = hub("");
+        let mut first = hub.subscribe(&route(&hub, "/events/a"), None).unwrap();
+        // Every driver dies (as a panic would end one).
+        hub.shared.drivers().abort_all();
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while first.next(&mut Vec::new()) != Next::Closed(CloseReason::Failed) {
+                first.changed().await;
+            }
+        })
+        .await
+        .expect("the subscriber of a dead topic is ended");
+        let second = hub.subscribe(&route(&hub, "/events/a"), None).unwrap();
+        assert!(!Arc::ptr_eq(first.topic(), second.topic()), "joined the dead topic");
+        assert_eq!(hub.snapshot().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_clients_last_event_id_never_becomes_the_topics() {
+        let hub = hub("");
+        let sub = hub
+            .subscribe(&route(&hub, "/events/a"), Some("\u{1}".into()))
+            .unwrap();
+        assert_eq!(sub.topic().last_event_id(), None);
+        let other = hub
+            .subscribe(&route(&hub, "/events/a"), Some("42".into()))
+            .unwrap();
+        assert_eq!(other.topic().last_event_id(), None);
+    }
+
+    #[tokio::test]
+    async fn replay_windows_together_stay_within_replay_memory() {
+        let hub = hub("[limits]\nreplay_memory = \"1MiB\"\n");
+        let subs: Vec<_> = ["/events/a", "/events/b"]
+            .iter()
+            .map(|p| hub.subscribe(&route(&hub, p), None).unwrap())
+            .collect();
+        let frame = bytes::Bytes::from(vec![b'x'; 100 * 1024]);
+        for n in 0..8 {
+            for sub in &subs {
+                sub.topic().publish(frame.clone(), Some(Arc::from(n.to_string())));
+            }
+        }
+        assert!(hub.shared.budget.held() > 1024 * 1024);
+        hub.shared.trim_replay();
+        let (held, limit, evicted) = hub.replay_memory();
+        assert!(held <= limit - limit / 10, "{held} held");
+        assert!(evicted >= 7);
+        // the oldest went first, from both topics alike, and the newest stay
+        for sub in &subs {
+            assert!(sub.topic().has_id("7"));
+            assert!(!sub.topic().has_id("0"));
         }
     }
 }

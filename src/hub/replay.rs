@@ -27,6 +27,10 @@ struct Entry {
     /// Bytes published before this frame, from the topic's start; the
     /// difference of two offsets is how many bytes lie between two cursors.
     offset: u64,
+    /// When it was published, on the process-wide count of published frames
+    /// ([`ReplayBudget`](super::budget::ReplayBudget)): the budget evicts
+    /// the oldest frames across topics first.
+    stamp: u64,
 }
 
 /// The newest frames of a topic, bounded by count and bytes.
@@ -71,9 +75,9 @@ impl ReplayWindow {
         }
     }
 
-    /// Appends a frame and returns its sequence number, evicting the oldest
-    /// frames past the bounds.
-    pub fn push(&mut self, frame: Bytes, id: Option<Arc<str>>) -> u64 {
+    /// Appends a frame published at `stamp` and returns its sequence number,
+    /// evicting the oldest frames past the bounds.
+    pub fn push(&mut self, frame: Bytes, id: Option<Arc<str>>, stamp: u64) -> u64 {
         let seq = self.head();
         if let Some(id) = &id {
             if !id.is_empty() {
@@ -85,6 +89,7 @@ impl ReplayWindow {
             offset: self.end_offset,
             frame,
             id,
+            stamp,
         });
         self.end_offset += self.entries.back().map_or(0, |e| e.frame.len() as u64);
         while self.entries.len() > self.max_frames
@@ -109,6 +114,36 @@ impl ReplayWindow {
         self.first_seq += 1;
     }
 
+    /// When the oldest frame was published, if the window holds more than
+    /// its newest frame (which is never evicted).
+    pub fn oldest_evictable(&self) -> Option<u64> {
+        (self.entries.len() > 1).then(|| self.entries[0].stamp)
+    }
+
+    /// Evicts the oldest frame, unless it is the newest; returns the bytes
+    /// freed. For the process-wide replay budget.
+    pub fn evict_one(&mut self) -> usize {
+        if self.entries.len() <= 1 {
+            return 0;
+        }
+        let before = self.bytes;
+        self.evict_oldest();
+        before - self.bytes
+    }
+
+    /// The sequence number of the frame that set `id`, if the window holds it.
+    pub fn position_of(&self, id: &str) -> Option<u64> {
+        self.index.get(id).copied()
+    }
+
+    /// The id the newest frame that set one set, if the window holds it.
+    pub fn newest_id(&self) -> Option<&Arc<str>> {
+        self.entries
+            .iter()
+            .rev()
+            .find_map(|e| e.id.as_ref().filter(|id| !id.is_empty()))
+    }
+
     /// The sequence number the next frame will get.
     pub fn head(&self) -> u64 {
         self.first_seq + self.entries.len() as u64
@@ -117,6 +152,16 @@ impl ReplayWindow {
     /// The oldest sequence number still held.
     pub fn first(&self) -> u64 {
         self.first_seq
+    }
+
+    /// At most this many frames are kept.
+    pub fn max_frames(&self) -> usize {
+        self.max_frames
+    }
+
+    /// At most this many bytes are kept (but for the newest frame).
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
     }
 
     /// Frames held.
@@ -192,7 +237,7 @@ mod tests {
     fn frames_come_back_in_order_from_any_cursor() {
         let mut window = ReplayWindow::new(10, 1000);
         for n in 0..5 {
-            window.push(frame(&format!("f{n}")), None);
+            window.push(frame(&format!("f{n}")), None, 0);
         }
         let mut out = Vec::new();
         let next = window.read_from(2, 10, &mut out);
@@ -203,9 +248,9 @@ mod tests {
     #[test]
     fn count_bound_evicts_oldest_and_forgets_their_ids() {
         let mut window = ReplayWindow::new(2, 1000);
-        window.push(frame("a"), id("1"));
-        window.push(frame("b"), id("2"));
-        window.push(frame("c"), id("3"));
+        window.push(frame("a"), id("1"), 0);
+        window.push(frame("b"), id("2"), 0);
+        window.push(frame("c"), id("3"), 0);
         assert_eq!(window.len(), 2);
         assert_eq!(window.first(), 1);
         assert_eq!(window.position_after("1"), None);
@@ -215,10 +260,10 @@ mod tests {
     #[test]
     fn byte_bound_evicts_but_keeps_the_newest_frame() {
         let mut window = ReplayWindow::new(100, 5);
-        window.push(frame("abc"), None);
-        window.push(frame("defgh"), None);
+        window.push(frame("abc"), None, 0);
+        window.push(frame("defgh"), None, 0);
         assert_eq!(window.len(), 1);
-        window.push(frame("much longer than five"), None);
+        window.push(frame("much longer than five"), None, 0);
         assert_eq!(window.len(), 1);
         assert_eq!(window.bytes(), "much longer than five".len());
     }
@@ -226,9 +271,9 @@ mod tests {
     #[test]
     fn resume_position_is_right_after_the_frame_with_the_id() {
         let mut window = ReplayWindow::new(10, 1000);
-        window.push(frame("a"), id("x"));
-        window.push(frame("b"), None);
-        window.push(frame("c"), id("y"));
+        window.push(frame("a"), id("x"), 0);
+        window.push(frame("b"), None, 0);
+        window.push(frame("c"), id("y"), 0);
         assert_eq!(window.position_after("x"), Some(1));
         assert_eq!(window.position_after("y"), Some(3));
         assert_eq!(window.position_after("nope"), None);
@@ -237,9 +282,9 @@ mod tests {
     #[test]
     fn repeated_id_resumes_after_its_newest_frame() {
         let mut window = ReplayWindow::new(2, 1000);
-        window.push(frame("a"), id("same"));
-        window.push(frame("b"), id("same"));
-        window.push(frame("c"), None);
+        window.push(frame("a"), id("same"), 0);
+        window.push(frame("b"), id("same"), 0);
+        window.push(frame("c"), None, 0);
         // the first "same" was evicted; the newer one must still be found
         assert_eq!(window.position_after("same"), Some(2));
     }
@@ -247,9 +292,9 @@ mod tests {
     #[test]
     fn lag_counts_frames_and_bytes_behind_the_head() {
         let mut window = ReplayWindow::new(10, 1000);
-        window.push(frame("aa"), None);
-        window.push(frame("bbb"), None);
-        window.push(frame("c"), None);
+        window.push(frame("aa"), None, 0);
+        window.push(frame("bbb"), None, 0);
+        window.push(frame("c"), None, 0);
         assert_eq!(
             window.lag(1),
             Some(Lag {
@@ -269,8 +314,8 @@ mod tests {
     #[test]
     fn evicted_cursor_has_no_lag_figure() {
         let mut window = ReplayWindow::new(1, 1000);
-        window.push(frame("a"), None);
-        window.push(frame("b"), None);
+        window.push(frame("a"), None, 0);
+        window.push(frame("b"), None, 0);
         assert_eq!(window.lag(0), None);
     }
 }

@@ -8,10 +8,18 @@
 //! no lock is ever held across an `.await` and no frame is copied or formatted
 //! per subscriber.
 //!
+//! A subscriber resuming from an id the window does not hold is handed to a
+//! [`CatchUp`] (see `catch_up.rs`) that fetches what it missed from the app
+//! for that id alone; it joins the window where the catch-up splices in.
+//! Nothing a subscriber sends ever changes what the others get: the topic's
+//! last event id, which late joiners are primed with and the upstream resumes
+//! from, only ever comes from the topic's own upstream.
+//!
 //! The topic also keeps what a late joiner needs (the last event id, the
 //! current `retry:`), the subscriber count the hub's linger logic watches,
 //! the upstream's state for the stats endpoint, and delivery counters.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -20,7 +28,11 @@ use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+use super::budget::ReplayBudget;
+use super::catch_up::{self, CatchUp, CatchUpRead, Outcome};
 use super::replay::ReplayWindow;
+use super::upstream::{last_event_id_header, UpstreamSource};
+use super::AbortOnDrop;
 use crate::config::{ResumeLost, TopicSettings};
 use crate::sse;
 
@@ -50,6 +62,9 @@ pub enum CloseReason {
     Ended,
     /// The process is stopping; browsers reconnect elsewhere.
     ShuttingDown,
+    /// The topic's driver stopped unexpectedly; browsers reconnect and get
+    /// a fresh instance of the topic.
+    Failed,
 }
 
 /// The upstream connection's state, for operators.
@@ -75,8 +90,21 @@ pub struct TopicCounters {
     pub deliveries: AtomicU64,
     /// Subscribers disconnected for falling too far behind.
     pub slow_closures: AtomicU64,
+    /// Subscribers disconnected because a write made no progress for two
+    /// heartbeat intervals (a client that stopped reading a quiet topic).
+    pub write_timeouts: AtomicU64,
     /// Upstream connections opened (successfully answered with a stream).
     pub upstream_connects: AtomicU64,
+    /// Upstream events dropped for breaking `max_event_size`.
+    pub events_skipped: AtomicU64,
+    /// Catch-ups started (one per distinct resume point the window lacked).
+    pub catch_ups: AtomicU64,
+    /// Catch-ups that spliced into the window (or found nothing missed).
+    pub catch_ups_spliced: AtomicU64,
+    /// Subscribers whose resume point could not be served at all (an id no
+    /// catch-up could ask for, `catch_up_max` reached, the app could not
+    /// serve it): they got the `resume_lost` policy.
+    pub resumes_lost: AtomicU64,
 }
 
 /// A snapshot of a topic, for the stats endpoint.
@@ -92,25 +120,34 @@ pub struct TopicSnapshot {
     pub events_in: u64,
     pub deliveries: u64,
     pub slow_closures: u64,
+    pub write_timeouts: u64,
     pub upstream_connects: u64,
+    pub events_skipped: u64,
+    pub catch_ups: u64,
+    pub catch_ups_running: usize,
+    pub catch_ups_spliced: u64,
+    pub resumes_lost: u64,
 }
 
 /// One topic instance (a literal topic, or one value of a template).
 pub struct Topic {
     /// The request path that names it: `/events/news`, `/events/jobs/42`.
     pub key: String,
-    /// Where its upstream stream comes from, for logs and stats.
-    pub upstream_url: String,
+    /// Where its upstream stream comes from (also asked by catch-ups).
+    pub source: Arc<UpstreamSource>,
     /// Heartbeat, replay and lag settings.
     pub settings: TopicSettings,
     /// Everything that changes together, behind one short-lived lock.
     state: Mutex<TopicState>,
     /// Wakes subscribers.
     signal: watch::Sender<Signal>,
-    /// Wakes the hub's driver when the subscriber count changes.
+    /// Wakes the hub's driver when the subscriber count changes or the
+    /// topic closes (both move its linger).
     pub subscribers_changed: Notify,
     /// Figures for operators.
     pub counters: TopicCounters,
+    /// The process-wide bound on replay memory this window counts against.
+    budget: Arc<ReplayBudget>,
 }
 
 /// The mutable part of a [`Topic`].
@@ -132,6 +169,9 @@ struct TopicState {
     last_activity: Instant,
     /// The upstream connection's state.
     upstream: UpstreamState,
+    /// Catch-ups running, by resume point; each task is aborted if the
+    /// topic goes first. At most `catch_up_max`.
+    catch_ups: HashMap<Arc<str>, (Arc<CatchUp>, AbortOnDrop)>,
 }
 
 /// Where a new subscriber wants to start.
@@ -141,38 +181,36 @@ pub enum Start {
     Live,
     /// Right after the event with this id (`Last-Event-ID`).
     After(String),
-    /// From the oldest frame the window holds (the topic was just created
-    /// for this subscriber, whose own resume point seeds the upstream).
-    Oldest,
 }
 
 impl Topic {
-    /// A new topic with an empty window; `last_event_id` seeds the
-    /// upstream's first `Last-Event-ID`.
+    /// A new topic with an empty window and no last event id.
     pub fn new(
         key: String,
-        upstream_url: String,
+        source: Arc<UpstreamSource>,
         settings: TopicSettings,
-        last_event_id: Option<String>,
+        budget: Arc<ReplayBudget>,
     ) -> Arc<Topic> {
         let (signal, _) = watch::channel(Signal::default());
         Arc::new(Topic {
             key,
-            upstream_url,
+            source,
             state: Mutex::new(TopicState {
                 window: ReplayWindow::new(settings.replay, settings.replay_bytes),
-                last_event_id: last_event_id.filter(|id| !id.is_empty()).map(Arc::from),
+                last_event_id: None,
                 priming_frame: None,
                 retry_frame: sse::retry_frame(millis(settings.retry)),
                 subscribers: 0,
                 idle_since: Some(Instant::now()),
                 last_activity: Instant::now(),
                 upstream: UpstreamState::Connecting { attempt: 1 },
+                catch_ups: HashMap::new(),
             }),
             settings,
             signal,
             subscribers_changed: Notify::new(),
             counters: TopicCounters::default(),
+            budget,
         })
     }
 
@@ -188,16 +226,21 @@ impl Topic {
     ///
     /// `id` is the id the frame sets, if it sets one (`""` resets it).
     pub fn publish(&self, frame: Bytes, id: Option<Arc<str>>) {
-        let head = {
+        let added = frame.len();
+        let stamp = self.budget.stamp();
+        let (head, removed) = {
             let mut state = self.state();
             if let Some(id) = &id {
                 state.last_event_id = (!id.is_empty()).then(|| id.clone());
                 state.priming_frame = None;
             }
-            state.window.push(frame, id);
+            let before = state.window.bytes();
+            state.window.push(frame, id, stamp);
             state.last_activity = Instant::now();
-            state.window.head()
+            let removed = before + added - state.window.bytes();
+            (state.window.head(), removed)
         };
+        self.budget.adjust(added, removed);
         self.counters.events_in.fetch_add(1, Ordering::Relaxed);
         self.signal.send_modify(|signal| signal.head = head);
     }
@@ -206,6 +249,38 @@ impl Topic {
     /// drop events an upstream replays after a reconnect).
     pub fn has_id(&self, id: &str) -> bool {
         self.state().window.contains_id(id)
+    }
+
+    /// The sequence number of the frame that set `id`, if the window holds it.
+    pub fn position_of(&self, id: &str) -> Option<u64> {
+        self.state().window.position_of(id)
+    }
+
+    /// The position right after the frame that set `id`, if the window holds it.
+    pub fn position_after(&self, id: &str) -> Option<u64> {
+        self.state().window.position_after(id)
+    }
+
+    /// The sequence number the next frame will get.
+    pub fn head(&self) -> u64 {
+        self.state().window.head()
+    }
+
+    /// A receiver that wakes at every publish, heartbeat and close.
+    pub fn watch(&self) -> watch::Receiver<Signal> {
+        self.signal.subscribe()
+    }
+
+    /// When the oldest frame the budget may evict was published.
+    pub fn oldest_evictable(&self) -> Option<u64> {
+        self.state().window.oldest_evictable()
+    }
+
+    /// Evicts the oldest frame (never the newest) for the replay budget.
+    pub fn evict_for_budget(&self) -> bool {
+        let freed = self.state().window.evict_one();
+        self.budget.adjust(0, freed);
+        freed > 0
     }
 
     /// The id the upstream should resume after.
@@ -236,7 +311,8 @@ impl Topic {
         self.signal.send_modify(|signal| signal.heartbeats += 1);
     }
 
-    /// Ends every subscriber's stream; new subscribers are refused.
+    /// Ends every subscriber's stream (after the frames already published);
+    /// new subscribers are refused.
     pub fn close(&self, reason: CloseReason) {
         if reason == CloseReason::Ended {
             self.set_upstream(UpstreamState::Ended);
@@ -244,6 +320,7 @@ impl Topic {
         self.signal.send_modify(|signal| {
             signal.close.get_or_insert(reason);
         });
+        self.subscribers_changed.notify_one();
     }
 
     /// Why the topic closed, if it did.
@@ -276,31 +353,33 @@ impl Topic {
         state.idle_since = None;
         let mut opening = vec![state.retry_frame.clone()];
         let head = state.window.head();
+        let mut catching_up = None;
         let cursor = match start {
             Start::Live => head,
-            Start::Oldest => state.window.first(),
             Start::After(id) => match state.window.position_after(&id) {
                 Some(position) => position,
-                None => {
-                    opening.push(sse::comment_frame(&format!(
-                        " resume point {id:?} is no longer available; {}",
-                        match self.settings.resume_lost {
-                            ResumeLost::Replay => "replaying every event still kept",
-                            ResumeLost::Live => "continuing with live events",
-                        }
-                    )));
-                    match self.settings.resume_lost {
-                        ResumeLost::Replay => state.window.first(),
-                        ResumeLost::Live => head,
+                None => match self.catch_up_for(&mut state, id.as_str()) {
+                    Some(catch_up) => {
+                        catching_up = Some(Box::new(Catching {
+                            arrived: head,
+                            cursor: catch_up.first(),
+                            changed: catch_up.subscribe(),
+                            catch_up,
+                        }));
+                        head
                     }
-                }
+                    None => self.resume_lost(&state, &id, head, &mut opening),
+                },
             },
         };
         if cursor == head {
             // Nothing to replay: prime the browser's last event id so its own
-            // reconnect carries a position, then open the stream.
-            if let Some(priming) = priming_frame(&mut state) {
-                opening.push(priming);
+            // reconnect carries a position (unless it is catching up from its
+            // own), then open the stream.
+            if catching_up.is_none() {
+                if let Some(priming) = priming_frame(&mut state) {
+                    opening.push(priming);
+                }
             }
             opening.push(Bytes::from_static(OPENING_COMMENT));
         }
@@ -314,6 +393,85 @@ impl Topic {
             receiver,
             opening,
             unconfirmed: 0,
+            catching_up,
+        }
+    }
+
+    /// The running catch-up for `id`, or a new one; `None` when `id` cannot
+    /// be sent to the app unchanged or `catch_up_max` are running.
+    fn catch_up_for(self: &Arc<Self>, state: &mut TopicState, id: &str) -> Option<Arc<CatchUp>> {
+        if let Some((catch_up, _)) = state.catch_ups.get(id) {
+            return Some(catch_up.clone());
+        }
+        last_event_id_header(id)?;
+        if state.catch_ups.len() >= self.settings.catch_up_max {
+            if state.catch_ups.len() == self.settings.catch_up_max {
+                log::debug!(
+                    "topic {}: catch_up_max ({}) catch-ups running; resume point {id:?} gets resume_lost",
+                    self.key,
+                    self.settings.catch_up_max
+                );
+            }
+            return None;
+        }
+        let id: Arc<str> = Arc::from(id);
+        let catch_up = CatchUp::new(id.clone(), self.settings.replay, self.settings.replay_bytes);
+        let task = tokio::spawn(catch_up::run(
+            catch_up.clone(),
+            Arc::downgrade(self),
+            self.source.clone(),
+        ));
+        state
+            .catch_ups
+            .insert(id, (catch_up.clone(), AbortOnDrop(task.abort_handle())));
+        self.counters.catch_ups.fetch_add(1, Ordering::Relaxed);
+        Some(catch_up)
+    }
+
+    /// A catch-up ended: it is forgotten (new resumers from its id start
+    /// afresh) and counted.
+    pub fn catch_up_ended(&self, catch_up: &Arc<CatchUp>, outcome: &Outcome) {
+        if matches!(outcome, Outcome::Spliced(_) | Outcome::UpToDate) {
+            self.counters
+                .catch_ups_spliced
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let removed = {
+            let mut state = self.state();
+            match state.catch_ups.get(&catch_up.id) {
+                Some((running, _)) if Arc::ptr_eq(running, catch_up) => {
+                    state.catch_ups.remove(&catch_up.id)
+                }
+                _ => None,
+            }
+        };
+        // The entry holds the task's abort handle; the task calling this
+        // ends without another await, so dropping it here is harmless.
+        drop(removed);
+    }
+
+    /// The lost-resume policy for a subscriber that arrived when the head
+    /// was `arrived`: a comment in `opening`, and where it starts.
+    fn resume_lost(
+        &self,
+        state: &TopicState,
+        id: &str,
+        arrived: u64,
+        opening: &mut Vec<Bytes>,
+    ) -> u64 {
+        self.counters.resumes_lost.fetch_add(1, Ordering::Relaxed);
+        opening.push(sse::comment_frame(&format!(
+            " resume point {id:?} is no longer available; {}",
+            match self.settings.resume_lost {
+                ResumeLost::Replay => "replaying every event still kept",
+                ResumeLost::Live => "continuing with live events",
+            }
+        )));
+        match self.settings.resume_lost {
+            ResumeLost::Replay => state.window.first(),
+            // Live from when it arrived: what was published while its
+            // catch-up was tried is not withheld.
+            ResumeLost::Live => arrived.max(state.window.first()),
         }
     }
 
@@ -331,19 +489,33 @@ impl Topic {
     /// A snapshot for the stats endpoint.
     pub fn snapshot(&self) -> TopicSnapshot {
         let state = self.state();
+        let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         TopicSnapshot {
             key: self.key.clone(),
-            upstream_url: self.upstream_url.clone(),
+            upstream_url: self.source.url.clone(),
             subscribers: state.subscribers,
             upstream: state.upstream.clone(),
             last_event_id: state.last_event_id.as_deref().map(str::to_string),
             window_frames: state.window.len(),
             window_bytes: state.window.bytes(),
-            events_in: self.counters.events_in.load(Ordering::Relaxed),
-            deliveries: self.counters.deliveries.load(Ordering::Relaxed),
-            slow_closures: self.counters.slow_closures.load(Ordering::Relaxed),
-            upstream_connects: self.counters.upstream_connects.load(Ordering::Relaxed),
+            events_in: count(&self.counters.events_in),
+            deliveries: count(&self.counters.deliveries),
+            slow_closures: count(&self.counters.slow_closures),
+            write_timeouts: count(&self.counters.write_timeouts),
+            upstream_connects: count(&self.counters.upstream_connects),
+            events_skipped: count(&self.counters.events_skipped),
+            catch_ups: count(&self.counters.catch_ups),
+            catch_ups_running: state.catch_ups.len(),
+            catch_ups_spliced: count(&self.counters.catch_ups_spliced),
+            resumes_lost: count(&self.counters.resumes_lost),
         }
+    }
+}
+
+impl Drop for Topic {
+    fn drop(&mut self) {
+        let held = self.state().window.bytes();
+        self.budget.adjust(0, held);
     }
 }
 
@@ -370,8 +542,22 @@ pub enum Next {
     Wait,
     /// The subscriber fell too far behind: end its stream (it will resume).
     TooSlow,
+    /// Its catch-up stopped part way: end its stream cleanly so it resumes
+    /// from the last event it got.
+    Resume,
     /// The topic closed: end the stream.
     Closed(CloseReason),
+}
+
+/// A subscriber reading a catch-up before it joins the topic's window.
+struct Catching {
+    catch_up: Arc<CatchUp>,
+    /// The topic's head when the subscriber arrived.
+    arrived: u64,
+    /// The next frame to read in the catch-up.
+    cursor: u64,
+    /// Wakes the subscriber when the catch-up reads or ends.
+    changed: watch::Receiver<u64>,
 }
 
 /// One subscriber's place in a topic. Dropping it unsubscribes.
@@ -379,8 +565,9 @@ pub struct Subscription {
     topic: Arc<Topic>,
     /// Sequence number of the next frame to deliver.
     cursor: u64,
-    /// The head when the subscription started: frames before it are the
-    /// subscriber's replay, which does not count as lag.
+    /// The head when the subscription started (or joined the window after a
+    /// catch-up): frames before it are the subscriber's replay, which does
+    /// not count as lag.
     replay_until: u64,
     /// Heartbeats already accounted for.
     seen_heartbeats: u64,
@@ -390,6 +577,9 @@ pub struct Subscription {
     opening: Vec<Bytes>,
     /// Events handed out by `next` and not yet confirmed written.
     unconfirmed: usize,
+    /// The catch-up it reads before joining the window, if any (boxed: most
+    /// subscriptions never have one, and all of them live long).
+    catching_up: Option<Box<Catching>>,
 }
 
 impl Subscription {
@@ -408,10 +598,23 @@ impl Subscription {
     /// Appends the next frames to write to `out` and says what to do.
     pub fn next(&mut self, out: &mut Vec<Bytes>) -> Next {
         let signal = *self.receiver.borrow_and_update();
-        if let Some(reason) = signal.close {
-            return Next::Closed(reason);
+        if self.catching_up.is_some() {
+            if let Some(reason) = signal.close {
+                return Next::Closed(reason);
+            }
+            match self.read_catch_up(out) {
+                Some(Next::Wait) => {}
+                Some(next) => {
+                    if next == Next::Write {
+                        self.seen_heartbeats = signal.heartbeats;
+                    }
+                    return next;
+                }
+                // Joined the window: read it below.
+                None => {}
+            }
         }
-        {
+        if self.catching_up.is_none() {
             let state = self.topic.state();
             if self.lagging(&state.window) {
                 drop(state);
@@ -422,6 +625,7 @@ impl Subscription {
                 return Next::TooSlow;
             }
             if self.cursor < state.window.head() {
+                // Frames published before a close are still delivered.
                 let from = self.cursor;
                 self.cursor = state.window.read_from(from, BATCH_FRAMES, out);
                 self.unconfirmed += (self.cursor - from) as usize;
@@ -430,12 +634,61 @@ impl Subscription {
                 return Next::Write;
             }
         }
+        if let Some(reason) = signal.close {
+            return Next::Closed(reason);
+        }
         if signal.heartbeats != self.seen_heartbeats {
             self.seen_heartbeats = signal.heartbeats;
             out.push(sse::heartbeat_frame());
             return Next::Write;
         }
         Next::Wait
+    }
+
+    /// Reads the catch-up; `None` once the subscriber joined the window.
+    fn read_catch_up(&mut self, out: &mut Vec<Bytes>) -> Option<Next> {
+        let catching = self.catching_up.as_mut()?;
+        catching.changed.borrow_and_update();
+        let read = catching
+            .catch_up
+            .read(&mut catching.cursor, BATCH_FRAMES, out);
+        let join_at = match read {
+            CatchUpRead::Frames(n) => {
+                self.unconfirmed += n as usize;
+                return Some(Next::Write);
+            }
+            CatchUpRead::Pending => return Some(Next::Wait),
+            CatchUpRead::TooSlow => {
+                self.topic
+                    .counters
+                    .slow_closures
+                    .fetch_add(1, Ordering::Relaxed);
+                return Some(Next::TooSlow);
+            }
+            CatchUpRead::Reconnect => return Some(Next::Resume),
+            CatchUpRead::Join(at) => Some(at),
+            CatchUpRead::Live => None,
+            CatchUpRead::Lost => {
+                let id = catching.catch_up.id.clone();
+                let state = self.topic.state();
+                let mut opening = Vec::new();
+                let at = self
+                    .topic
+                    .resume_lost(&state, &id, catching.arrived, &mut opening);
+                drop(state);
+                out.extend(opening);
+                Some(at)
+            }
+        };
+        self.catching_up = None;
+        let head = self.topic.head();
+        self.cursor = join_at.unwrap_or(head);
+        self.replay_until = head;
+        if out.is_empty() {
+            None
+        } else {
+            Some(Next::Write)
+        }
     }
 
     /// Whether this subscriber is too far behind: frames published since it
@@ -457,6 +710,9 @@ impl Subscription {
     /// Checks the lag bound while a write is stuck; counts the closure when
     /// the subscriber has to go.
     pub fn is_too_slow(&self) -> bool {
+        if self.catching_up.is_some() {
+            return false;
+        }
         let slow = self.lagging(&self.topic.state().window);
         if slow {
             self.topic
@@ -467,11 +723,29 @@ impl Subscription {
         slow
     }
 
+    /// Counts a subscriber cut off because a write made no progress.
+    pub fn write_timed_out(&self) {
+        self.topic
+            .counters
+            .write_timeouts
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Waits until there may be something new for [`next`](Self::next).
     pub async fn changed(&mut self) {
-        // The sender lives in the topic this subscription keeps alive, so
-        // the channel cannot close under us.
-        let _ = self.receiver.changed().await;
+        // The senders live in the topic and the catch-up this subscription
+        // keeps alive, so the channels cannot close under us.
+        match &mut self.catching_up {
+            None => {
+                let _ = self.receiver.changed().await;
+            }
+            Some(catching) => {
+                tokio::select! {
+                    _ = self.receiver.changed() => {}
+                    _ = catching.changed.changed() => {}
+                }
+            }
+        }
     }
 
     /// Confirms that the events [`next`](Self::next) handed out were written.
@@ -509,11 +783,32 @@ mod tests {
             max_event_size: 64,
             backoff_max: Duration::from_secs(30),
             upstream_idle_timeout: None,
+            catch_up_max: 4,
+            catch_up_timeout: Duration::from_secs(30),
         }
     }
 
+    fn source() -> Arc<UpstreamSource> {
+        Arc::new(UpstreamSource {
+            origin: crate::origin::Origin::parse("127.0.0.1:9").unwrap(),
+            path: "/t".into(),
+            url: "http://127.0.0.1:9/t".into(),
+            extra_headers: Vec::new(),
+            connect: crate::origin::ConnectSettings {
+                connect_timeout: Duration::from_secs(1),
+                tls_verify: true,
+            },
+            connector: Arc::new(pingora::connectors::http::Connector::new(None)),
+        })
+    }
+
     fn topic() -> Arc<Topic> {
-        Topic::new("/t".into(), "http://app/t".into(), settings(), None)
+        Topic::new(
+            "/t".into(),
+            source(),
+            settings(),
+            Arc::new(ReplayBudget::new(usize::MAX)),
+        )
     }
 
     fn event(id: &str) -> (Bytes, Option<Arc<str>>) {
@@ -595,16 +890,31 @@ mod tests {
     }
 
     #[test]
-    fn lost_resume_point_replays_the_window_after_a_comment() {
+    fn resume_point_no_catch_up_can_ask_for_replays_the_window_after_a_comment() {
         let topic = topic();
         publish(&topic, "1");
-        let mut sub = topic.subscribe(Start::After("unknown".into()));
+        // A control character cannot go in a Last-Event-ID header.
+        let mut sub = topic.subscribe(Start::After("un\u{1}known".into()));
         let mut out = Vec::new();
         sub.take_opening(&mut out);
         assert!(String::from_utf8_lossy(&out[1]).starts_with(": resume point"));
         out.clear();
         assert_eq!(sub.next(&mut out), Next::Write);
         assert_eq!(out, vec![event("1").0]);
+        assert_eq!(topic.snapshot().resumes_lost, 1);
+    }
+
+    #[test]
+    fn frames_published_before_a_close_still_reach_slower_subscribers() {
+        let topic = topic();
+        let mut sub = topic.subscribe(Start::Live);
+        publish(&topic, "1");
+        publish(&topic, "2");
+        topic.close(CloseReason::Ended);
+        let mut out = Vec::new();
+        assert_eq!(sub.next(&mut out), Next::Write);
+        assert_eq!(out, vec![event("1").0, event("2").0]);
+        assert_eq!(sub.next(&mut Vec::new()), Next::Closed(CloseReason::Ended));
     }
 
     #[test]

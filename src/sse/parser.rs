@@ -113,6 +113,8 @@ pub enum Item {
     /// [`comment_frame`](super::comment_frame). Comments never affect
     /// dispatch; upstreams use them as heartbeats.
     Comment(String),
+    /// A block that broke a limit, discarded whole.
+    Skipped(ParseError),
 }
 
 /// Why a stream was rejected. The parser refuses further input after one

@@ -149,3 +149,36 @@ pub async fn body_bytes(response: Response<Incoming>) -> Bytes {
         .expect("response body")
         .to_bytes()
 }
+
+/// An HTTP/2 connection over TLS straight from the `h2` crate, for clients
+/// that misbehave on purpose: `window` sets the initial flow-control window
+/// it grants the proxy per stream (0: the proxy may send no data at all).
+pub async fn raw_h2(
+    addr: SocketAddr,
+    certs: &TestCerts,
+    window: Option<u32>,
+) -> h2::client::SendRequest<Bytes> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(certs.root_store())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(addr).await.expect("connect to proxy");
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with proxy");
+    let mut builder = h2::client::Builder::new();
+    if let Some(window) = window {
+        builder.initial_window_size(window);
+    }
+    let (client, connection) = builder
+        .handshake::<_, Bytes>(tls)
+        .await
+        .expect("HTTP/2 handshake with proxy");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}

@@ -68,6 +68,9 @@ pub struct SseState {
     answers: Mutex<HashMap<String, Answer>>,
     /// Write each frame in pieces this long (0: whole), pausing between them.
     split: Mutex<Option<(usize, Duration)>>,
+    /// Answer a `Last-Event-ID` the history lacks with this status, as apps
+    /// that cannot resume from it do (by default: replay everything).
+    unknown_id_status: Mutex<Option<u16>>,
 }
 
 /// A running app; [`stop`](Self::stop) or dropping it closes the listener and
@@ -180,6 +183,11 @@ impl SseApp {
             .insert(path.to_string(), answer);
     }
 
+    /// Answers a `Last-Event-ID` the app does not know with `status`.
+    pub fn refuse_unknown_ids(&self, status: u16) {
+        *self.state.unknown_id_status.lock().unwrap() = Some(status);
+    }
+
     /// Writes every frame in pieces of `piece` bytes, pausing `pause` between.
     pub fn split_writes(&self, piece: usize, pause: Duration) {
         *self.state.split.lock().unwrap() = Some((piece, pause));
@@ -288,6 +296,17 @@ async fn serve(state: Arc<SseState>, mut socket: TcpStream) {
         .get(&path)
         .copied()
         .unwrap_or(Answer::Stream);
+    let unknown_id = request.last_event_id.as_ref().is_some_and(|id| {
+        let history = state.history.lock().unwrap();
+        !history
+            .get(&path)
+            .is_some_and(|events| events.iter().any(|(i, _)| i == id))
+    });
+    let refusal = *state.unknown_id_status.lock().unwrap();
+    let answer = match refusal {
+        Some(status) if unknown_id && answer == Answer::Stream => Answer::Status(status),
+        _ => answer,
+    };
     match answer {
         Answer::Status(code) => {
             let _ = socket
