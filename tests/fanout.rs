@@ -49,7 +49,7 @@ fn comments(items: &[Item]) -> Vec<String> {
         .iter()
         .filter_map(|i| match i {
             Item::Comment(text) => Some(text.clone()),
-            Item::Event(_) => None,
+            Item::Event(_) | Item::Skipped(_) => None,
         })
         .collect()
 }

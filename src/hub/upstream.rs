@@ -298,14 +298,11 @@ impl UpstreamReader {
                 Err(e) => return lost(format!("read failed: {e}"), delivered),
             };
             delivered |= !bytes.is_empty();
-            let parsed = parser.feed(&bytes, &mut items);
+            parser.feed(&bytes, &mut items);
             for item in items.drain(..) {
                 if let Item::Event(event) = item {
                     self.publish(event, &mut catching_up);
                 }
-            }
-            if let Err(e) = parsed {
-                return lost(format!("broke the event stream format: {e}"), delivered);
             }
         }
     }
