@@ -1,46 +1,45 @@
 //! Property tests for the SSE parser and encoder.
 //!
 //! - Chunking: any split of the same bytes (down to one byte per chunk) gives
-//!   the same items, error and last event ID.
-//! - Reference: on SSE-shaped input the incremental parser agrees with a
-//!   plain, non-incremental transcription of the spec that decodes the whole
-//!   stream first (which also checks the per-line decoding shortcut).
+//!   the same items (skipped blocks included) and last event ID.
+//! - Reference: on SSE-shaped input, under any limits, the incremental parser
+//!   agrees with a plain, non-incremental transcription of the spec and of
+//!   the documented skipping of blocks that break a limit, which decodes the
+//!   whole stream first (so it also checks the per-line decoding shortcut).
 //! - Round trip: `parse(encode(e)) == e` for arbitrary valid events, alone
 //!   and in sequences with heartbeats and comments between them.
+//! - Skipping: oversized blocks between ordinary events cost those blocks
+//!   alone, however the stream is split.
 //! - Bounds: arbitrary bytes never panic and never make the parser hold more
-//!   than its limits allow; an over-long line always errors.
+//!   than its limits allow; an over-long line or event is always skipped,
+//!   however it arrives, and the stream goes on after it.
 
 use proptest::prelude::*;
 use proptest::sample::Index;
 use sse_fanout::sse::{comment_frame, heartbeat_frame, Event, Item, Limits, ParseError, Parser};
 
+/// The UTF-8 byte order mark, stripped once at the start of a stream.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// What parsing a whole stream produced.
 #[derive(Debug, PartialEq)]
 struct Outcome {
-    /// Every item, in order, up to the first error.
+    /// Every item, in order, skipped blocks included.
     items: Vec<Item>,
-    /// The first error, if the stream was rejected.
-    error: Option<ParseError>,
     /// The parser's last event ID after the stream ended.
     last_event_id: String,
 }
 
-/// Feeds `chunks` in order to a fresh parser, stopping at the first error,
-/// then ends the stream.
+/// Feeds `chunks` in order to a fresh parser, then ends the stream.
 fn run<'a>(limits: Limits, chunks: impl IntoIterator<Item = &'a [u8]>) -> Outcome {
     let mut parser = Parser::new(limits);
     let mut items = Vec::new();
-    let mut error = None;
     for chunk in chunks {
-        if let Err(failure) = parser.feed(chunk, &mut items) {
-            error = Some(failure);
-            break;
-        }
+        parser.feed(chunk, &mut items);
     }
     parser.finish();
     Outcome {
         items,
-        error,
         last_event_id: parser.last_event_id().to_owned(),
     }
 }
@@ -132,32 +131,70 @@ fn limits() -> impl Strategy<Value = Limits> {
     ]
 }
 
-/// The spec, transcribed without any incremental machinery: strip one BOM,
-/// decode the whole stream, split it into lines, process each line.
-fn reference_parse(stream: &[u8]) -> Outcome {
-    let stream = stream.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(stream);
-    let text = String::from_utf8_lossy(stream);
+/// Splits `items` into lines at CR, LF and CRLF; returns the lines (without
+/// their line ends) and the unterminated rest.
+fn split_lines<T: Copy + PartialEq>(items: &[T], cr: T, lf: T) -> (Vec<&[T]>, &[T]) {
     let mut lines = Vec::new();
-    let mut line = String::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\r' => {
-                chars.next_if_eq(&'\n');
-                lines.push(std::mem::take(&mut line));
-            }
-            '\n' => lines.push(std::mem::take(&mut line)),
-            c => line.push(c),
+    let mut start = 0;
+    let mut at = 0;
+    while at < items.len() {
+        if items[at] == cr || items[at] == lf {
+            lines.push(&items[start..at]);
+            at += if items[at] == cr && items.get(at + 1) == Some(&lf) {
+                2
+            } else {
+                1
+            };
+            start = at;
+        } else {
+            at += 1;
         }
     }
-    // The unterminated `line` left over is discarded at end of stream.
+    (lines, &items[start..])
+}
+
+/// The spec, transcribed without any incremental machinery (strip one BOM,
+/// decode the whole stream, split it into lines, process each line), plus
+/// the documented limits: a block with a line over `max_line_len` bytes (as
+/// sent) or an event over `max_event_size` is reported as skipped where it
+/// breaks the limit, and its lines up to the blank line that ends it are
+/// ignored.
+fn reference_parse(stream: &[u8], limits: Limits) -> Outcome {
+    // A stream that ends while it may still be a BOM has no line yet.
+    if stream.len() < BOM.len() && BOM.starts_with(stream) {
+        return Outcome {
+            items: Vec::new(),
+            last_event_id: String::new(),
+        };
+    }
+    let stream = stream.strip_prefix(BOM).unwrap_or(stream);
+    // The line limit counts bytes as sent; decoding never turns a line end
+    // into something else (nor the reverse), so both splits agree line for
+    // line.
+    let (raw_lines, raw_tail) = split_lines(stream, b'\r', b'\n');
+    let text: Vec<char> = String::from_utf8_lossy(stream).chars().collect();
+    let (text_lines, _) = split_lines(&text, '\r', '\n');
+    assert_eq!(raw_lines.len(), text_lines.len());
 
     let mut items = Vec::new();
     let (mut data, mut event_type) = (String::new(), String::new());
     let (mut id_buffer, mut last_event_id) = (String::new(), String::new());
     let (mut block_set_id, mut block_retry) = (false, None);
-    for line in lines {
-        if line.is_empty() {
+    let mut skipping = false;
+    for (raw, line) in raw_lines.iter().zip(text_lines) {
+        let line: String = line.iter().collect();
+        if skipping {
+            skipping = !line.is_empty();
+            continue;
+        }
+        let block_size =
+            data.len() + event_type.len() + if block_set_id { id_buffer.len() } else { 0 };
+        let mut broken = None;
+        if raw.len() > limits.max_line_len {
+            broken = Some(ParseError::LineTooLong {
+                limit: limits.max_line_len,
+            });
+        } else if line.is_empty() {
             last_event_id.clone_from(&id_buffer);
             let has_data = !data.is_empty();
             let mut builder = Event::builder();
@@ -187,13 +224,24 @@ fn reference_parse(stream: &[u8]) -> Outcome {
                 Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
                 None => (line.as_str(), ""),
             };
+            let too_large = |size: usize| {
+                (size > limits.max_event_size).then_some(ParseError::EventTooLarge {
+                    limit: limits.max_event_size,
+                })
+            };
             match field {
-                "event" => event_type = value.to_owned(),
+                "event" => {
+                    broken = too_large(block_size - event_type.len() + value.len());
+                    event_type = value.to_owned();
+                }
                 "data" => {
+                    broken = too_large(block_size + value.len() + 1);
                     data.push_str(value);
                     data.push('\n');
                 }
                 "id" if !value.contains('\0') => {
+                    let old_id_len = if block_set_id { id_buffer.len() } else { 0 };
+                    broken = too_large(block_size - old_id_len + value.len());
                     id_buffer = value.to_owned();
                     block_set_id = true;
                 }
@@ -206,10 +254,26 @@ fn reference_parse(stream: &[u8]) -> Outcome {
                 _ => {}
             }
         }
+        if let Some(error) = broken {
+            // Nothing of the block takes effect, its id included.
+            items.push(Item::Skipped(error));
+            skipping = true;
+            data.clear();
+            event_type.clear();
+            id_buffer.clone_from(&last_event_id);
+            block_set_id = false;
+            block_retry = None;
+        }
+    }
+    // The unterminated line is discarded at end of stream, but it may
+    // already have broken the line limit.
+    if !skipping && raw_tail.len() > limits.max_line_len {
+        items.push(Item::Skipped(ParseError::LineTooLong {
+            limit: limits.max_line_len,
+        }));
     }
     Outcome {
         items,
-        error: None,
         last_event_id,
     }
 }
@@ -249,6 +313,89 @@ fn valid_event() -> impl Strategy<Value = Event> {
         })
 }
 
+/// Limits that every [`valid_event`] fits in (its fields are at most 12
+/// characters, so no encoded line passes 64 bytes and no event 192), while
+/// an [`oversized_block`] always breaks one of them.
+const SKIP_LIMITS: Limits = Limits {
+    max_line_len: 64,
+    max_event_size: 192,
+};
+
+/// A block that breaks [`SKIP_LIMITS`], with the items it must give: an
+/// optional comment before the line that breaks the limit (reported), an
+/// optional `id` (never taken), the breaking line or lines (a line of 65 to
+/// 200 bytes, or four to seven 56-byte `data` lines that pass the event
+/// size), other lines after it, and the blank line that ends the block, all
+/// with one kind of line end.
+fn oversized_block() -> impl Strategy<Value = (Vec<u8>, Vec<Item>)> {
+    let line_end = prop_oneof![Just(&b"\n"[..]), Just(&b"\r"[..]), Just(&b"\r\n"[..])];
+    let long_line_prefix = prop_oneof![
+        Just(&b"data: "[..]),
+        Just(&b":"[..]),
+        Just(&b"id: "[..]),
+        Just(&b"event:"[..]),
+    ];
+    let long_line = (long_line_prefix, 65usize..200).prop_map(|(prefix, len)| {
+        let line: Vec<u8> = prefix
+            .iter()
+            .copied()
+            .chain(std::iter::repeat(b'x'))
+            .take(len)
+            .collect();
+        (
+            vec![line],
+            ParseError::LineTooLong {
+                limit: SKIP_LIMITS.max_line_len,
+            },
+        )
+    });
+    let big_event = (4usize..8).prop_map(|count| {
+        let line = [&b"data: "[..], &[b'y'; 50]].concat();
+        (
+            vec![line; count],
+            ParseError::EventTooLarge {
+                limit: SKIP_LIMITS.max_event_size,
+            },
+        )
+    });
+    let after = prop::sample::subsequence(
+        vec![
+            &b"data: c"[..],
+            &b"id: 9"[..],
+            &b":post"[..],
+            &b"retry: 5"[..],
+        ],
+        0..=4,
+    );
+    (
+        line_end,
+        any::<bool>(),
+        any::<bool>(),
+        prop_oneof![long_line, big_event],
+        after,
+    )
+        .prop_map(|(end, comment, id, (breaking, error), after)| {
+            let mut lines: Vec<Vec<u8>> = Vec::new();
+            let mut items = Vec::new();
+            if comment {
+                lines.push(b":pre".to_vec());
+                items.push(Item::Comment("pre".to_owned()));
+            }
+            if id {
+                lines.push(b"id: skipped".to_vec());
+            }
+            lines.extend(breaking);
+            lines.extend(after.into_iter().map(<[u8]>::to_vec));
+            lines.push(Vec::new());
+            items.push(Item::Skipped(error));
+            let block = lines
+                .iter()
+                .flat_map(|line| [&line[..], end].concat())
+                .collect();
+            (block, items)
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -275,8 +422,41 @@ proptest! {
     }
 
     #[test]
-    fn parser_agrees_with_a_plain_transcription_of_the_spec(stream in sse_stream()) {
-        prop_assert_eq!(run(Limits::default(), stream.chunks(7)), reference_parse(&stream));
+    fn parser_agrees_with_a_plain_transcription_of_the_spec(
+        stream in sse_stream(),
+        limits in limits(),
+    ) {
+        prop_assert_eq!(run(limits, stream.chunks(7)), reference_parse(&stream, limits));
+    }
+
+    #[test]
+    fn oversized_blocks_between_events_cost_those_blocks_alone_however_it_is_split(
+        blocks in prop::collection::vec(
+            prop_oneof![
+                2 => valid_event().prop_map(|event| {
+                    (event.encode().to_vec(), vec![Item::Event(event)])
+                }),
+                2 => oversized_block(),
+                1 => Just((heartbeat_frame().to_vec(), vec![Item::Comment(String::new())])),
+            ],
+            0..8,
+        ),
+        cuts in prop::collection::vec(any::<Index>(), 0..24),
+    ) {
+        let stream: Vec<u8> = blocks.iter().flat_map(|(bytes, _)| bytes.clone()).collect();
+        let items: Vec<Item> = blocks.into_iter().flat_map(|(_, items)| items).collect();
+        let last_event_id = items
+            .iter()
+            .rev()
+            .find_map(|item| match item {
+                Item::Event(event) => event.id(),
+                _ => None,
+            })
+            .unwrap_or_default()
+            .to_owned();
+        let expected = Outcome { items, last_event_id };
+        prop_assert_eq!(&run(SKIP_LIMITS, split(&stream, &cuts)), &expected);
+        prop_assert_eq!(&run(SKIP_LIMITS, stream.chunks(1)), &expected);
     }
 
     #[test]
@@ -329,50 +509,58 @@ proptest! {
         let mut parser = Parser::new(limits);
         let mut items = Vec::new();
         for chunk in stream.chunks(chunk_len) {
-            let fed = parser.feed(chunk, &mut items);
+            parser.feed(chunk, &mut items);
             prop_assert!(
                 parser.buffered_bytes() <= limits.max_line_len + limits.max_event_size,
                 "holds {} bytes with {:?}", parser.buffered_bytes(), limits
             );
-            if fed.is_err() {
-                prop_assert_eq!(parser.buffered_bytes(), 0);
-                break;
-            }
         }
     }
 
     #[test]
-    fn a_line_over_the_limit_always_errors_however_it_arrives(
-        max_line_len in 0usize..200,
+    fn a_line_over_the_limit_is_always_skipped_however_it_arrives(
+        // At least 11, so that `data: after` fits.
+        max_line_len in 11usize..200,
         excess in 1usize..50,
         filler in "[a-z: ]{1,8}",
         chunk_len in 1usize..40,
     ) {
         let limits = Limits { max_line_len, max_event_size: usize::MAX };
-        let line: Vec<u8> = filler.bytes().cycle().take(max_line_len + excess).collect();
+        let mut stream: Vec<u8> = filler.bytes().cycle().take(max_line_len + excess).collect();
+        stream.extend_from_slice(b"\n\ndata: after\n\n");
         let mut parser = Parser::new(limits);
         let mut items = Vec::new();
-        let mut error = None;
-        for chunk in line.chunks(chunk_len) {
+        for chunk in stream.chunks(chunk_len) {
+            parser.feed(chunk, &mut items);
             prop_assert!(parser.buffered_bytes() <= max_line_len);
-            if let Err(failure) = parser.feed(chunk, &mut items) {
-                error = Some(failure);
-                break;
-            }
         }
-        prop_assert_eq!(error, Some(ParseError::LineTooLong { limit: max_line_len }));
+        prop_assert_eq!(
+            items,
+            vec![
+                Item::Skipped(ParseError::LineTooLong { limit: max_line_len }),
+                Item::Event(Event::message("after")),
+            ]
+        );
     }
 
     #[test]
-    fn data_over_the_event_limit_always_errors(
-        max_event_size in 0usize..300,
+    fn data_over_the_event_limit_is_always_skipped(
+        // At least 6, so that the data of `data: after` fits.
+        max_event_size in 6usize..300,
         line_len in 0usize..20,
+        chunk_len in 1usize..40,
     ) {
         let limits = Limits { max_line_len: usize::MAX, max_event_size };
         let data_line = [b"data:".as_slice(), &vec![b'x'; line_len], b"\n"].concat();
         let lines_needed = max_event_size / (line_len + 1) + 1;
-        let stream = data_line.repeat(lines_needed);
-        let outcome = run(limits, [&stream[..]]);
-        prop_assert_eq!(outcome.error, Some(ParseError::EventTooLarge { limit: max_event_size }));
+        let mut stream = data_line.repeat(lines_needed);
+        stream.extend_from_slice(b"\ndata: after\n\n");
+        prop_assert_eq!(
+            run(limits, stream.chunks(chunk_len)).items,
+            vec![
+                Item::Skipped(ParseError::EventTooLarge { limit: max_event_size }),
+                Item::Event(Event::message("after")),
+            ]
+        );
     }
 }

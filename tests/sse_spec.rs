@@ -15,9 +15,7 @@ fn parse_chunks(chunks: &[&[u8]]) -> Vec<Item> {
     let mut parser = Parser::default();
     let mut items = Vec::new();
     for chunk in chunks {
-        parser
-            .feed(chunk, &mut items)
-            .expect("stream within limits");
+        parser.feed(chunk, &mut items);
     }
     parser.finish();
     items
@@ -62,7 +60,7 @@ fn events(items: &[Item]) -> Vec<&Event> {
         .iter()
         .filter_map(|item| match item {
             Item::Event(event) => Some(event),
-            Item::Comment(_) => None,
+            Item::Comment(_) | Item::Skipped(_) => None,
         })
         .collect()
 }
@@ -106,13 +104,13 @@ mod spec_examples {
     fn third_event_keeps_one_of_two_leading_spaces_but_needs_a_blank_line() {
         let mut parser = Parser::default();
         let mut items = Vec::new();
-        parser.feed(FOUR_BLOCKS, &mut items).unwrap();
+        parser.feed(FOUR_BLOCKS, &mut items);
         assert_eq!(
             items.len(),
             3,
             "last block is not dispatched without a blank line"
         );
-        parser.feed(b"\n", &mut items).unwrap();
+        parser.feed(b"\n", &mut items);
         assert_eq!(items[3], message(" third event"));
     }
 
@@ -120,9 +118,9 @@ mod spec_examples {
     fn end_of_stream_does_not_dispatch_last_block() {
         let mut parser = Parser::default();
         let mut items = Vec::new();
-        parser.feed(FOUR_BLOCKS, &mut items).unwrap();
+        parser.feed(FOUR_BLOCKS, &mut items);
         parser.finish();
-        parser.feed(b"\n", &mut items).unwrap();
+        parser.feed(b"\n", &mut items);
         assert_eq!(events(&items).len(), 2);
     }
 
@@ -209,7 +207,7 @@ mod line_ends {
     fn blank_line_ended_by_cr_dispatches_before_the_next_chunk_arrives() {
         let mut parser = Parser::default();
         let mut items = Vec::new();
-        parser.feed(b"data: a\r\r", &mut items).unwrap();
+        parser.feed(b"data: a\r\r", &mut items);
         assert_eq!(items, vec![message("a")]);
     }
 
@@ -274,9 +272,9 @@ mod byte_order_mark {
     fn new_stream_after_finish_has_its_bom_stripped() {
         let mut parser = Parser::default();
         let mut items = Vec::new();
-        parser.feed(b"\xEF\xBB\xBFdata: a\n\n", &mut items).unwrap();
+        parser.feed(b"\xEF\xBB\xBFdata: a\n\n", &mut items);
         parser.finish();
-        parser.feed(b"\xEF\xBB\xBFdata: b\n\n", &mut items).unwrap();
+        parser.feed(b"\xEF\xBB\xBFdata: b\n\n", &mut items);
         assert_eq!(items, vec![message("a"), message("b")]);
     }
 }
@@ -450,9 +448,7 @@ mod last_event_id {
     fn id_persists_across_events_but_is_reported_only_where_set() {
         let mut parser = Parser::default();
         let mut items = Vec::new();
-        parser
-            .feed(b"id: 7\ndata: a\n\ndata: b\n\n", &mut items)
-            .unwrap();
+        parser.feed(b"id: 7\ndata: a\n\ndata: b\n\n", &mut items);
         assert_eq!(
             (items, parser.last_event_id()),
             (
@@ -466,7 +462,7 @@ mod last_event_id {
     fn empty_id_resets_the_last_event_id() {
         let mut parser = Parser::default();
         let mut items = Vec::new();
-        parser.feed(b"id: 7\n\nid\n\n", &mut items).unwrap();
+        parser.feed(b"id: 7\n\nid\n\n", &mut items);
         assert_eq!(
             (items.last(), parser.last_event_id()),
             (Some(&event(Some(""), None, None, None)), "")
@@ -477,9 +473,7 @@ mod last_event_id {
     fn id_containing_nul_is_ignored() {
         let mut parser = Parser::default();
         let mut items = Vec::new();
-        parser
-            .feed(b"id: 1\n\nid: 2\0\ndata: a\n\n", &mut items)
-            .unwrap();
+        parser.feed(b"id: 1\n\nid: 2\0\ndata: a\n\n", &mut items);
         assert_eq!(
             (items, parser.last_event_id()),
             (vec![event(Some("1"), None, None, None), message("a")], "1")
@@ -496,7 +490,7 @@ mod last_event_id {
     fn id_takes_effect_at_dispatch_even_without_data() {
         let mut parser = Parser::default();
         let mut items = Vec::new();
-        parser.feed(b"id: 42\n\n", &mut items).unwrap();
+        parser.feed(b"id: 42\n\n", &mut items);
         assert_eq!(parser.last_event_id(), "42");
     }
 
@@ -504,9 +498,7 @@ mod last_event_id {
     fn id_in_a_block_cut_off_by_end_of_stream_is_not_taken() {
         let mut parser = Parser::default();
         let mut items = Vec::new();
-        parser
-            .feed(b"id: 1\ndata: a\n\nid: 2\ndata: b\n", &mut items)
-            .unwrap();
+        parser.feed(b"id: 1\ndata: a\n\nid: 2\ndata: b\n", &mut items);
         parser.finish();
         assert_eq!(parser.last_event_id(), "1");
     }
@@ -534,7 +526,7 @@ mod last_event_id {
     fn last_event_id_survives_finish() {
         let mut parser = Parser::default();
         let mut items = Vec::new();
-        parser.feed(b"id: 9\n\n", &mut items).unwrap();
+        parser.feed(b"id: 9\n\n", &mut items);
         parser.finish();
         assert_eq!(parser.last_event_id(), "9");
     }
@@ -621,9 +613,9 @@ mod end_of_stream {
     fn unfinished_line_does_not_leak_into_the_next_stream() {
         let mut parser = Parser::default();
         let mut items = Vec::new();
-        parser.feed(b"data: a\ndat", &mut items).unwrap();
+        parser.feed(b"data: a\ndat", &mut items);
         parser.finish();
-        parser.feed(b"a: b\n\ndata: c\n\n", &mut items).unwrap();
+        parser.feed(b"a: b\n\ndata: c\n\n", &mut items);
         assert_eq!(items, vec![message("c")]);
     }
 
@@ -631,9 +623,9 @@ mod end_of_stream {
     fn pending_cr_does_not_swallow_an_lf_of_the_next_stream() {
         let mut parser = Parser::default();
         let mut items = Vec::new();
-        parser.feed(b"data: a\r", &mut items).unwrap();
+        parser.feed(b"data: a\r", &mut items);
         parser.finish();
-        parser.feed(b"\ndata: b\n\n", &mut items).unwrap();
+        parser.feed(b"\ndata: b\n\n", &mut items);
         assert_eq!(items, vec![message("b")]);
     }
 }
@@ -710,71 +702,98 @@ mod limits {
     fn line_exactly_at_the_limit_is_accepted() {
         let mut parser = Parser::new(SMALL);
         let mut items = Vec::new();
-        parser.feed(b"data: 0123456789\n\n", &mut items).unwrap();
+        parser.feed(b"data: 0123456789\n\n", &mut items);
         assert_eq!(items, vec![message("0123456789")]);
     }
 
     #[test]
-    fn line_over_the_limit_is_rejected() {
+    fn line_over_the_limit_skips_its_block() {
         let mut parser = Parser::new(SMALL);
         let mut items = Vec::new();
+        parser.feed(b"data: 0123456789X\n\ndata: b\n\n", &mut items);
         assert_eq!(
-            parser.feed(b"data: 0123456789X\n\n", &mut items),
-            Err(ParseError::LineTooLong { limit: 16 })
+            items,
+            vec![
+                Item::Skipped(ParseError::LineTooLong { limit: 16 }),
+                message("b")
+            ]
         );
     }
 
     #[test]
-    fn unterminated_line_over_the_limit_is_rejected_without_waiting_for_its_end() {
+    fn unterminated_line_over_the_limit_is_reported_without_waiting_for_its_end() {
         let mut parser = Parser::new(SMALL);
         let mut items = Vec::new();
+        parser.feed(b"data: 0123456789X", &mut items);
         assert_eq!(
-            parser.feed(b"data: 0123456789X", &mut items),
-            Err(ParseError::LineTooLong { limit: 16 })
+            (items, parser.buffered_bytes()),
+            (
+                vec![Item::Skipped(ParseError::LineTooLong { limit: 16 })],
+                0
+            )
         );
     }
 
     #[test]
-    fn over_long_line_in_one_byte_chunks_fails_at_the_first_excess_byte() {
+    fn over_long_line_in_one_byte_chunks_is_reported_at_the_first_excess_byte() {
         let mut parser = Parser::new(SMALL);
         let mut items = Vec::new();
         let line = [b'x'; 17];
         for byte in &line[..16] {
-            parser.feed(std::slice::from_ref(byte), &mut items).unwrap();
+            parser.feed(std::slice::from_ref(byte), &mut items);
             assert!(parser.buffered_bytes() <= SMALL.max_line_len);
         }
+        assert_eq!(items, vec![]);
+        parser.feed(&line[16..], &mut items);
         assert_eq!(
-            parser.feed(&line[16..], &mut items),
-            Err(ParseError::LineTooLong { limit: 16 })
+            items,
+            vec![Item::Skipped(ParseError::LineTooLong { limit: 16 })]
         );
     }
 
     #[test]
-    fn event_over_the_size_limit_is_rejected() {
+    fn event_over_the_size_limit_is_skipped() {
         let mut parser = Parser::new(SMALL);
         let mut items = Vec::new();
         // Each line adds 11 bytes (10 of value, 1 LF): the third passes 32.
-        assert_eq!(
-            parser.feed(
-                b"data: 0123456789\ndata: 0123456789\ndata: 0123456789\n",
-                &mut items
-            ),
-            Err(ParseError::EventTooLarge { limit: 32 })
+        parser.feed(
+            b"data: 0123456789\ndata: 0123456789\ndata: 0123456789\n\ndata: b\n\n",
+            &mut items,
         );
+        assert_eq!(
+            items,
+            vec![
+                Item::Skipped(ParseError::EventTooLarge { limit: 32 }),
+                message("b")
+            ]
+        );
+    }
+
+    #[test]
+    fn event_exactly_at_the_size_limit_is_accepted() {
+        let mut parser = Parser::new(SMALL);
+        let mut items = Vec::new();
+        // 11 + 11 + 10 = 32 bytes of data buffer.
+        parser.feed(
+            b"data: 0123456789\ndata: 0123456789\ndata: 123456789\n\n",
+            &mut items,
+        );
+        assert_eq!(items, vec![message("0123456789\n0123456789\n123456789")]);
     }
 
     #[test]
     fn event_type_and_id_count_towards_the_event_size() {
         let mut parser = Parser::new(SMALL);
         let mut items = Vec::new();
+        // 9 + 12 + 11 = 32 fits; the second data line (22 bytes of data
+        // alone) only breaks the limit because the type and id count too.
+        parser.feed(
+            b"event: 012345678\nid: 0123456789ab\ndata: 0123456789\ndata: 0123456789\n",
+            &mut items,
+        );
         assert_eq!(
-            // 9 + 12 + 11 = 32 fits; the second data line (22 bytes of data
-            // alone) only fails because the type and id count too.
-            parser.feed(
-                b"event: 012345678\nid: 0123456789ab\ndata: 0123456789\ndata: 0123456789\n",
-                &mut items
-            ),
-            Err(ParseError::EventTooLarge { limit: 32 })
+            items,
+            vec![Item::Skipped(ParseError::EventTooLarge { limit: 32 })]
         );
     }
 
@@ -782,45 +801,37 @@ mod limits {
     fn block_size_starts_again_after_dispatch() {
         let mut parser = Parser::new(SMALL);
         let mut items = Vec::new();
-        parser
-            .feed(
-                b"data: 0123456789\ndata: 0123456789\n\ndata: 0123456789\ndata: 0123456789\n\n",
-                &mut items,
-            )
-            .unwrap();
+        parser.feed(
+            b"data: 0123456789\ndata: 0123456789\n\ndata: 0123456789\ndata: 0123456789\n\n",
+            &mut items,
+        );
         assert_eq!(events(&items).len(), 2);
     }
 
     #[test]
-    fn items_completed_before_the_error_are_still_returned() {
+    fn items_before_the_skip_and_after_its_blank_line_are_kept_in_order() {
         let mut parser = Parser::new(SMALL);
         let mut items = Vec::new();
-        let result = parser.feed(b"data: a\n\n:c\ndata: 0123456789X\n", &mut items);
+        parser.feed(
+            b"data: a\n\n:c\ndata: 0123456789X\n\ndata: b\n\n",
+            &mut items,
+        );
         assert_eq!(
-            (result, items),
-            (
-                Err(ParseError::LineTooLong { limit: 16 }),
-                vec![message("a"), Item::Comment("c".to_owned())]
-            )
+            items,
+            vec![
+                message("a"),
+                Item::Comment("c".to_owned()),
+                Item::Skipped(ParseError::LineTooLong { limit: 16 }),
+                message("b")
+            ]
         );
     }
 
     #[test]
-    fn parser_refuses_input_after_an_error() {
+    fn parser_drops_what_it_held_when_it_skips() {
         let mut parser = Parser::new(SMALL);
         let mut items = Vec::new();
-        let _ = parser.feed(b"data: 0123456789X\n", &mut items);
-        assert_eq!(
-            (parser.feed(b"data: a\n\n", &mut items), items),
-            (Err(ParseError::LineTooLong { limit: 16 }), vec![])
-        );
-    }
-
-    #[test]
-    fn parser_drops_what_it_held_after_an_error() {
-        let mut parser = Parser::new(SMALL);
-        let mut items = Vec::new();
-        let _ = parser.feed(
+        parser.feed(
             b"data: 0123456789\ndata: 0123456789\ndata: 0123456789\n",
             &mut items,
         );
@@ -828,13 +839,19 @@ mod limits {
     }
 
     #[test]
-    fn finish_clears_the_error_for_a_new_stream() {
+    fn finish_ends_an_unfinished_skip() {
         let mut parser = Parser::new(SMALL);
         let mut items = Vec::new();
-        let _ = parser.feed(b"data: 0123456789X\n", &mut items);
+        parser.feed(b"data: 0123456789X\ndata: c\n", &mut items);
         parser.finish();
-        parser.feed(b"data: a\n\n", &mut items).unwrap();
-        assert_eq!(items, vec![message("a")]);
+        parser.feed(b"data: a\n\n", &mut items);
+        assert_eq!(
+            items,
+            vec![
+                Item::Skipped(ParseError::LineTooLong { limit: 16 }),
+                message("a")
+            ]
+        );
     }
 
     #[test]
@@ -859,6 +876,251 @@ mod limits {
     fn parse_error_is_a_std_error() {
         let error: Box<dyn std::error::Error> = Box::new(ParseError::LineTooLong { limit: 1 });
         assert!(error.to_string().contains('1'));
+    }
+}
+
+/// A block that breaks a limit is discarded whole, up to and including the
+/// blank line that ends it, reported as one `Item::Skipped`, and the stream
+/// goes on: one oversized upstream event must not stop a topic.
+mod skipping {
+    use super::*;
+
+    /// Small limits so tests stay fast.
+    const SMALL: Limits = Limits {
+        max_line_len: 16,
+        max_event_size: 32,
+    };
+
+    /// A 17-byte line: one byte over `SMALL.max_line_len`.
+    const LONG_LINE: &[u8] = b"data: 0123456789X";
+
+    /// The item for a block skipped for a line over `SMALL.max_line_len`.
+    fn line_too_long() -> Item {
+        Item::Skipped(ParseError::LineTooLong { limit: 16 })
+    }
+
+    /// The item for a block skipped for an event over `SMALL.max_event_size`.
+    fn event_too_large() -> Item {
+        Item::Skipped(ParseError::EventTooLarge { limit: 32 })
+    }
+
+    /// Parses `chunks` in order with `SMALL` limits; returns the items and the
+    /// parser (not finished), so its state can be checked.
+    fn parse_small(chunks: &[&[u8]]) -> (Vec<Item>, Parser) {
+        let mut parser = Parser::new(SMALL);
+        let mut items = Vec::new();
+        for chunk in chunks {
+            parser.feed(chunk, &mut items);
+        }
+        (items, parser)
+    }
+
+    #[test]
+    fn oversized_event_between_two_normal_events_yields_event_skipped_event() {
+        let (items, _) = parse_small(&[
+            b"data: a\n\ndata: 0123456789\ndata: 0123456789\ndata: 0123456789\n\ndata: b\n\n",
+        ]);
+        assert_eq!(items, vec![message("a"), event_too_large(), message("b")]);
+    }
+
+    #[test]
+    fn over_long_line_split_across_many_chunks_is_skipped_with_bounded_buffer() {
+        let mut stream = b"data: ".to_vec();
+        stream.extend(std::iter::repeat_n(b'x', 100 * SMALL.max_line_len));
+        stream.extend_from_slice(b"\n\ndata: b\n\n");
+        let mut parser = Parser::new(SMALL);
+        let mut items = Vec::new();
+        for chunk in stream.chunks(3) {
+            parser.feed(chunk, &mut items);
+            assert!(parser.buffered_bytes() <= SMALL.max_line_len);
+        }
+        assert_eq!(items, vec![line_too_long(), message("b")]);
+    }
+
+    #[test]
+    fn over_long_line_fed_one_byte_at_a_time_is_skipped_with_bounded_buffer() {
+        let mut stream = b"id: 1\n\ndata: ".to_vec();
+        stream.extend(std::iter::repeat_n(b'x', 100 * SMALL.max_line_len));
+        stream.extend_from_slice(b"\r\n\r\ndata: b\r\n\r\n");
+        let mut parser = Parser::new(SMALL);
+        let mut items = Vec::new();
+        for byte in &stream {
+            parser.feed(std::slice::from_ref(byte), &mut items);
+            assert!(parser.buffered_bytes() <= SMALL.max_line_len);
+        }
+        assert_eq!(
+            items,
+            vec![
+                event(Some("1"), None, None, None),
+                line_too_long(),
+                message("b")
+            ]
+        );
+    }
+
+    #[test]
+    fn line_that_never_ends_is_reported_once_and_not_buffered() {
+        let mut parser = Parser::new(SMALL);
+        let mut items = Vec::new();
+        parser.feed(LONG_LINE, &mut items);
+        for _ in 0..1000 {
+            parser.feed(b"more bytes, no line end ", &mut items);
+            assert_eq!(parser.buffered_bytes(), 0);
+        }
+        assert_eq!(items, vec![line_too_long()]);
+    }
+
+    #[test]
+    fn skipped_blocks_id_does_not_become_the_last_event_id() {
+        let (items, parser) = parse_small(&[
+            b"id: 1\ndata: a\n\nid: 2\ndata: 0123456789X\n\ndata: 0123456789X\nid: 3\n\ndata: b\n\n",
+        ]);
+        assert_eq!(
+            (items, parser.last_event_id()),
+            (
+                vec![
+                    event(Some("1"), None, Some("a"), None),
+                    line_too_long(),
+                    line_too_long(),
+                    message("b")
+                ],
+                "1"
+            )
+        );
+    }
+
+    #[test]
+    fn skipped_blocks_type_and_retry_do_not_leak_into_the_next_event() {
+        let (items, _) = parse_small(&[b"retry: 5\nevent: x\ndata: 0123456789X\n\ndata: b\n\n"]);
+        assert_eq!(items, vec![line_too_long(), message("b")]);
+    }
+
+    #[test]
+    fn data_before_the_violation_in_the_same_block_is_discarded_too() {
+        let (items, _) = parse_small(&[b"data: a\ndata: 0123456789X\n\n"]);
+        assert_eq!(items, vec![line_too_long()]);
+    }
+
+    #[test]
+    fn every_line_up_to_the_blank_line_is_discarded() {
+        let (items, parser) = parse_small(&[b"data: 0123456789X\ndata: c\nid: 9\nretry: 1\n\n"]);
+        assert_eq!((items, parser.last_event_id()), (vec![line_too_long()], ""));
+    }
+
+    #[test]
+    fn one_skip_per_block_however_many_limits_it_breaks() {
+        let (items, _) = parse_small(&[
+            b"data: 0123456789X\ndata: 0123456789Y\n",
+            b"data: 0123456789\ndata: 0123456789\ndata: 0123456789\n\n",
+        ]);
+        assert_eq!(items, vec![line_too_long()]);
+    }
+
+    #[test]
+    fn two_oversized_blocks_in_a_row_are_two_skips() {
+        let (items, _) = parse_small(&[
+            b"data: 0123456789X\n\ndata: 0123456789\ndata: 0123456789\ndata: 0123456789\n\ndata: b\n\n",
+        ]);
+        assert_eq!(
+            items,
+            vec![line_too_long(), event_too_large(), message("b")]
+        );
+    }
+
+    #[test]
+    fn parsing_resumes_with_the_line_right_after_the_blank_line() {
+        let (items, _) = parse_small(&[b"data: 0123456789X\n\n:c\n"]);
+        assert_eq!(items, vec![line_too_long(), Item::Comment("c".to_owned())]);
+    }
+
+    #[test]
+    fn comment_before_the_violation_is_reported_before_the_skip() {
+        let (items, _) = parse_small(&[b":c\ndata: 0123456789X\n\n"]);
+        assert_eq!(items, vec![Item::Comment("c".to_owned()), line_too_long()]);
+    }
+
+    #[test]
+    fn comment_after_the_violation_in_the_skipped_block_is_discarded() {
+        let (items, _) = parse_small(&[b"data: 0123456789X\n:c\n\n:d\n"]);
+        assert_eq!(items, vec![line_too_long(), Item::Comment("d".to_owned())]);
+    }
+
+    #[test]
+    fn over_long_comment_line_skips_its_block() {
+        let (items, _) = parse_small(&[b":0123456789abcdefX\ndata: c\n\ndata: b\n\n"]);
+        assert_eq!(items, vec![line_too_long(), message("b")]);
+    }
+
+    #[test]
+    fn crlf_ending_the_over_long_line_is_one_line_end() {
+        let (items, _) = parse_small(&[b"data: 0123456789X\r\ndata: c\r\n\r\ndata: b\r\n\r\n"]);
+        assert_eq!(items, vec![line_too_long(), message("b")]);
+    }
+
+    #[test]
+    fn lone_cr_line_ends_end_the_skip() {
+        let (items, _) = parse_small(&[b"data: 0123456789X\r\rdata: b\r\r"]);
+        assert_eq!(items, vec![line_too_long(), message("b")]);
+    }
+
+    #[test]
+    fn cr_at_chunk_end_and_lf_at_next_start_is_one_line_end_while_skipping() {
+        let (items, _) = parse_small(&[
+            b"data: 0123456789X\r",
+            b"\ndata: c\r",
+            b"\n\r",
+            b"\ndata: b\n\n",
+        ]);
+        assert_eq!(items, vec![line_too_long(), message("b")]);
+    }
+
+    #[test]
+    fn line_end_in_the_chunk_after_the_excess_byte_ends_the_long_line_not_the_block() {
+        let (items, _) = parse_small(&[LONG_LINE, b"\n", b"data: c\n\ndata: b\n\n"]);
+        assert_eq!(items, vec![line_too_long(), message("b")]);
+    }
+
+    #[test]
+    fn carried_over_line_that_breaks_the_limit_mid_chunk_is_skipped() {
+        let (items, _) = parse_small(&[b"data: 01234567", b"89X\ndata: c\n\ndata: b\n\n"]);
+        assert_eq!(items, vec![line_too_long(), message("b")]);
+    }
+
+    #[test]
+    fn empty_chunks_while_skipping_change_nothing() {
+        let (items, _) = parse_small(&[LONG_LINE, b"", b"\n", b"", b"\n", b"", b"data: b\n\n"]);
+        assert_eq!(items, vec![line_too_long(), message("b")]);
+    }
+
+    #[test]
+    fn over_long_first_line_after_a_split_bom_is_skipped() {
+        let (items, _) = parse_small(&[b"\xEF", b"\xBB", b"\xBF", LONG_LINE, b"\n\ndata: b\n\n"]);
+        assert_eq!(items, vec![line_too_long(), message("b")]);
+    }
+
+    #[test]
+    fn incomplete_bom_counts_towards_the_first_lines_length() {
+        // 2 bytes of a BOM that is not one, then 16: 18 bytes in the line.
+        let (items, _) = parse_small(&[b"\xEF\xBB", b"data: 0123456789\n\ndata: b\n\n"]);
+        assert_eq!(items, vec![line_too_long(), message("b")]);
+    }
+
+    #[test]
+    fn skip_cut_off_by_end_of_stream_leaves_the_next_stream_alone() {
+        let (mut items, mut parser) = parse_small(&[b"id: 1\n\ndata: 0123456789X\nid: 2\n"]);
+        parser.finish();
+        parser.feed(b"data: b\n\n", &mut items);
+        assert_eq!(
+            (items, parser.last_event_id()),
+            (
+                vec![
+                    event(Some("1"), None, None, None),
+                    line_too_long(),
+                    message("b")
+                ],
+                "1"
+            )
+        );
     }
 }
 

@@ -247,7 +247,7 @@ fn consume(
     shard: usize,
     subscribers: usize,
 ) {
-    let _ = parser.feed(bytes, items);
+    parser.feed(bytes, items);
     for item in items.drain(..) {
         if let Item::Event(event) = item {
             if let Some(data) = event.data() {

@@ -300,10 +300,7 @@ impl EventReader {
             Ok(None) => return Err(UpstreamError::Ended),
             Err(e) => return Err(UpstreamError::Read(e.to_string())),
         };
-        if let Err(error) = self.parser.feed(&bytes, items) {
-            items.push(Item::Skipped(error));
-            self.parser.finish();
-        }
+        self.parser.feed(&bytes, items);
         Ok(())
     }
 }

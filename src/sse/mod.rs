@@ -5,10 +5,12 @@
 //! chunk by chunk as it arrives from the network, to a [`Parser`], which
 //! interprets it exactly as the WHATWG HTML Standard ("Server-sent events",
 //! event stream interpretation and parsing) says a browser would, and yields
-//! [`Item`]s: dispatched [`Event`]s and comments. Each event is then encoded
-//! once with [`Event::encode`] into a [`bytes::Bytes`] that is stored in the
-//! topic's replay window and handed to every subscriber; cloning it is a
-//! reference-count increment, so fan-out never copies or re-encodes. The other
+//! [`Item`]s: dispatched [`Event`]s, comments, and the blocks it skipped for
+//! breaking a [`Limits`] bound (a block is discarded whole and the stream
+//! goes on, so one oversized event never stops a topic). Each event is then
+//! encoded once with [`Event::encode`] into a [`bytes::Bytes`] that is stored
+//! in the topic's replay window and handed to every subscriber; cloning it is
+//! a reference-count increment, so fan-out never copies or re-encodes. The other
 //! frames the proxy originates itself (heartbeats, `retry:` hints and id-only
 //! priming frames for resuming subscribers) come from the free functions in
 //! this module.

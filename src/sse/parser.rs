@@ -5,7 +5,8 @@
 //! exactly as the WHATWG HTML Standard ("Server-sent events", event stream
 //! interpretation and parsing) says a browser does, and yields [`Item`]s:
 //! the [`Event`]s each blank line dispatches, which the proxy encodes once and
-//! fans out, and the comments, which it may forward or drop. The result never
+//! fans out, the comments, which it may forward or drop, and the blocks it
+//! skipped for breaking a limit, which the proxy counts. The result never
 //! depends on where chunk boundaries fall: a CR ending one chunk and an LF
 //! starting the next are one line end, and a BOM or a multi-byte UTF-8
 //! character may be split anywhere.
@@ -27,10 +28,19 @@
 //! latest dispatch. An `id` in a block that the end of the stream cuts off is
 //! not taken.
 //!
-//! Bounds: a line longer than [`Limits::max_line_len`] or an event larger than
-//! [`Limits::max_event_size`] stops the parse with a [`ParseError`] as soon as
-//! the excess byte arrives, however small the chunks, so what the parser holds
-//! stays bounded whatever the upstream sends.
+//! Bounds: a block (the lines up to and including the blank line that ends
+//! it) with a line longer than [`Limits::max_line_len`], or whose event grows
+//! larger than [`Limits::max_event_size`], is skipped. As soon as the limit
+//! is broken (an over-long line at its first excess byte, however small the
+//! chunks; an oversized event at the end of the line that makes it too
+//! large), the parser drops what it holds of the block, reports
+//! [`Item::Skipped`], and then discards every byte up to and including that
+//! blank line, keeping nothing but whether the current line is still empty. Nothing of a skipped block takes effect (its `id`,
+//! `retry`, event type or data), and parsing resumes with the line after the
+//! blank line. So what the parser holds stays bounded whatever the upstream
+//! sends, and an oversized event costs that event alone: the stream is never
+//! stopped, so an app that replays the event after a reconnection cannot
+//! wedge its topic in a reconnect loop.
 //!
 //! Where this differs from a browser, on purpose:
 //! - A `retry` field takes effect in a browser the moment its line is read;
@@ -113,13 +123,17 @@ pub enum Item {
     /// [`comment_frame`](super::comment_frame). Comments never affect
     /// dispatch; upstreams use them as heartbeats.
     Comment(String),
-    /// A block that broke a limit, discarded whole.
+    /// A block broke a limit and was discarded whole, so that the stream can
+    /// go on. Reported once per block, at the line that broke the limit:
+    /// what the block completed before that line (its comments) was already
+    /// reported; the rest of it, up to and including the blank line that
+    /// ends it, yields nothing. Its `id`, `retry`, event type and data
+    /// never take effect ([`Parser::last_event_id`] stays what it was). The
+    /// proxy counts these and keeps the upstream connected.
     Skipped(ParseError),
 }
 
-/// Why a stream was rejected. The parser refuses further input after one
-/// (until [`Parser::finish`]); the proxy drops the upstream connection and
-/// reconnects.
+/// Why a block was skipped ([`Item::Skipped`]): which limit it broke.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ParseError {
     /// A line grew past [`Limits::max_line_len`] (the limit, in bytes).
@@ -165,19 +179,55 @@ enum StreamStart {
     Past,
 }
 
+/// What the parser does with the lines of the block in progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Block {
+    /// Lines are interpreted and the block is collected for dispatch.
+    Collecting,
+    /// The block broke a limit: its lines are discarded unread and
+    /// unbuffered, up to and including the blank line that ends it.
+    Discarding {
+        /// No byte of the current line has arrived yet, so the next line end
+        /// ends a blank line, and with it the block.
+        at_line_start: bool,
+    },
+}
+
+/// Where in a chunk a block broke a limit.
+#[derive(Clone, Copy, Debug)]
+struct Violation {
+    /// The limit broken.
+    error: ParseError,
+    /// Index, in the slice being parsed, of the offending line's end, or the
+    /// slice's length if the line has not ended yet. Discarding starts
+    /// there, in the middle of that (non-empty) line.
+    line_end: usize,
+}
+
+impl Violation {
+    /// A violation of `error` by the line that ends at `line_end`.
+    fn at(line_end: usize) -> impl FnOnce(ParseError) -> Violation {
+        move |error| Violation { error, line_end }
+    }
+}
+
 /// The incremental event-stream parser for one upstream stream.
 ///
 /// Feed it chunks with [`Parser::feed`]; call [`Parser::finish`] when the
 /// stream ends. It keeps only the line in progress and the block being
-/// collected, both bounded by [`Limits`].
+/// collected, both bounded by [`Limits`]; a block that would break them is
+/// skipped, and the stream goes on.
 #[derive(Clone, Debug)]
 pub struct Parser {
     /// The bounds this parser enforces.
     limits: Limits,
     /// Whether a leading BOM may still arrive.
     stream_start: StreamStart,
+    /// Whether the block in progress is collected or discarded.
+    block: Block,
     /// The start of a line whose end has not arrived yet; lines that lie
     /// wholly inside one chunk are parsed in place and never copied here.
+    /// Always empty while the block is discarded.
     partial_line: Vec<u8>,
     /// The previous chunk ended with CR, so an LF starting the next chunk is
     /// the rest of that CRLF, not a second (blank) line.
@@ -197,8 +247,6 @@ pub struct Parser {
     /// latest dispatch. Persists across events (and across
     /// [`Parser::finish`]), as the ID a reconnection resumes from.
     last_event_id: String,
-    /// The error that stopped this stream; repeated to any further input.
-    failure: Option<ParseError>,
 }
 
 impl Default for Parser {
@@ -213,6 +261,7 @@ impl Parser {
         Parser {
             limits,
             stream_start: StreamStart::AwaitingBom { matched: 0 },
+            block: Block::Collecting,
             partial_line: Vec::new(),
             skip_lf: false,
             data: String::new(),
@@ -220,7 +269,6 @@ impl Parser {
             block_id: None,
             block_retry: None,
             last_event_id: String::new(),
-            failure: None,
         }
     }
 
@@ -237,16 +285,18 @@ impl Parser {
     /// An `id` field updates the spec's last event ID buffer at once, but that
     /// buffer only becomes observable at the next dispatch, so this returns
     /// the buffer's value as of the latest blank line. If the stream is cut
-    /// in the middle of a block, the block is discarded and its id is not
-    /// taken, so a reconnection resumes before it rather than skipping it.
+    /// in the middle of a block, or the block is skipped for breaking a
+    /// limit, the block is discarded and its id is not taken, so a
+    /// reconnection resumes before it rather than skipping it.
     pub fn last_event_id(&self) -> &str {
         &self.last_event_id
     }
 
     /// Bytes the parser currently holds for the stream in progress: the
-    /// unfinished line plus the block's data, event type and id. Never more
-    /// than `max_line_len + max_event_size` between calls; exposed for
-    /// metrics and tests.
+    /// unfinished line plus the block's data, event type and id (nothing
+    /// while a block is skipped). Never more than
+    /// `max_line_len + max_event_size` between calls; exposed for metrics
+    /// and tests.
     pub fn buffered_bytes(&self) -> usize {
         self.partial_line.len() + self.block_size()
     }
@@ -254,32 +304,39 @@ impl Parser {
     /// Parses the next chunk of the stream, appending every item it completes
     /// to `out`, in stream order.
     ///
-    /// # Errors
-    /// A [`ParseError`] when a limit is exceeded. Items completed before the
-    /// offending line are still appended. The parser then drops what it holds
-    /// and returns the same error for any further input until
-    /// [`Parser::finish`].
-    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<Item>) -> Result<(), ParseError> {
-        if let Some(failure) = self.failure {
-            return Err(failure);
+    /// This never fails and never stops the stream: a block that breaks a
+    /// limit is reported as [`Item::Skipped`] and discarded up to the blank
+    /// line that ends it, and parsing goes on after that.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<Item>) {
+        let mut rest = self.strip_bom(chunk);
+        let Some(&first) = rest.first() else {
+            return;
+        };
+        if mem::take(&mut self.skip_lf) && first == LF {
+            rest = &rest[1..];
         }
-        let result = self.parse_chunk(chunk, out);
-        if let Err(failure) = result {
-            self.failure = Some(failure);
-            // Release the memory the hostile stream made us take.
-            self.partial_line = Vec::new();
-            self.data = String::new();
-            self.event_type = String::new();
-            self.block_id = None;
+        loop {
+            if let Block::Discarding { at_line_start } = self.block {
+                match self.discard(rest, at_line_start) {
+                    Some(after_block) => rest = after_block,
+                    None => return,
+                }
+            }
+            match self.parse_lines(rest, out) {
+                Ok(()) => return,
+                Err(Violation { error, line_end }) => {
+                    self.skip_block(error, out);
+                    rest = rest.get(line_end..).unwrap_or_default();
+                }
+            }
         }
-        result
     }
 
     /// Ends the stream (the upstream connection closed): an unfinished line
-    /// and an undispatched block are discarded, as the spec requires. The
-    /// parser is then ready for a new stream (a reconnection to the same
-    /// upstream): a BOM is accepted again and any error is cleared, while
-    /// [`Parser::last_event_id`] is kept.
+    /// and an undispatched block are discarded, as the spec requires, and so
+    /// is the rest of a block being skipped. The parser is then ready for a
+    /// new stream (a reconnection to the same upstream): a BOM is accepted
+    /// again, while [`Parser::last_event_id`] is kept.
     pub fn finish(&mut self) {
         let last_event_id = mem::take(&mut self.last_event_id);
         *self = Parser {
@@ -288,34 +345,34 @@ impl Parser {
         };
     }
 
-    /// [`Parser::feed`] without the failure bookkeeping.
-    fn parse_chunk(&mut self, chunk: &[u8], out: &mut Vec<Item>) -> Result<(), ParseError> {
-        let mut rest = self.strip_bom(chunk);
-        let Some(&first) = rest.first() else {
-            return Ok(());
-        };
-        if mem::take(&mut self.skip_lf) && first == LF {
-            rest = &rest[1..];
-        }
+    /// Parses the lines of `rest` while the block is collected, up to the
+    /// first violation of a limit, if any.
+    fn parse_lines(&mut self, mut rest: &[u8], out: &mut Vec<Item>) -> Result<(), Violation> {
+        let input_len = rest.len();
 
         // Complete the line carried over from earlier chunks.
         if !self.partial_line.is_empty() {
             let Some(end) = memchr::memchr2(LF, CR, rest) else {
-                self.check_line_len(self.partial_line.len() + rest.len())?;
+                self.check_line_len(self.partial_line.len() + rest.len())
+                    .map_err(Violation::at(rest.len()))?;
                 self.partial_line.extend_from_slice(rest);
                 return Ok(());
             };
-            self.check_line_len(self.partial_line.len() + end)?;
+            self.check_line_len(self.partial_line.len() + end)
+                .map_err(Violation::at(end))?;
             self.partial_line.extend_from_slice(&rest[..end]);
             let line = mem::take(&mut self.partial_line);
             let processed = self.process_line(Line::Raw(&line), out);
             self.partial_line = line;
             self.partial_line.clear();
-            processed?;
+            processed.map_err(Violation::at(end))?;
             rest = rest
                 .get(self.after_line_end(rest, end)..)
                 .unwrap_or_default();
         }
+        // Violations past this point are found in `rest`; report them as
+        // positions in the whole input.
+        let offset = input_len - rest.len();
 
         // Lines wholly inside this chunk are parsed in place. Validating the
         // chunk's UTF-8 in one pass is far cheaper than value by value; lines
@@ -326,20 +383,62 @@ impl Parser {
         while let Some(line_len) =
             memchr::memchr2(LF, CR, rest.get(line_start..).unwrap_or_default())
         {
-            self.check_line_len(line_len)?;
             let end = line_start + line_len;
+            self.check_line_len(line_len)
+                .map_err(Violation::at(offset + end))?;
             let line = match text.get(line_start..end) {
                 Some(text) => Line::Text(text),
                 None => Line::Raw(rest.get(line_start..end).unwrap_or_default()),
             };
-            self.process_line(line, out)?;
+            self.process_line(line, out)
+                .map_err(Violation::at(offset + end))?;
             line_start = self.after_line_end(rest, end);
         }
 
         let tail = rest.get(line_start..).unwrap_or_default();
-        self.check_line_len(tail.len())?;
+        self.check_line_len(tail.len())
+            .map_err(Violation::at(input_len))?;
         self.partial_line.extend_from_slice(tail);
         Ok(())
+    }
+
+    /// Starts skipping the block in progress, which broke a limit: reports
+    /// it, and drops what it held (the memory a hostile upstream made us
+    /// take). Discarding starts in the middle of the offending line.
+    fn skip_block(&mut self, error: ParseError, out: &mut Vec<Item>) {
+        out.push(Item::Skipped(error));
+        self.block = Block::Discarding {
+            at_line_start: false,
+        };
+        self.partial_line = Vec::new();
+        self.data = String::new();
+        self.event_type = String::new();
+        self.block_id = None;
+        self.block_retry = None;
+    }
+
+    /// Discards the lines of `rest` that belong to the block being skipped.
+    /// Returns what follows the blank line that ends the block, or `None`
+    /// when the whole of `rest` belongs to it. Only line ends are looked at,
+    /// and nothing is kept but whether the current line is still empty, so
+    /// a line that never ends costs no memory.
+    fn discard<'a>(&mut self, rest: &'a [u8], mut at_line_start: bool) -> Option<&'a [u8]> {
+        let mut line_start = 0;
+        while let Some(line_len) =
+            memchr::memchr2(LF, CR, rest.get(line_start..).unwrap_or_default())
+        {
+            let blank = at_line_start && line_len == 0;
+            line_start = self.after_line_end(rest, line_start + line_len);
+            if blank {
+                self.block = Block::Collecting;
+                return Some(rest.get(line_start..).unwrap_or_default());
+            }
+            at_line_start = true;
+        }
+        self.block = Block::Discarding {
+            at_line_start: at_line_start && line_start == rest.len(),
+        };
+        None
     }
 
     /// Strips a leading BOM, which may arrive split across chunks, and

@@ -94,9 +94,12 @@ impl EventStream {
                     if let Ok(data) = frame.into_data() {
                         self.raw.extend_from_slice(&data);
                         let mut items = Vec::new();
-                        self.parser
-                            .feed(&data, &mut items)
-                            .expect("proxy output parses");
+                        self.parser.feed(&data, &mut items);
+                        if let Some(Item::Skipped(error)) =
+                            items.iter().find(|item| matches!(item, Item::Skipped(_)))
+                        {
+                            panic!("proxy output breaks a parser limit: {error}");
+                        }
                         self.items.extend(items);
                     }
                 }
