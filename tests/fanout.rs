@@ -254,7 +254,10 @@ async fn last_event_id_neither_window_nor_app_knows_gets_a_comment_then_the_whol
     let mut resumed = EventStream::open(&mut client, "/events/news", Some("no-such-id")).await;
     // The catch-up the app refuses comes first; then the policy applies.
     let mut opening = Vec::new();
-    while !comments(&opening).iter().any(|c| c.contains("resume point")) {
+    while !comments(&opening)
+        .iter()
+        .any(|c| c.contains("resume point"))
+    {
         opening.push(resumed.next_item().await.unwrap());
     }
     let said = comments(&opening);
@@ -302,26 +305,22 @@ async fn late_joiner_is_primed_with_the_last_id_and_gets_the_retry() {
     assert_eq!(late.message_ids(1).await, ids(11..=11));
 }
 
+/// Heartbeats arrive on a silent topic, over the wire; their spacing (one
+/// per silent interval, postponed by events) is tested with a paused clock
+/// in `src/hub/mod.rs`.
 #[tokio::test]
-async fn silent_topic_sends_heartbeats_no_closer_than_the_interval() {
+async fn silent_topic_sends_heartbeats() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, &with_heartbeat("300ms"));
     let mut client = proxy.h2().await;
     let mut stream = EventStream::open(&mut client, "/events/news", None).await;
-    let mut arrivals = Vec::new();
-    while arrivals.len() < 3 {
+    let mut heartbeats = 0;
+    while heartbeats < 2 {
         if let Some(Item::Comment(text)) = stream.next_item().await {
-            if text != " ok" {
-                arrivals.push(tokio::time::Instant::now());
+            if text.is_empty() {
+                heartbeats += 1;
             }
         }
-    }
-    for pair in arrivals.windows(2) {
-        // One timer per topic, fired only after a silent interval: never a burst.
-        assert!(
-            pair[1] - pair[0] >= Duration::from_millis(150),
-            "heartbeats too close: {arrivals:?}"
-        );
     }
 }
 
@@ -498,18 +497,16 @@ async fn subscriber_that_never_reads_is_cut_off_while_others_get_everything() {
         .unwrap();
     proxy.wait_for_subscribers("/events/news", 2).await;
 
+    // Published ten at a time, each ten read by the good reader before the
+    // next: the stuck one falls behind, the reader never does.
     let payload = "x".repeat(8 * 1024);
-    let publisher = async {
-        for n in 1..=1000 {
+    for batch in 0..100 {
+        let first = batch * 10 + 1;
+        for n in first..first + 10 {
             app.publish("/stream/news", &n.to_string(), &payload);
-            if n % 10 == 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
         }
-    };
-    let reading = async { reader.message_ids(1000).await };
-    let (_, received) = tokio::join!(publisher, reading);
-    assert_eq!(received, ids(1..=1000));
+        assert_eq!(reader.message_ids(10).await, ids(first..=first + 9));
+    }
     let stats = proxy
         .wait_for_stats("the stuck subscriber's closure", |s| {
             s["topics"][0]["slow_closures"] == 1 && s["topics"][0]["subscribers"] == 1
@@ -530,10 +527,18 @@ async fn client_that_stops_reading_a_quiet_topic_is_cut_off_after_two_heartbeats
     // topic its lag never grows.
     let stuck = common::client::raw_h2(proxy.tls_addr, &proxy.certs, Some(0)).await;
     let request = http::Request::builder()
-        .uri(format!("https://localhost:{}/events/news", proxy.tls_addr.port()))
+        .uri(format!(
+            "https://localhost:{}/events/news",
+            proxy.tls_addr.port()
+        ))
         .body(())
         .unwrap();
-    let (response, _) = stuck.ready().await.unwrap().send_request(request, true).unwrap();
+    let (response, _) = stuck
+        .ready()
+        .await
+        .unwrap()
+        .send_request(request, true)
+        .unwrap();
     let response = response.await.unwrap();
     assert_eq!(response.status(), 200);
     let _never_read = response.into_body();
@@ -713,7 +718,10 @@ async fn oversized_upstream_event_is_skipped_and_the_topic_goes_on() {
     let stats = proxy.topic_stats("/events/news").await.unwrap();
     assert_eq!(stats["subscribers"], 1, "{stats}");
     assert_eq!(stats["events_skipped"], 1, "{stats}");
-    assert_eq!(stats["upstream_connects"], 1, "the stream was reopened: {stats}");
+    assert_eq!(
+        stats["upstream_connects"], 1,
+        "the stream was reopened: {stats}"
+    );
     let log = proxy.log();
     assert_eq!(log.matches("over the topic's bounds").count(), 1, "{log}");
 }

@@ -62,7 +62,11 @@ async fn an_unusable_last_event_id_from_the_first_subscriber_stops_no_one() {
     app.publish("/stream/news", "1", "for everyone");
     assert_eq!(second.message_ids(1).await, ids(1..=1));
     assert_eq!(first.message_ids(1).await, ids(1..=1));
-    assert_eq!(upstream_ids(&app), vec![None], "a client's id reached the upstream");
+    assert_eq!(
+        upstream_ids(&app),
+        vec![None],
+        "a client's id reached the upstream"
+    );
     let stats = proxy.topic_stats("/events/news").await.unwrap();
     assert_eq!(stats["resumes_lost"], 1, "{stats}");
 }
@@ -131,7 +135,10 @@ async fn resumers_at_many_ids_after_a_restart_each_get_exactly_what_they_missed(
     for (i, from) in resume_points.iter().enumerate() {
         let client = &mut clients[i % 4];
         let id = from.to_string();
-        streams.push((*from, EventStream::open(client, "/events/news", Some(&id)).await));
+        streams.push((
+            *from,
+            EventStream::open(client, "/events/news", Some(&id)).await,
+        ));
         if i % 20 == 19 {
             let n = 41 + i as u32 / 20;
             app.publish("/stream/news", &n.to_string(), "live");
@@ -151,7 +158,11 @@ async fn resumers_at_many_ids_after_a_restart_each_get_exactly_what_they_missed(
     assert_eq!(stats["resumes_lost"], 0, "{stats}");
     // The topic's one stream, and catch-ups from the resume points only.
     let requests = upstream_ids(&app);
-    assert_eq!(requests.iter().filter(|id| id.is_none()).count(), 1, "{requests:?}");
+    assert_eq!(
+        requests.iter().filter(|id| id.is_none()).count(),
+        1,
+        "{requests:?}"
+    );
     assert!(
         requests
             .iter()
@@ -180,7 +191,10 @@ async fn resumers_from_the_same_id_share_one_catch_up() {
     }
     let requests = upstream_ids(&app);
     assert_eq!(
-        requests.iter().filter(|id| id.as_deref() == Some("3")).count(),
+        requests
+            .iter()
+            .filter(|id| id.as_deref() == Some("3"))
+            .count(),
         1,
         "{requests:?}"
     );
@@ -199,7 +213,10 @@ async fn a_resume_point_the_app_cannot_serve_gets_the_lost_resume_policy_alone()
     let mut lost = EventStream::open(&mut client, "/events/news", Some("gone")).await;
     // After the stream opens, the catch-up fails (410), and then:
     let mut opening = Vec::new();
-    while !comments(&opening).iter().any(|c| c.contains("resume point")) {
+    while !comments(&opening)
+        .iter()
+        .any(|c| c.contains("resume point"))
+    {
         opening.push(lost.next_item().await.unwrap());
     }
     assert!(
@@ -223,7 +240,10 @@ async fn a_resumer_that_missed_nothing_on_a_quiet_topic_continues_live_without_a
     }
     let proxy = Proxy::start(
         app.addr,
-        &TOPICS.replace("linger = \"1s\"", "linger = \"1s\"\ncatch_up_timeout = \"1s\""),
+        &TOPICS.replace(
+            "linger = \"1s\"",
+            "linger = \"1s\"\ncatch_up_timeout = \"1s\"",
+        ),
     );
     let mut client = proxy.h2().await;
     let mut resumer = EventStream::open(&mut client, "/events/news", Some("5")).await;

@@ -206,19 +206,19 @@ pub async fn run(catch_up: Arc<CatchUp>, topic: Weak<Topic>, source: Arc<Upstrea
     let Some(started_head) = topic.upgrade().map(|t| t.head()) else {
         return;
     };
-    let outcome =
-        match tokio::time::timeout(settings.catch_up_timeout, follow(&catch_up, &topic, &source))
-            .await
-        {
-            Ok(outcome) => outcome,
-            // Still open at the deadline: if the topic published nothing
-            // since, nothing was missed (the app had nothing after the id).
-            Err(_) if topic.upgrade().is_some_and(|t| t.head() == started_head) => {
-                Outcome::UpToDate
-            }
-            Err(_) if catch_up.delivered_anything() => Outcome::Stopped,
-            Err(_) => Outcome::Failed(UpstreamError::NoAnswer(settings.catch_up_timeout)),
-        };
+    let outcome = match tokio::time::timeout(
+        settings.catch_up_timeout,
+        follow(&catch_up, &topic, &source),
+    )
+    .await
+    {
+        Ok(outcome) => outcome,
+        // Still open at the deadline: if the topic published nothing
+        // since, nothing was missed (the app had nothing after the id).
+        Err(_) if topic.upgrade().is_some_and(|t| t.head() == started_head) => Outcome::UpToDate,
+        Err(_) if catch_up.delivered_anything() => Outcome::Stopped,
+        Err(_) => Outcome::Failed(UpstreamError::NoAnswer(settings.catch_up_timeout)),
+    };
     if let Some(topic) = topic.upgrade() {
         topic.catch_up_ended(&catch_up, &outcome);
     }
@@ -239,7 +239,8 @@ async fn follow(catch_up: &CatchUp, topic: &Weak<Topic>, source: &UpstreamSource
         Ok(Opened::NoContent) => return Outcome::Failed(UpstreamError::Status(204)),
         Err(error) => return Outcome::Failed(error),
     };
-    let Some((settings, mut topic_changed)) = topic.upgrade().map(|t| (t.settings, t.watch())) else {
+    let Some((settings, mut topic_changed)) = topic.upgrade().map(|t| (t.settings, t.watch()))
+    else {
         return Outcome::Failed(UpstreamError::Ended);
     };
     let mut reader = EventReader::new(

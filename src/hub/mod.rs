@@ -409,6 +409,7 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn hub(extra: &str) -> Hub {
         let config = Config::from_text(
@@ -437,8 +438,45 @@ mod tests {
         .await
         .expect("the subscriber of a dead topic is ended");
         let second = hub.subscribe(&route(&hub, "/events/a"), None).unwrap();
-        assert!(!Arc::ptr_eq(first.topic(), second.topic()), "joined the dead topic");
+        assert!(
+            !Arc::ptr_eq(first.topic(), second.topic()),
+            "joined the dead topic"
+        );
         assert_eq!(hub.snapshot().len(), 1);
+    }
+
+    /// Waits for the subscriber's next heartbeat (skipping anything else)
+    /// and returns the (paused) clock's time.
+    async fn next_heartbeat(sub: &mut Subscription) -> Instant {
+        loop {
+            let mut out = Vec::new();
+            if sub.next(&mut out) == Next::Write && out == [crate::sse::heartbeat_frame()] {
+                return Instant::now();
+            }
+            if out.is_empty() {
+                sub.changed().await;
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_topic_sends_one_heartbeat_per_interval_and_events_postpone_it() {
+        let hub = hub("[sse]\nheartbeat = \"15s\"\n");
+        let mut sub = hub.subscribe(&route(&hub, "/events/a"), None).unwrap();
+        sub.take_opening(&mut Vec::new());
+        let start = Instant::now();
+        let first = next_heartbeat(&mut sub).await;
+        assert_eq!(first - start, Duration::from_secs(15));
+        let second = next_heartbeat(&mut sub).await;
+        assert_eq!(second - first, Duration::from_secs(15));
+        // An event is as good as a heartbeat: the next one waits a full
+        // interval after it.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        sub.topic()
+            .publish(bytes::Bytes::from_static(b"data: x\n\n"), None);
+        let published = Instant::now();
+        let third = next_heartbeat(&mut sub).await;
+        assert_eq!(third - published, Duration::from_secs(15));
     }
 
     #[tokio::test]
@@ -464,7 +502,8 @@ mod tests {
         let frame = bytes::Bytes::from(vec![b'x'; 100 * 1024]);
         for n in 0..8 {
             for sub in &subs {
-                sub.topic().publish(frame.clone(), Some(Arc::from(n.to_string())));
+                sub.topic()
+                    .publish(frame.clone(), Some(Arc::from(n.to_string())));
             }
         }
         assert!(hub.shared.budget.held() > 1024 * 1024);

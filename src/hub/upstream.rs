@@ -261,9 +261,8 @@ impl UpstreamSource {
 /// no control characters (a header value cannot carry them, and HTTP would
 /// trim the white space at its ends, changing the id).
 pub fn last_event_id_header(id: &str) -> Option<HeaderValue> {
-    let unchanged = !id.is_empty()
-        && !id.chars().any(char::is_control)
-        && id.trim_matches([' ', '\t']) == id;
+    let unchanged =
+        !id.is_empty() && !id.chars().any(char::is_control) && id.trim_matches([' ', '\t']) == id;
     unchanged
         .then(|| HeaderValue::from_bytes(id.as_bytes()).ok())
         .flatten()
@@ -391,7 +390,12 @@ impl UpstreamReader {
                 .set_upstream(UpstreamState::Connecting { attempt });
             let sent_id = send_id.then(|| self.topic.last_event_id()).flatten();
             let end = self
-                .stream_once(sent_id.as_deref(), &mut failing, &mut connected_before, attempt)
+                .stream_once(
+                    sent_id.as_deref(),
+                    &mut failing,
+                    &mut connected_before,
+                    attempt,
+                )
                 .await;
             let (error, published) = match end {
                 StreamEnd::NoContent => {
@@ -448,7 +452,11 @@ impl UpstreamReader {
                     self.topic.key
                 );
             }
-            let retry = if send_id { error.retry() } else { Retry::Transient };
+            let retry = if send_id {
+                error.retry()
+            } else {
+                Retry::Transient
+            };
             let delay = backoff.next_delay(retry, Instant::now());
             self.topic.set_upstream(UpstreamState::BackingOff {
                 attempt,
