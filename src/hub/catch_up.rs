@@ -212,6 +212,14 @@ pub async fn run(catch_up: Arc<CatchUp>, topic: Weak<Topic>, source: Arc<Upstrea
     )
     .await
     {
+        // The app had nothing after the id and said so by ending the
+        // stream: as at the deadline, nothing was missed if the topic
+        // published nothing since either.
+        Ok(Outcome::Failed(UpstreamError::Ended))
+            if topic.upgrade().is_some_and(|t| t.head() == started_head) =>
+        {
+            Outcome::UpToDate
+        }
         Ok(outcome) => outcome,
         // Still open at the deadline: if the topic published nothing
         // since, nothing was missed (the app had nothing after the id).
@@ -253,17 +261,24 @@ async fn follow(catch_up: &CatchUp, topic: &Weak<Topic>, source: &UpstreamSource
     );
     let mut items = Vec::new();
     loop {
-        // The topic's own stream may reach what the catch-up read.
-        let Some(topic_now) = topic.upgrade() else {
-            return Outcome::Failed(UpstreamError::Ended);
-        };
-        if let Some(at) = topic_now.position_after(&catch_up.last_id()) {
-            return Outcome::Spliced(at);
-        }
-        drop(topic_now);
-        let read = tokio::select! {
-            read = reader.read(&mut items) => read,
-            _ = topic_changed.changed() => continue,
+        // While a read is pending, the topic's own stream may reach what the
+        // catch-up read. The read itself is never dropped half done.
+        let read = {
+            let read = reader.read(&mut items);
+            tokio::pin!(read);
+            loop {
+                let Some(topic_now) = topic.upgrade() else {
+                    return Outcome::Failed(UpstreamError::Ended);
+                };
+                if let Some(at) = topic_now.position_after(&catch_up.last_id()) {
+                    return Outcome::Spliced(at);
+                }
+                drop(topic_now);
+                tokio::select! {
+                    read = &mut read => break read,
+                    _ = topic_changed.changed() => {}
+                }
+            }
         };
         if let Err(error) = read {
             return failed(error);
