@@ -27,6 +27,7 @@ use crate::access_log::{self, AccessRecord};
 use crate::client::{self, X_FORWARDED_FOR};
 use crate::config::AppSettings;
 use crate::hub::Hub;
+use crate::origin::ResolveError;
 
 /// `X-Forwarded-Proto`: `https` or `http`, as the client connected.
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
@@ -136,9 +137,17 @@ impl ProxyHttp for Proxy {
         let peer = self
             .app
             .origin
-            .peer(&self.app.connect)
+            .http_peer(&self.app.connect)
             .await
-            .map_err(|e| Error::explain(ErrorType::ConnectNoRoute, e.0))?;
+            .map_err(|e| {
+                let kind = match e {
+                    ResolveError::TimedOut { .. } => ErrorType::ConnectTimedout,
+                    _ => ErrorType::ConnectNoRoute,
+                };
+                // The app cannot be reached: `502`, not retried here (the
+                // lookup already had its deadline).
+                Error::explain(kind, e.to_string()).into_up()
+            })?;
         Ok(Box::new(peer))
     }
 
