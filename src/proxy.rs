@@ -3,12 +3,13 @@
 //! [`Proxy`] implements Pingora's [`ProxyHttp`]. Subscriptions (`GET` on a
 //! topic path) never get here: the [`FrontDoor`](crate::front_door) serves
 //! them from the hub; another method on a topic path is answered `405`. For
-//! every other request it chooses the app as the
-//! upstream peer, adds the `X-Forwarded-*` headers, keeps hop-by-hop headers
-//! from crossing the proxy, answers `502` with a short text when the app cannot
-//! be reached, and writes one access-log line per request. Request and response
-//! bodies stream through Pingora untouched and unbuffered, WebSocket upgrades
-//! included.
+//! every other request it chooses the app as the upstream peer, removes the
+//! headers only the proxy may set (the topics' `upstream_headers`,
+//! `X-SSE-Topic`, and any claim of who the client is), adds the
+//! `X-Forwarded-*` headers, keeps hop-by-hop headers from crossing the proxy,
+//! answers `502` with a short text when the app cannot be reached, and writes
+//! one access-log line per request. Request and response bodies stream
+//! through Pingora untouched and unbuffered, WebSocket upgrades included.
 //!
 //! It wires things and holds no policy: topics and replay live in the hub,
 //! where the app is and how to reach it in [`AppSettings`].
@@ -24,8 +25,9 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
 use crate::access_log::{self, AccessRecord};
-use crate::client::{self, X_FORWARDED_FOR};
-use crate::config::AppSettings;
+use crate::auth::X_SSE_TOPIC;
+use crate::client::{self, CLAIMED_IDENTITY, X_FORWARDED_FOR};
+use crate::config::{AppSettings, Config};
 use crate::hub::Hub;
 use crate::origin::ResolveError;
 
@@ -49,12 +51,20 @@ const HOP_BY_HOP: [&str; 5] = [
 /// The body of the `502` sent when the app cannot be reached.
 const BAD_GATEWAY_BODY: &str = "502 Bad Gateway: the app behind sse-fanout is not reachable.\n";
 
+/// Headers a topic's `upstream_headers` may name that are still passed on
+/// from clients: they carry each client's own credentials to the app, which
+/// checks their values anyway.
+const CLIENT_CREDENTIALS: [&str; 2] = ["authorization", "cookie"];
+
 /// The reverse proxy in front of the app.
 pub struct Proxy {
     /// Where ordinary requests go.
     app: AppSettings,
     /// The topics, served here rather than proxied.
     hub: Hub,
+    /// Request headers only the proxy may set (lower case): removed from
+    /// every proxied request, so a client cannot pose as the proxy.
+    private_headers: Vec<HeaderName>,
 }
 
 /// Per-request state shared by the proxy's phases.
@@ -64,8 +74,24 @@ pub struct RequestCtx {
 }
 
 impl Proxy {
-    pub fn new(app: AppSettings, hub: Hub) -> Self {
-        Proxy { app, hub }
+    /// The proxy to `config`'s app.
+    pub fn new(config: &Config, hub: Hub) -> Self {
+        let mut private_headers = vec![HeaderName::from_static(X_SSE_TOPIC)];
+        let secrets = config
+            .topics
+            .iter()
+            .flat_map(|t| &t.access.upstream_headers)
+            .filter_map(|(name, _)| HeaderName::from_bytes(name.as_bytes()).ok());
+        for name in secrets {
+            if !CLIENT_CREDENTIALS.contains(&name.as_str()) && !private_headers.contains(&name) {
+                private_headers.push(name);
+            }
+        }
+        Proxy {
+            app: config.app.clone(),
+            hub,
+            private_headers,
+        }
     }
 }
 
@@ -157,6 +183,12 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
+        for name in &self.private_headers {
+            upstream_request.remove_header(name);
+        }
+        for name in CLAIMED_IDENTITY {
+            upstream_request.remove_header(name);
+        }
         if let Some(forwarded_for) = client::forwarded_for(session) {
             upstream_request.insert_header(X_FORWARDED_FOR, forwarded_for)?;
         }
