@@ -1000,10 +1000,7 @@ impl Validator<'_> {
             };
         }
         for origin in list {
-            let well_formed = Origin::parse(origin).is_ok()
-                && (origin.starts_with("https://") || origin.starts_with("http://"))
-                && !origin.ends_with('/');
-            if !well_formed {
+            if crate::cors::normalize_origin(origin).is_none() {
                 return Err(self.at(
                     raw,
                     key,

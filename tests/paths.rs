@@ -359,3 +359,31 @@ async fn a_topic_and_its_spellings_are_one_topic_instance() {
     let stats = proxy.stats().await;
     assert_eq!(stats["topics"].as_array().unwrap().len(), 1, "{stats}");
 }
+
+// --- CORS origins -------------------------------------------------------------
+
+#[tokio::test]
+async fn cors_origin_matches_whatever_its_case_default_port_or_trailing_slash() {
+    let app = SseApp::start().await;
+    let config = TOPICS.replace(
+        "upstream = \"/stream/public\"\n",
+        "upstream = \"/stream/public\"\ncors_origins = [\"https://App.Example:443/\"]\n",
+    );
+    let proxy = Proxy::start(app.addr, &config);
+    let mut client = proxy.h2().await;
+    for origin in ["https://app.example", "https://APP.example:443"] {
+        let request = client
+            .request("OPTIONS", "/events/public")
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .body(Full::default())
+            .unwrap();
+        let response = client.send(request).await.unwrap();
+        assert_eq!(response.status(), 204);
+        assert_eq!(
+            response.headers()["access-control-allow-origin"],
+            origin,
+            "{origin}"
+        );
+    }
+}
