@@ -605,9 +605,9 @@ impl PathPattern {
         )
     }
 
-    /// Whether a path in normal form matches.
-    fn matches(&self, normal: &str) -> bool {
-        let mut segments = normal.split('/').skip(1).filter(|s| !s.is_empty());
+    /// Whether a path matches, segment by segment (empty segments skipped).
+    fn matches(&self, path: &str) -> bool {
+        let mut segments = path.split('/').filter(|s| !s.is_empty());
         self.0
             .iter()
             .all(|pattern| segments.next().is_some_and(|s| pattern.matches(s)))
@@ -617,18 +617,22 @@ impl PathPattern {
 
 /// The paths the ordinary proxy never passes to the app: the upstream
 /// streams of topics served by the app itself (unless a topic sets
-/// `expose_upstream`), in any spelling, and loose spellings of topic paths.
+/// `expose_upstream`), in any spelling, and other spellings of topic paths.
 ///
-/// A path is checked in its strict normal form and in its loose one (every
-/// `%XX` decoded, lower case); in the loose one also as if a leading `//`
-/// started an authority (`//evil/stream/x`), as some URL parsers read it.
-/// Template placeholders match any one segment (or part of one).
+/// A path is read the ways an app might read it: as it is (an app that does
+/// not resolve `..` routes `/stream/users/..` as user `..`), in strict normal
+/// form, and in loose normal form (every `%XX` decoded, lower case), the
+/// loose one also as if a leading `//` started an authority
+/// (`//evil/stream/x`), as some URL parsers read it. Template placeholders
+/// match any one segment (or part of one).
 #[derive(Debug, Clone, Default)]
 pub struct ClosedPaths {
     /// Topic upstream paths in strict normal form.
     upstreams: Vec<PathPattern>,
     /// The same, loose.
     loose_upstreams: Vec<PathPattern>,
+    /// Every topic path (already in strict normal form).
+    topics: Vec<PathPattern>,
     /// Every topic path, loose.
     loose_topics: Vec<PathPattern>,
 }
@@ -640,20 +644,29 @@ impl ClosedPaths {
     pub fn new(config: &Config) -> ClosedPaths {
         let mut closed = ClosedPaths::default();
         for topic in &config.topics {
-            closed
-                .loose_topics
-                .push(PathPattern::new(&topic.path.shape(), Spelling::Loose));
+            closed.add_topic(&topic.path);
             if topic.upstream_closed(&config.app) {
-                let shape = topic.upstream.path.path_shape();
-                closed
-                    .upstreams
-                    .push(PathPattern::new(&shape, Spelling::Strict));
-                closed
-                    .loose_upstreams
-                    .push(PathPattern::new(&shape, Spelling::Loose));
+                closed.add_upstream(&topic.upstream.path);
             }
         }
         closed
+    }
+
+    /// Closes the other spellings of a topic path.
+    fn add_topic(&mut self, path: &PathTemplate) {
+        let shape = path.shape();
+        self.topics.push(PathPattern::new(&shape, Spelling::Strict));
+        self.loose_topics
+            .push(PathPattern::new(&shape, Spelling::Loose));
+    }
+
+    /// Closes a topic's upstream path, in every spelling.
+    fn add_upstream(&mut self, upstream: &UpstreamTemplate) {
+        let shape = upstream.path_shape();
+        self.upstreams
+            .push(PathPattern::new(&shape, Spelling::Strict));
+        self.loose_upstreams
+            .push(PathPattern::new(&shape, Spelling::Loose));
     }
 
     /// Whether (and why) a request target is closed to the ordinary proxy.
@@ -662,8 +675,14 @@ impl ClosedPaths {
     pub fn check(&self, target: &str) -> Option<ClosedPath> {
         let path = target_path(target);
         let strict = normal_form(path, Spelling::Strict);
-        if self.upstreams.iter().any(|p| p.matches(&strict)) {
+        if [path, &strict]
+            .iter()
+            .any(|reading| self.upstreams.iter().any(|p| p.matches(reading)))
+        {
             return Some(ClosedPath::TopicUpstream);
+        }
+        if self.topics.iter().any(|p| p.matches(path)) {
+            return Some(ClosedPath::TopicSpelling);
         }
         let loose = normal_form(path, Spelling::Loose);
         let as_authority = authority_stripped(path).map(|rest| normal_form(rest, Spelling::Loose));
@@ -862,19 +881,10 @@ mod tests {
     fn closed(upstreams: &[&str], topics: &[&str]) -> ClosedPaths {
         let mut closed = ClosedPaths::default();
         for upstream in upstreams {
-            let shape = UpstreamTemplate::parse(upstream).unwrap().path_shape();
-            closed
-                .upstreams
-                .push(PathPattern::new(&shape, Spelling::Strict));
-            closed
-                .loose_upstreams
-                .push(PathPattern::new(&shape, Spelling::Loose));
+            closed.add_upstream(&UpstreamTemplate::parse(upstream).unwrap());
         }
         for topic in topics {
-            let shape = PathTemplate::parse(topic).unwrap().shape();
-            closed
-                .loose_topics
-                .push(PathPattern::new(&shape, Spelling::Loose));
+            closed.add_topic(&PathTemplate::parse(topic).unwrap());
         }
         closed
     }
@@ -889,6 +899,7 @@ mod tests {
             "/stream/users/42",
             "/stream/users/anything",
             "/stream/users/a%2Fb",
+            "/stream/users/..",
             "/stream/users/42/",
             "//stream/users/42",
             "/stream/./users/42?q",
@@ -927,6 +938,9 @@ mod tests {
             "/events%2Fx",
             "/Events/Users/42",
             "/events%5cusers%5c1",
+            "/events/users/..",
+            "/events/users/.",
+            "/events/users/%2E%2E",
         ] {
             assert_eq!(
                 closed.check(path),
