@@ -1,6 +1,11 @@
 //! Who sent a request: its address, its headers as text, and the
-//! `X-Forwarded-For` chain the proxy passes on (to the app, and to auth
+//! `X-Forwarded-For` the proxy passes on (to the app, and to auth
 //! endpoints). One place, so the proxy, admission and the access log agree.
+//!
+//! Until trusted proxies can be configured, the client's own
+//! `X-Forwarded-For` (whose leftmost entries anyone can write), `Forwarded`
+//! and `X-Real-IP` are never believed nor passed on: the app learns the
+//! socket address, the only one the proxy knows to be true.
 
 use std::net::IpAddr;
 
@@ -9,6 +14,10 @@ use pingora::protocols::http::ServerSession;
 
 /// `X-Forwarded-For`: the client addresses a request passed through.
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// Headers that claim who the client is, which a client may write itself:
+/// removed from what the proxy passes on (`X-Forwarded-For` is replaced).
+pub const CLAIMED_IDENTITY: [&str; 3] = [X_FORWARDED_FOR, "forwarded", "x-real-ip"];
 
 /// The client's address, from the session's socket.
 pub fn ip(session: &ServerSession) -> Option<IpAddr> {
@@ -29,13 +38,8 @@ pub fn header(session: &ServerSession, name: impl AsRef<str>) -> Option<String> 
         .map(str::to_string)
 }
 
-/// The `X-Forwarded-For` to send on: the client's own list (if any) with
-/// its address appended.
+/// The `X-Forwarded-For` to send on: the socket address alone, whatever
+/// the client sent (`None` when the socket has no IP address).
 pub fn forwarded_for(session: &ServerSession) -> Option<String> {
-    let earlier = header(session, X_FORWARDED_FOR).filter(|e| !e.trim().is_empty());
-    match (earlier, ip(session)) {
-        (Some(earlier), Some(ip)) => Some(format!("{earlier}, {ip}")),
-        (None, Some(ip)) => Some(ip.to_string()),
-        (earlier, None) => earlier,
-    }
+    ip(session).map(|ip| ip.to_string())
 }

@@ -213,6 +213,19 @@ pub struct TopicConfig {
     pub eager: bool,
     /// Who may subscribe and from which web origins.
     pub access: TopicAccess,
+    /// Let the ordinary proxy pass requests for the topic's upstream path to
+    /// the app (for an app that serves the stream to others on purpose);
+    /// otherwise they get `404`, since they would skip auth and caps.
+    pub expose_upstream: bool,
+}
+
+impl TopicConfig {
+    /// Whether the ordinary proxy refuses this topic's upstream path: the
+    /// stream is on `[app]` (same scheme, host and port) and the topic does
+    /// not set `expose_upstream`.
+    pub fn upstream_closed(&self, app: &AppSettings) -> bool {
+        !self.expose_upstream && self.upstream.origin.same_as(&app.origin)
+    }
 }
 
 /// Who may subscribe to a topic, and how its upstream is asked for.
@@ -516,7 +529,7 @@ impl Validator<'_> {
         let defaults = self.sse_defaults(raw_sse)?;
         let topics = self.topics(raw.topic, &app, defaults, &access_defaults)?;
         let limits = self.limits(raw.limits.unwrap_or_default())?;
-        let warnings = topics
+        let mut warnings: Vec<String> = topics
             .iter()
             .filter(|t| t.path.is_template() && t.access.auth.is_none())
             .map(|t| {
@@ -526,6 +539,18 @@ impl Validator<'_> {
                 )
             })
             .collect();
+        warnings.extend(
+            topics
+                .iter()
+                .filter(|t| t.expose_upstream && t.upstream.origin.same_as(&app.origin))
+                .map(|t| {
+                    format!(
+                        "topic {:?} sets expose_upstream: its upstream path {:?} is reachable through the proxy without the topic's auth and caps, one app stream per client",
+                        t.path.as_str(),
+                        t.upstream.path.as_str()
+                    )
+                }),
+        );
         let admin = raw.admin.map(|admin| self.admin(admin)).transpose()?;
         if let Some(admin) = &admin {
             if listeners.iter().any(|l| l.addr == admin.addr) {
@@ -902,6 +927,7 @@ impl Validator<'_> {
                 settings,
                 eager,
                 access,
+                expose_upstream: topic.expose_upstream.unwrap_or(false),
             });
         }
         Ok(topics)
@@ -1017,10 +1043,7 @@ impl Validator<'_> {
             };
         }
         for origin in list {
-            let well_formed = Origin::parse(origin).is_ok()
-                && (origin.starts_with("https://") || origin.starts_with("http://"))
-                && !origin.ends_with('/');
-            if !well_formed {
+            if crate::cors::normalize_origin(origin).is_none() {
                 return Err(self.at(
                     raw,
                     key,
@@ -1324,6 +1347,7 @@ mod raw {
         pub path: Spanned<String>,
         pub upstream: Spanned<String>,
         pub eager: Option<Spanned<bool>>,
+        pub expose_upstream: Option<bool>,
         pub heartbeat: Option<Spanned<DurationValue>>,
         pub retry: Option<Spanned<DurationValue>>,
         pub replay: Option<Spanned<usize>>,

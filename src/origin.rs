@@ -3,14 +3,31 @@
 //! The config names the app as `127.0.0.1:8080`, `http://app.internal:8080` or
 //! `https://app.internal`, and a topic may name its own upstream with a full
 //! URL. This module parses those and turns them into Pingora [`HttpPeer`]s,
-//! the connection targets both the reverse proxy and the topic upstream
-//! readers hand to Pingora's connector.
+//! the connection targets the reverse proxy, the auth requests and the topic
+//! upstream readers hand to Pingora's connector.
+//!
+//! A host name is resolved within a deadline (`[app] connect_timeout`), and
+//! its address reused for [`DNS_CACHE_TTL`], so a changed record is picked up
+//! within seconds while a busy proxy does not ask the resolver for every
+//! request, nor waits on a resolver that does not answer. The cache is
+//! process-wide and holds at most [`DNS_CACHE_ENTRIES`] names (the config
+//! names only a few).
 
+use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use pingora::upstreams::peer::HttpPeer;
+use tokio::time::Instant;
+
+/// How long a resolved address is reused before the name is resolved again.
+pub const DNS_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// The most host names the resolver cache keeps.
+pub const DNS_CACHE_ENTRIES: usize = 64;
 
 /// The scheme, host and port of an upstream HTTP server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +49,7 @@ pub struct ConnectSettings {
     pub tls_verify: bool,
 }
 
-/// Why an origin could not be parsed or resolved.
+/// Why an origin could not be parsed (or, from [`Origin::peer`], resolved).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OriginError(pub String);
 
@@ -43,6 +60,153 @@ impl fmt::Display for OriginError {
 }
 
 impl std::error::Error for OriginError {}
+
+/// Why a host name gave no address to connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolveError {
+    /// The resolver did not answer within the deadline.
+    TimedOut {
+        /// The name asked for.
+        host: String,
+        /// The deadline.
+        after: Duration,
+    },
+    /// The resolver answered with an error (unknown name, server failure).
+    Failed {
+        /// The name asked for.
+        host: String,
+        /// The resolver's words.
+        reason: String,
+    },
+    /// The resolver answered, with no address.
+    NoAddress {
+        /// The name asked for.
+        host: String,
+    },
+}
+
+impl ResolveError {
+    /// Whether asking again soon may help: a slow or failing resolver may
+    /// recover; an empty answer stays empty until the record changes.
+    pub fn retryable(&self) -> bool {
+        !matches!(self, ResolveError::NoAddress { .. })
+    }
+}
+
+impl fmt::Display for ResolveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResolveError::TimedOut { host, after } => {
+                write!(f, "cannot resolve {host}: no answer within {after:?}")
+            }
+            ResolveError::Failed { host, reason } => write!(f, "cannot resolve {host}: {reason}"),
+            ResolveError::NoAddress { host } => write!(f, "cannot resolve {host}: no address"),
+        }
+    }
+}
+
+impl std::error::Error for ResolveError {}
+
+impl From<ResolveError> for OriginError {
+    fn from(e: ResolveError) -> OriginError {
+        OriginError(e.to_string())
+    }
+}
+
+/// Recently resolved names: (host, port) → the address and when it expires.
+struct NameCache {
+    /// The entries, at most `capacity`.
+    entries: HashMap<(String, u16), (SocketAddr, Instant)>,
+    /// How many entries it may hold.
+    capacity: usize,
+    /// How long an entry is used.
+    ttl: Duration,
+}
+
+impl NameCache {
+    fn new(capacity: usize, ttl: Duration) -> NameCache {
+        NameCache {
+            entries: HashMap::new(),
+            capacity,
+            ttl,
+        }
+    }
+
+    /// The address of `host:port`, if resolved less than `ttl` ago.
+    fn get(&self, host: &str, port: u16, now: Instant) -> Option<SocketAddr> {
+        self.entries
+            .get(&(host.to_string(), port))
+            .filter(|(_, expires)| *expires > now)
+            .map(|(addr, _)| *addr)
+    }
+
+    /// Keeps an address for `ttl`; when full, drops expired entries, then
+    /// the one closest to expiry.
+    fn put(&mut self, host: &str, port: u16, addr: SocketAddr, now: Instant) {
+        let key = (host.to_string(), port);
+        if !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
+            self.entries.retain(|_, (_, expires)| *expires > now);
+            if self.entries.len() >= self.capacity {
+                let oldest = self
+                    .entries
+                    .iter()
+                    .min_by_key(|(_, (_, expires))| *expires)
+                    .map(|(key, _)| key.clone());
+                if let Some(oldest) = oldest {
+                    self.entries.remove(&oldest);
+                }
+            }
+        }
+        self.entries.insert(key, (addr, now + self.ttl));
+    }
+}
+
+/// The process's resolver cache.
+static RESOLVED: LazyLock<Mutex<NameCache>> =
+    LazyLock::new(|| Mutex::new(NameCache::new(DNS_CACHE_ENTRIES, DNS_CACHE_TTL)));
+
+/// Resolves `host:port` through `cache`, asking `lookup` (within `deadline`)
+/// only when the cache has no fresh address. The lock is never held across
+/// the lookup.
+async fn resolve_cached<F, Fut>(
+    cache: &Mutex<NameCache>,
+    host: &str,
+    port: u16,
+    deadline: Duration,
+    lookup: F,
+) -> Result<SocketAddr, ResolveError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = std::io::Result<Vec<SocketAddr>>>,
+{
+    let lock = || cache.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(addr) = lock().get(host, port, Instant::now()) {
+        return Ok(addr);
+    }
+    let addrs = match tokio::time::timeout(deadline, lookup()).await {
+        Err(_) => {
+            return Err(ResolveError::TimedOut {
+                host: host.to_string(),
+                after: deadline,
+            })
+        }
+        Ok(Err(e)) => {
+            return Err(ResolveError::Failed {
+                host: host.to_string(),
+                reason: e.to_string(),
+            })
+        }
+        Ok(Ok(addrs)) => addrs,
+    };
+    let addr = addrs
+        .first()
+        .copied()
+        .ok_or_else(|| ResolveError::NoAddress {
+            host: host.to_string(),
+        })?;
+    lock().put(host, port, addr, Instant::now());
+    Ok(addr)
+}
 
 const HTTP_PORT: u16 = 80;
 const HTTPS_PORT: u16 = 443;
@@ -124,19 +288,34 @@ impl Origin {
         }
     }
 
-    /// Resolves the host and builds a Pingora peer for one connection.
-    ///
-    /// IP literals need no lookup; names are resolved on every call so a
-    /// changed DNS record is picked up without a restart.
-    pub async fn peer(&self, settings: &ConnectSettings) -> Result<HttpPeer, OriginError> {
-        let addr = match self.host.parse::<IpAddr>() {
-            Ok(ip) => SocketAddr::new(ip, self.port),
-            Err(_) => tokio::net::lookup_host((self.host.as_str(), self.port))
+    /// Whether two origins are the same server: same scheme and port, host
+    /// names equal ignoring case.
+    pub fn same_as(&self, other: &Origin) -> bool {
+        self.tls == other.tls
+            && self.port == other.port
+            && self.host.eq_ignore_ascii_case(&other.host)
+    }
+
+    /// The address to connect to: an IP literal as it is; a name resolved
+    /// within `deadline`, or taken from the cache when it was resolved less
+    /// than [`DNS_CACHE_TTL`] ago.
+    pub async fn resolve(&self, deadline: Duration) -> Result<SocketAddr, ResolveError> {
+        if let Ok(ip) = self.host.parse::<IpAddr>() {
+            return Ok(SocketAddr::new(ip, self.port));
+        }
+        let (host, port) = (self.host.as_str(), self.port);
+        resolve_cached(&RESOLVED, host, port, deadline, || async move {
+            tokio::net::lookup_host((host, port))
                 .await
-                .ok()
-                .and_then(|mut addrs| addrs.next())
-                .ok_or_else(|| OriginError(format!("cannot resolve {}", self.host)))?,
-        };
+                .map(|addrs| addrs.collect())
+        })
+        .await
+    }
+
+    /// Resolves the host (within `connect_timeout`) and builds a Pingora peer
+    /// for one connection.
+    pub async fn http_peer(&self, settings: &ConnectSettings) -> Result<HttpPeer, ResolveError> {
+        let addr = self.resolve(settings.connect_timeout).await?;
         let sni = if self.host.parse::<IpAddr>().is_ok() {
             String::new()
         } else {
@@ -147,6 +326,12 @@ impl Origin {
         peer.options.verify_cert = settings.tls_verify;
         peer.options.verify_hostname = settings.tls_verify;
         Ok(peer)
+    }
+
+    /// [`http_peer`](Self::http_peer), with the error as text for callers
+    /// that only report it.
+    pub async fn peer(&self, settings: &ConnectSettings) -> Result<HttpPeer, OriginError> {
+        Ok(self.http_peer(settings).await?)
     }
 }
 
@@ -216,6 +401,101 @@ mod tests {
         let (o, path) = Origin::parse_url("http://127.0.0.1:9/s/{id}?x=1").unwrap();
         assert_eq!(o.port, 9);
         assert_eq!(path, "/s/{id}?x=1");
+    }
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resolved_name_is_reused_until_its_ttl_ends() {
+        let cache = Mutex::new(NameCache::new(4, Duration::from_secs(5)));
+        let lookups = std::sync::atomic::AtomicUsize::new(0);
+        let resolve = || {
+            resolve_cached(&cache, "app.internal", 80, Duration::from_secs(1), || {
+                lookups.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async { Ok(vec![addr("10.0.0.1:80")]) }
+            })
+        };
+        assert_eq!(resolve().await, Ok(addr("10.0.0.1:80")));
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(resolve().await, Ok(addr("10.0.0.1:80")));
+        assert_eq!(lookups.load(std::sync::atomic::Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(resolve().await, Ok(addr("10.0.0.1:80")));
+        assert_eq!(lookups.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resolver_that_does_not_answer_is_given_up_on_at_the_deadline() {
+        let cache = Mutex::new(NameCache::new(4, Duration::from_secs(5)));
+        let result = resolve_cached(&cache, "slow.internal", 80, Duration::from_secs(2), || {
+            std::future::pending::<std::io::Result<Vec<SocketAddr>>>()
+        })
+        .await;
+        assert_eq!(
+            result,
+            Err(ResolveError::TimedOut {
+                host: "slow.internal".into(),
+                after: Duration::from_secs(2)
+            })
+        );
+        assert!(result.unwrap_err().retryable());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_and_empty_answers_are_typed_and_not_cached() {
+        let cache = Mutex::new(NameCache::new(4, Duration::from_secs(5)));
+        let failed = resolve_cached(
+            &cache,
+            "gone.internal",
+            80,
+            Duration::from_secs(1),
+            || async { Err(std::io::Error::other("no such name")) },
+        )
+        .await;
+        assert!(matches!(failed, Err(ResolveError::Failed { .. })));
+        let empty = resolve_cached(
+            &cache,
+            "gone.internal",
+            80,
+            Duration::from_secs(1),
+            || async { Ok(vec![]) },
+        )
+        .await;
+        assert_eq!(
+            empty,
+            Err(ResolveError::NoAddress {
+                host: "gone.internal".into()
+            })
+        );
+        assert!(cache.lock().unwrap().entries.is_empty());
+    }
+
+    #[test]
+    fn the_name_cache_never_holds_more_than_its_capacity() {
+        let mut cache = NameCache::new(2, Duration::from_secs(5));
+        let now = Instant::now();
+        for (i, host) in ["a", "b", "c", "d"].iter().enumerate() {
+            cache.put(
+                host,
+                80,
+                addr("10.0.0.1:80"),
+                now + Duration::from_millis(i as u64),
+            );
+            assert!(cache.entries.len() <= 2);
+        }
+        let later = now + Duration::from_millis(10);
+        assert!(cache.get("d", 80, later).is_some());
+        assert!(cache.get("a", 80, later).is_none());
+    }
+
+    #[test]
+    fn same_origin_ignores_host_case_but_not_scheme_or_port() {
+        let app = Origin::parse("http://App.Internal:8080").unwrap();
+        assert!(app.same_as(&Origin::parse("app.internal:8080").unwrap()));
+        assert!(!app.same_as(&Origin::parse("https://app.internal:8080").unwrap()));
+        assert!(!app.same_as(&Origin::parse("app.internal:8081").unwrap()));
     }
 
     #[test]

@@ -2,13 +2,17 @@
 //!
 //! [`Proxy`] implements Pingora's [`ProxyHttp`]. Subscriptions (`GET` on a
 //! topic path) never get here: the [`FrontDoor`](crate::front_door) serves
-//! them from the hub; another method on a topic path is answered `405`. For
-//! every other request it chooses the app as the
-//! upstream peer, adds the `X-Forwarded-*` headers, keeps hop-by-hop headers
-//! from crossing the proxy, answers `502` with a short text when the app cannot
-//! be reached, and writes one access-log line per request. Request and response
-//! bodies stream through Pingora untouched and unbuffered, WebSocket upgrades
-//! included.
+//! them from the hub; another method on a topic path (in any spelling of it)
+//! is answered `405`. Paths the app must not be asked for by clients
+//! ([`ClosedPaths`]) are answered `404` (a topic's upstream stream) or `400`
+//! (a spelling a lenient app could take for a topic). For every other request
+//! it chooses the app as the upstream peer, removes the headers only the
+//! proxy may set (the topics' `upstream_headers`, `X-SSE-Topic`, and any
+//! claim of who the client is), adds the `X-Forwarded-*` headers, keeps
+//! hop-by-hop headers from crossing the proxy, answers `502` with a short text
+//! when the app cannot be reached, and writes one access-log line per request.
+//! Request and response bodies stream through Pingora untouched and
+//! unbuffered, WebSocket upgrades included.
 //!
 //! It wires things and holds no policy: topics and replay live in the hub,
 //! where the app is and how to reach it in [`AppSettings`].
@@ -24,9 +28,12 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
 use crate::access_log::{self, AccessRecord};
-use crate::client::{self, X_FORWARDED_FOR};
-use crate::config::AppSettings;
+use crate::auth::X_SSE_TOPIC;
+use crate::client::{self, CLAIMED_IDENTITY, X_FORWARDED_FOR};
+use crate::config::{AppSettings, Config};
 use crate::hub::Hub;
+use crate::origin::ResolveError;
+use crate::route::{ClosedPath, ClosedPaths};
 
 /// `X-Forwarded-Proto`: `https` or `http`, as the client connected.
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
@@ -45,8 +52,20 @@ const HOP_BY_HOP: [&str; 5] = [
     "te",
 ];
 
+/// The body of the `404` for a topic's upstream path.
+const NOT_FOUND_BODY: &str = "404 Not Found\n";
+
+/// The body of the `400` for a path a lenient app could take for a topic.
+const AMBIGUOUS_PATH_BODY: &str =
+    "400 Bad Request: this path could name an event stream; ask for it by its exact path\n";
+
 /// The body of the `502` sent when the app cannot be reached.
 const BAD_GATEWAY_BODY: &str = "502 Bad Gateway: the app behind sse-fanout is not reachable.\n";
+
+/// Headers a topic's `upstream_headers` may name that are still passed on
+/// from clients: they carry each client's own credentials to the app, which
+/// checks their values anyway.
+const CLIENT_CREDENTIALS: [&str; 2] = ["authorization", "cookie"];
 
 /// The reverse proxy in front of the app.
 pub struct Proxy {
@@ -54,6 +73,11 @@ pub struct Proxy {
     app: AppSettings,
     /// The topics, served here rather than proxied.
     hub: Hub,
+    /// Paths never passed to the app.
+    closed: ClosedPaths,
+    /// Request headers only the proxy may set (lower case): removed from
+    /// every proxied request, so a client cannot pose as the proxy.
+    private_headers: Vec<HeaderName>,
 }
 
 /// Per-request state shared by the proxy's phases.
@@ -63,8 +87,25 @@ pub struct RequestCtx {
 }
 
 impl Proxy {
-    pub fn new(app: AppSettings, hub: Hub) -> Self {
-        Proxy { app, hub }
+    /// The proxy to `config`'s app, refusing what `config`'s topics close.
+    pub fn new(config: &Config, hub: Hub) -> Self {
+        let mut private_headers = vec![HeaderName::from_static(X_SSE_TOPIC)];
+        let secrets = config
+            .topics
+            .iter()
+            .flat_map(|t| &t.access.upstream_headers)
+            .filter_map(|(name, _)| HeaderName::from_bytes(name.as_bytes()).ok());
+        for name in secrets {
+            if !CLIENT_CREDENTIALS.contains(&name.as_str()) && !private_headers.contains(&name) {
+                private_headers.push(name);
+            }
+        }
+        Proxy {
+            app: config.app.clone(),
+            hub,
+            closed: ClosedPaths::new(config),
+            private_headers,
+        }
     }
 }
 
@@ -119,10 +160,25 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Result<bool> {
+        // Judge the target the app would get (Pingora passes the raw request
+        // target on, absolute-form and all), not its parsed path.
+        let target = String::from_utf8_lossy(session.req_header().raw_path()).into_owned();
         // The front door serves every GET on a topic path; what reaches the
         // proxy on one is another method, which topics do not serve.
-        if self.hub.find(session.req_header().uri.path()).is_some() {
+        if self.hub.find(&target).is_some() {
             method_not_allowed(session).await?;
+            return Ok(true);
+        }
+        if let Some(closed) = self.closed.check(&target) {
+            log::debug!("refused {closed:?}: {target}");
+            let (status, body) = match closed {
+                ClosedPath::TopicUpstream => (404, NOT_FOUND_BODY),
+                ClosedPath::TopicSpelling => (400, AMBIGUOUS_PATH_BODY),
+            };
+            session
+                .as_downstream_mut()
+                .respond_error_with_body(status, Bytes::from_static(body.as_bytes()))
+                .await?;
             return Ok(true);
         }
         Ok(false)
@@ -136,9 +192,17 @@ impl ProxyHttp for Proxy {
         let peer = self
             .app
             .origin
-            .peer(&self.app.connect)
+            .http_peer(&self.app.connect)
             .await
-            .map_err(|e| Error::explain(ErrorType::ConnectNoRoute, e.0))?;
+            .map_err(|e| {
+                let kind = match e {
+                    ResolveError::TimedOut { .. } => ErrorType::ConnectTimedout,
+                    _ => ErrorType::ConnectNoRoute,
+                };
+                // The app cannot be reached: `502`, not retried here (the
+                // lookup already had its deadline).
+                Error::explain(kind, e.to_string()).into_up()
+            })?;
         Ok(Box::new(peer))
     }
 
@@ -148,6 +212,12 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
+        for name in &self.private_headers {
+            upstream_request.remove_header(name);
+        }
+        for name in CLAIMED_IDENTITY {
+            upstream_request.remove_header(name);
+        }
         if let Some(forwarded_for) = client::forwarded_for(session) {
             upstream_request.insert_header(X_FORWARDED_FOR, forwarded_for)?;
         }

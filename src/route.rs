@@ -1,4 +1,4 @@
-//! Which request paths are topics.
+//! Which request paths are topics, and which the app must never be asked for.
 //!
 //! A topic is named in the config file by a path such as `/events/news`, or by
 //! a *template* such as `/events/jobs/{id}`: one topic per distinct value of
@@ -6,12 +6,30 @@
 //! matches request paths against them and fills the parameters into the
 //! topic's upstream path (`/stream/jobs/{id}`).
 //!
-//! It knows nothing of HTTP sessions or of the hub: the proxy asks
-//! [`TopicRoutes::find`] whether a request is a topic, and the hub keys its
-//! topics by the resolved path the match returns.
+//! A request path is matched in its *normal form*, so that every spelling an
+//! app would serve as the same resource is the same topic instance:
+//!
+//! ```text
+//!  //events/x   /events/./x   /events/a/../x   /events/x/   /%65vents/x
+//!  /events/x;p  \events\x     http://host/events/x?q       ──▶  /events/x
+//! ```
+//!
+//! (backslashes are slashes, percent-encoded letters, digits and `-._~` are
+//! decoded, `;` parameters dropped, dot segments resolved, empty segments
+//! removed). [`ClosedPaths`] looks further still, for the ordinary proxy:
+//! a path that is a topic's upstream stream, or that a lenient app (one that
+//! decodes `%2F` or ignores case) could take for a topic, is never proxied.
+//!
+//! It knows nothing of HTTP sessions or of the hub: the front door asks
+//! [`TopicRoutes::find`] whether a request is a topic, the hub keys its
+//! topics by the normal path the match returns, and the proxy asks
+//! [`ClosedPaths::check`] before it passes a request on.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+
+use crate::config::Config;
 
 /// A topic path from the config file: literal segments and `{name}` placeholders.
 ///
@@ -51,6 +69,143 @@ fn is_param_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// How far two spellings of a path are taken to name the same resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spelling {
+    /// What RFC 3986 and every common app treat alike: `\` as `/`, percent-
+    /// encoded unreserved characters (`%65` is `e`), dot segments, empty
+    /// segments (`//`, a trailing `/`) and `;` parameters. The rest of the
+    /// percent-encoding is kept, with upper-case hex digits.
+    Strict,
+    /// Also what a lenient app may treat alike: every `%XX` decoded (so
+    /// `%2F` and `%5C` separate segments) and ASCII letters lower-cased.
+    /// Only ever used to refuse a request, never to name a topic.
+    Loose,
+}
+
+/// Whether `byte` is an unreserved character (RFC 3986 §2.3): percent-encoding
+/// it changes nothing, so `%65` and `e` are the same path.
+fn is_unreserved(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
+}
+
+/// The value of a hex digit.
+fn hex_value(digit: u8) -> Option<u8> {
+    (digit as char).to_digit(16).map(|v| v as u8)
+}
+
+/// Decodes percent-encoding: unreserved characters only (strict), or every
+/// valid `%XX` (loose). A `%` not followed by two hex digits is kept as is.
+fn decode(path: &str, spelling: Spelling) -> Cow<'_, str> {
+    if !path.contains('%') {
+        return Cow::Borrowed(path);
+    }
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| {
+                Some((
+                    hex_value(*bytes.get(i + 1)?)?,
+                    hex_value(*bytes.get(i + 2)?)?,
+                ))
+            })
+            .flatten();
+        match escaped {
+            Some((high, low)) => {
+                let byte = high << 4 | low;
+                if spelling == Spelling::Loose || is_unreserved(byte) {
+                    out.push(byte);
+                } else {
+                    out.push(b'%');
+                    out.extend(bytes[i + 1..i + 3].iter().map(u8::to_ascii_uppercase));
+                }
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Whether a path is already in strict normal form (the common case, checked
+/// without allocating).
+fn is_normal(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    rest.is_empty()
+        || (!rest.contains(['\\', '%', ';'])
+            && rest.split('/').all(|s| !matches!(s, "" | "." | "..")))
+}
+
+/// A path brought to its normal form under `spelling`: starts with `/`, no
+/// empty, `.` or `..` segments, no `;` parameters, no backslashes.
+fn normal_form(path: &str, spelling: Spelling) -> Cow<'_, str> {
+    if spelling == Spelling::Strict && is_normal(path) {
+        return Cow::Borrowed(path);
+    }
+    let decoded = decode(path, spelling);
+    let lowered;
+    let decoded = if spelling == Spelling::Loose {
+        lowered = decoded.to_ascii_lowercase();
+        lowered.as_str()
+    } else {
+        &decoded
+    };
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split(['/', '\\']) {
+        // `;` starts a segment's parameters, which servlet containers and
+        // others strip before routing (`..;` is `..` to them too).
+        match segment.split(';').next().unwrap_or("") {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            segment => segments.push(segment),
+        }
+    }
+    let mut normal = String::with_capacity(path.len());
+    for segment in &segments {
+        normal.push('/');
+        normal.push_str(segment);
+    }
+    if normal.is_empty() {
+        normal.push('/');
+    }
+    Cow::Owned(normal)
+}
+
+/// The path of a request target (RFC 9112 §3.2): origin-form as it is, the
+/// path of an absolute-form target (`http://host/path`), without query or
+/// fragment. Anything else is taken as a path too (an app may).
+pub fn target_path(target: &str) -> &str {
+    let target = &target[..target.find(['?', '#']).unwrap_or(target.len())];
+    if target.starts_with(['/', '\\']) {
+        return target;
+    }
+    if let Some((scheme, rest)) = target.split_once("://") {
+        let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        if is_scheme {
+            return rest.find(['/', '\\']).map_or("", |slash| &rest[slash..]);
+        }
+    }
+    target
+}
+
+/// The normal form of a request path or target, as topics are matched and
+/// keyed: `//events/./x/` is `/events/x`.
+pub fn normalize_path(target: &str) -> Cow<'_, str> {
+    normal_form(target_path(target), Spelling::Strict)
 }
 
 impl PathTemplate {
@@ -98,6 +253,12 @@ impl PathTemplate {
             } else {
                 segments.push(Segment::Literal(text.to_string()));
             }
+        }
+        let normal = normalize_path(source);
+        if normal != source {
+            return Err(TemplateError(format!(
+                "topic path {source:?} is not in normal form (requests are matched after resolving dot segments, ';' parameters, backslashes and percent-encoded letters and digits); write {normal:?}"
+            )));
         }
         Ok(PathTemplate {
             source: source.to_string(),
@@ -240,6 +401,25 @@ impl UpstreamTemplate {
         })
     }
 
+    /// The path part (before any `?`) with every placeholder written `{}`:
+    /// `/stream/{id}?v={v}` is `/stream/{}`.
+    fn path_shape(&self) -> String {
+        let mut shape = String::with_capacity(self.source.len());
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(text) => {
+                    if let Some(query) = text.find(['?', '#']) {
+                        shape.push_str(&text[..query]);
+                        return shape;
+                    }
+                    shape.push_str(text);
+                }
+                Piece::Param(_) => shape.push_str("{}"),
+            }
+        }
+        shape
+    }
+
     /// Fills in the parameters bound by a topic path match. A name without a
     /// value is left empty; config validation makes sure that cannot happen.
     pub fn fill(&self, params: &[(&str, &str)]) -> String {
@@ -276,7 +456,8 @@ pub struct TopicRoutes {
 pub struct TopicMatch {
     /// Index of the topic in the config's `[[topic]]` list.
     pub index: usize,
-    /// The topic instance: the request path itself (`/events/jobs/42`).
+    /// The topic instance: the request path in normal form
+    /// (`/events/jobs/42`, also for `//events/jobs/42/`).
     pub key: String,
     /// Placeholder values bound by a template (`[("id", "42")]`).
     pub params: Vec<(String, String)>,
@@ -329,8 +510,14 @@ impl TopicRoutes {
         routes
     }
 
-    /// Finds the topic a request path (without its query) names.
-    pub fn find(&self, path: &str) -> Option<TopicMatch> {
+    /// Finds the topic a request path or target names, in its normal form
+    /// (query and fragment ignored): `/events/x`, `//events/./x/` and
+    /// `http://host/events/x?q` are the same topic instance, keyed
+    /// `/events/x`. Parameters are bound as they are after normalisation and
+    /// still need [`TopicMatch::check_params`].
+    pub fn find(&self, target: &str) -> Option<TopicMatch> {
+        let path = normalize_path(target);
+        let path = path.as_ref();
         if let Some(&index) = self.literals.get(path) {
             return Some(TopicMatch {
                 index,
@@ -352,6 +539,172 @@ impl TopicRoutes {
     }
 }
 
+/// Why the ordinary proxy refuses a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClosedPath {
+    /// It is (a spelling of) a topic's upstream stream on the app: reached
+    /// directly, it would skip the topic's auth and caps and cost the app
+    /// one stream per client. `404`.
+    TopicUpstream,
+    /// It is no topic as spelled, but an app that decodes `%2F` or ignores
+    /// case could serve it as one. `400`.
+    TopicSpelling,
+}
+
+/// One path segment of a [`PathPattern`]: literal text with a wildcard
+/// between each two pieces (`user-{}` is `["user-", ""]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SegmentPattern(Vec<String>);
+
+impl SegmentPattern {
+    /// Whether `text` matches; a wildcard matches any text, empty too.
+    /// Leftmost matching of the middle pieces is exact for such patterns,
+    /// and linear in the segment's length.
+    fn matches(&self, text: &str) -> bool {
+        let pieces = &self.0;
+        let (Some(first), Some(last)) = (pieces.first(), pieces.last()) else {
+            return text.is_empty();
+        };
+        if pieces.len() == 1 {
+            return text == first;
+        }
+        if text.len() < first.len() + last.len()
+            || !text.starts_with(first.as_str())
+            || !text.ends_with(last.as_str())
+        {
+            return false;
+        }
+        let mut rest = &text[first.len()..text.len() - last.len()];
+        for middle in &pieces[1..pieces.len() - 1] {
+            match rest.find(middle.as_str()) {
+                Some(at) => rest = &rest[at + middle.len()..],
+                None => return false,
+            }
+        }
+        true
+    }
+}
+
+/// A path in normal form whose segments may hold wildcards, matched against
+/// request paths in the same normal form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PathPattern(Vec<SegmentPattern>);
+
+impl PathPattern {
+    /// Builds a pattern from a path with `{}` for each wildcard, brought to
+    /// the normal form of `spelling` first.
+    fn new(shape: &str, spelling: Spelling) -> PathPattern {
+        let normal = normal_form(shape, spelling);
+        PathPattern(
+            normal
+                .split('/')
+                .skip(1)
+                .filter(|s| !s.is_empty())
+                .map(|s| SegmentPattern(s.split("{}").map(str::to_string).collect()))
+                .collect(),
+        )
+    }
+
+    /// Whether a path matches, segment by segment (empty segments skipped).
+    fn matches(&self, path: &str) -> bool {
+        let mut segments = path.split('/').filter(|s| !s.is_empty());
+        self.0
+            .iter()
+            .all(|pattern| segments.next().is_some_and(|s| pattern.matches(s)))
+            && segments.next().is_none()
+    }
+}
+
+/// The paths the ordinary proxy never passes to the app: the upstream
+/// streams of topics served by the app itself (unless a topic sets
+/// `expose_upstream`), in any spelling, and other spellings of topic paths.
+///
+/// A path is read the ways an app might read it: as it is (an app that does
+/// not resolve `..` routes `/stream/users/..` as user `..`), in strict normal
+/// form, and in loose normal form (every `%XX` decoded, lower case), the
+/// loose one also as if a leading `//` started an authority
+/// (`//evil/stream/x`), as some URL parsers read it. Template placeholders
+/// match any one segment (or part of one).
+#[derive(Debug, Clone, Default)]
+pub struct ClosedPaths {
+    /// Topic upstream paths in strict normal form.
+    upstreams: Vec<PathPattern>,
+    /// The same, loose.
+    loose_upstreams: Vec<PathPattern>,
+    /// Every topic path (already in strict normal form).
+    topics: Vec<PathPattern>,
+    /// Every topic path, loose.
+    loose_topics: Vec<PathPattern>,
+}
+
+impl ClosedPaths {
+    /// The closed paths of a configuration: every topic's path, and the
+    /// upstream path of every topic whose stream is on `[app]` and that does
+    /// not set `expose_upstream`.
+    pub fn new(config: &Config) -> ClosedPaths {
+        let mut closed = ClosedPaths::default();
+        for topic in &config.topics {
+            closed.add_topic(&topic.path);
+            if topic.upstream_closed(&config.app) {
+                closed.add_upstream(&topic.upstream.path);
+            }
+        }
+        closed
+    }
+
+    /// Closes the other spellings of a topic path.
+    fn add_topic(&mut self, path: &PathTemplate) {
+        let shape = path.shape();
+        self.topics.push(PathPattern::new(&shape, Spelling::Strict));
+        self.loose_topics
+            .push(PathPattern::new(&shape, Spelling::Loose));
+    }
+
+    /// Closes a topic's upstream path, in every spelling.
+    fn add_upstream(&mut self, upstream: &UpstreamTemplate) {
+        let shape = upstream.path_shape();
+        self.upstreams
+            .push(PathPattern::new(&shape, Spelling::Strict));
+        self.loose_upstreams
+            .push(PathPattern::new(&shape, Spelling::Loose));
+    }
+
+    /// Whether (and why) a request target is closed to the ordinary proxy.
+    /// Topic paths in strict normal form are not checked here: they are
+    /// topics ([`TopicRoutes::find`]).
+    pub fn check(&self, target: &str) -> Option<ClosedPath> {
+        let path = target_path(target);
+        let strict = normal_form(path, Spelling::Strict);
+        if [path, &strict]
+            .iter()
+            .any(|reading| self.upstreams.iter().any(|p| p.matches(reading)))
+        {
+            return Some(ClosedPath::TopicUpstream);
+        }
+        if self.topics.iter().any(|p| p.matches(path)) {
+            return Some(ClosedPath::TopicSpelling);
+        }
+        let loose = normal_form(path, Spelling::Loose);
+        let as_authority = authority_stripped(path).map(|rest| normal_form(rest, Spelling::Loose));
+        for candidate in std::iter::once(&loose).chain(as_authority.as_ref()) {
+            if self.loose_upstreams.iter().any(|p| p.matches(candidate)) {
+                return Some(ClosedPath::TopicUpstream);
+            }
+            if self.loose_topics.iter().any(|p| p.matches(candidate)) {
+                return Some(ClosedPath::TopicSpelling);
+            }
+        }
+        None
+    }
+}
+
+/// A path that starts with two separators read as a network-path reference:
+/// `//host/rest` gives `/rest`. `None` for any other path.
+fn authority_stripped(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix(['/', '\\'])?.strip_prefix(['/', '\\'])?;
+    Some(rest.find(['/', '\\']).map_or("/", |slash| &rest[slash..]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,9 +714,10 @@ mod tests {
         let routes = TopicRoutes::new(&[PathTemplate::parse("/jobs/{id}").unwrap()]);
         let check = |path: &str| routes.find(path).unwrap().check_params(10);
         assert!(check("/jobs/a-b_c.d~1").is_ok());
+        // Dot segments are resolved before matching: no topic at all.
+        assert!(routes.find("/jobs/..").is_none());
+        assert!(routes.find("/jobs/.").is_none());
         for bad in [
-            "/jobs/..",
-            "/jobs/.",
             "/jobs/a%2Fb",
             "/jobs/a%0D",
             "/jobs/12345678901",
@@ -441,6 +795,178 @@ mod tests {
         let u = UpstreamTemplate::parse("/stream/jobs/{id}?from={id}").unwrap();
         assert_eq!(u.params().collect::<Vec<_>>(), vec!["id", "id"]);
         assert_eq!(u.fill(&[("id", "7")]), "/stream/jobs/7?from=7");
+    }
+
+    #[test]
+    fn spellings_of_a_path_have_one_normal_form() {
+        for spelling in [
+            "/events/x",
+            "//events/x",
+            "/events//x",
+            "/events/./x",
+            "/events/a/../x",
+            "/events/a/..;/x",
+            "/../events/x",
+            "/events/x/",
+            "/%65vents/x",
+            "/%65%76ents/x",
+            "/events/%2E/x",
+            "/events/x;p",
+            "/events;a=b/x;c",
+            "\\events\\x",
+            "/events\\x",
+            "events/x",
+            "/events/x?q=1#f",
+            "http://localhost:8080/events/x?q",
+            "HTTPS://host\\events/x",
+        ] {
+            assert_eq!(normalize_path(spelling), "/events/x", "{spelling}");
+        }
+        assert_eq!(normalize_path("/"), "/");
+        assert_eq!(normalize_path("/.."), "/");
+        assert_eq!(normalize_path("http://host"), "/");
+        assert_eq!(normalize_path("*"), "/*");
+    }
+
+    #[test]
+    fn normal_form_keeps_reserved_escapes_and_case() {
+        assert_eq!(normalize_path("/a%2fb"), "/a%2Fb");
+        assert_eq!(normalize_path("/a%5Cb"), "/a%5Cb");
+        assert_eq!(normalize_path("/A/%zz"), "/A/%zz");
+        assert_eq!(normalize_path("/caf%c3%a9"), "/caf%C3%A9");
+        assert!(matches!(normalize_path("/events/x"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn spellings_of_a_topic_are_one_instance_with_checked_parameters() {
+        let paths = [
+            PathTemplate::parse("/events/x").unwrap(),
+            PathTemplate::parse("/events/users/{id}").unwrap(),
+        ];
+        let routes = TopicRoutes::new(&paths);
+        for spelling in ["//events/x", "/events/./x/", "/%65vents/x;p"] {
+            assert_eq!(routes.find(spelling).unwrap().key, "/events/x");
+        }
+        let user = routes.find("/events/users/%34%32;jsessionid=9").unwrap();
+        assert_eq!(user.key, "/events/users/42");
+        assert_eq!(user.param_pairs(), vec![("id", "42")]);
+        // What normalisation keeps encoded still fails the parameter check.
+        for bad in [
+            "/events/users/a%2Fb",
+            "/events/users/a%00",
+            "/events/users/a%3Bb",
+        ] {
+            let found = routes.find(bad).unwrap();
+            assert!(found.check_params(128).is_err(), "{bad}: {found:?}");
+        }
+        // `..` as a parameter is resolved away before matching.
+        assert!(routes.find("/events/users/%2E%2E").is_none());
+    }
+
+    #[test]
+    fn topic_paths_not_in_normal_form_are_refused() {
+        for bad in [
+            "/events/./x",
+            "/events/../x",
+            "/%65vents",
+            "/a;b",
+            "/a\\b",
+            "/a%2fb",
+        ] {
+            assert!(PathTemplate::parse(bad).is_err(), "{bad} was accepted");
+        }
+        assert!(PathTemplate::parse("/a%2Fb").is_ok());
+    }
+
+    fn closed(upstreams: &[&str], topics: &[&str]) -> ClosedPaths {
+        let mut closed = ClosedPaths::default();
+        for upstream in upstreams {
+            closed.add_upstream(&UpstreamTemplate::parse(upstream).unwrap());
+        }
+        for topic in topics {
+            closed.add_topic(&PathTemplate::parse(topic).unwrap());
+        }
+        closed
+    }
+
+    #[test]
+    fn upstream_paths_are_closed_in_every_spelling_and_any_parameter() {
+        let closed = closed(
+            &["/stream/users/{id}?from={id}", "/feed/user-{id}.json"],
+            &[],
+        );
+        for path in [
+            "/stream/users/42",
+            "/stream/users/anything",
+            "/stream/users/a%2Fb",
+            "/stream/users/..",
+            "/stream/users/42/",
+            "//stream/users/42",
+            "/stream/./users/42?q",
+            "/STREAM/Users/42",
+            "/stream%2Fusers%2F42",
+            "/stream%5Cusers%5C42",
+            "//evil.example/stream/users/42",
+            "http://host/stream/users/42",
+            "\\stream\\users\\42",
+            "/feed/user-7.json",
+            "/feed/user-.json",
+        ] {
+            assert_eq!(
+                closed.check(path),
+                Some(ClosedPath::TopicUpstream),
+                "{path}"
+            );
+        }
+        for path in [
+            "/stream/users",
+            "/stream/users/42/log",
+            "/stream",
+            "/feed/user-7.xml",
+            "/feed/7.json",
+            "/",
+        ] {
+            assert_eq!(closed.check(path), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn loose_spellings_of_topics_are_closed() {
+        let closed = closed(&[], &["/events/x", "/events/users/{id}"]);
+        for path in [
+            "/EVENTS/x",
+            "/events%2Fx",
+            "/Events/Users/42",
+            "/events%5cusers%5c1",
+            "/events/users/..",
+            "/events/users/.",
+            "/events/users/%2E%2E",
+        ] {
+            assert_eq!(
+                closed.check(path),
+                Some(ClosedPath::TopicSpelling),
+                "{path}"
+            );
+        }
+        for path in [
+            "/events",
+            "/events/y",
+            "/events/users/42/log",
+            "/index.html",
+        ] {
+            assert_eq!(closed.check(path), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn a_segment_pattern_is_a_glob() {
+        let pattern = |s: &str| SegmentPattern(s.split("{}").map(str::to_string).collect());
+        assert!(pattern("a{}b{}c").matches("abc"));
+        assert!(pattern("a{}b{}c").matches("axxbyyc"));
+        assert!(!pattern("a{}b{}c").matches("axxc"));
+        assert!(!pattern("ab{}ba").matches("aba"));
+        assert!(pattern("{}").matches(""));
+        assert!(pattern("x").matches("x") && !pattern("x").matches("xx"));
     }
 
     #[test]

@@ -119,10 +119,8 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<(Server, H
     server.bootstrap();
 
     let hub = Hub::new(config);
-    let mut proxy = pingora::proxy::http_proxy(
-        &server.configuration,
-        Proxy::new(config.app.clone(), hub.clone()),
-    );
+    let mut proxy =
+        pingora::proxy::http_proxy(&server.configuration, Proxy::new(config, hub.clone()));
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = true;
     proxy.server_options = Some(server_options);
