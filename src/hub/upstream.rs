@@ -37,7 +37,7 @@ use pingora::protocols::TcpKeepalive;
 use tokio::time::Instant;
 
 use super::topic::{CloseReason, Topic, UpstreamState};
-use crate::origin::{ConnectSettings, Origin};
+use crate::origin::{ConnectSettings, Origin, ResolveError};
 use crate::sse::{self, Item, Limits, ParseError, Parser};
 
 /// Sent as `User-Agent` on upstream requests, so the app can tell us apart.
@@ -74,7 +74,9 @@ pub enum UpstreamError {
     /// The request could not be built (an `upstream_headers` value, a
     /// `Last-Event-ID` that is no header value).
     InvalidRequest(String),
-    /// No connection: resolution, connect, TLS, or sending the request.
+    /// The app's host name gave no address.
+    Resolve(ResolveError),
+    /// No connection: connect, TLS, or sending the request.
     Connect(String),
     /// The app accepted but did not answer within `connect_timeout`.
     NoAnswer(Duration),
@@ -111,6 +113,7 @@ impl UpstreamError {
             UpstreamError::InvalidRequest(_)
             | UpstreamError::ContentType(_)
             | UpstreamError::ContentEncoding(_) => Retry::Persistent,
+            UpstreamError::Resolve(e) if !e.retryable() => Retry::Persistent,
             UpstreamError::Status(status) if (400..500).contains(status) => Retry::Persistent,
             _ => Retry::Transient,
         }
@@ -121,6 +124,7 @@ impl fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             UpstreamError::InvalidRequest(why) => write!(f, "cannot build the request: {why}"),
+            UpstreamError::Resolve(e) => e.fmt(f),
             UpstreamError::Connect(why) => f.write_str(why),
             UpstreamError::NoAnswer(limit) => write!(f, "no response header within {limit:?}"),
             UpstreamError::Status(status) => write!(f, "answered {status} instead of 200"),
@@ -172,9 +176,9 @@ impl UpstreamSource {
     pub async fn open(&self, last_event_id: Option<&str>) -> Result<Opened, UpstreamError> {
         let mut peer = self
             .origin
-            .peer(&self.connect)
+            .http_peer(&self.connect)
             .await
-            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+            .map_err(UpstreamError::Resolve)?;
         peer.options.tcp_keepalive = Some(UPSTREAM_KEEPALIVE);
         let request = self.request(last_event_id)?;
         let (mut session, _reused) = self

@@ -64,23 +64,43 @@ impl TestCerts {
 
 /// The first port tests hand out: below Linux's ephemeral range (32768 and
 /// up), so the kernel never gives one of them to an outgoing connection or
-/// to a `bind(":0")` of another test.
+/// to a `bind(":0")`.
 const TEST_PORTS_START: u16 = 12_000;
 /// How many ports each test process may hand out.
 const TEST_PORTS_PER_PROCESS: u16 = 1_000;
 
+/// The block of ports this process owns: the first block whose lock file it
+/// could lock (held until the process exits), so two test processes running
+/// at once never share a block.
+fn port_block() -> u16 {
+    static BLOCK: std::sync::OnceLock<(u16, std::fs::File)> = std::sync::OnceLock::new();
+    BLOCK
+        .get_or_init(|| {
+            let dir = std::env::temp_dir().join("sse-fanout-test-ports");
+            std::fs::create_dir_all(&dir).expect("port lock folder");
+            let blocks = (32_768 - TEST_PORTS_START) / TEST_PORTS_PER_PROCESS;
+            let first = (std::process::id() % u32::from(blocks)) as u16;
+            (0..blocks)
+                .map(|i| (first + i) % blocks)
+                .find_map(|block| {
+                    let file = std::fs::File::create(dir.join(format!("{block}.lock"))).ok()?;
+                    file.try_lock().ok()?;
+                    Some((block, file))
+                })
+                .expect("a free block of test ports")
+        })
+        .0
+}
+
 /// A port on 127.0.0.1 for a listener the test starts (the proxy's, a dead
 /// app's), with no bind-and-release race: ports come from a block below the
-/// ephemeral range chosen by the process id, and a process-wide counter never
-/// hands out the same port twice. A port some other program holds is
-/// skipped (checked with a bind; nobody else is given ports in this range
-/// by the kernel, so it cannot be taken between the check and the use).
+/// ephemeral range that this process alone holds (see [`port_block`]), and a
+/// process-wide counter never hands out the same port twice. A port some
+/// other program holds is skipped.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let blocks = (32_768 - TEST_PORTS_START) / TEST_PORTS_PER_PROCESS;
-    let block = (std::process::id() % u32::from(blocks)) as u16;
-    let base = TEST_PORTS_START + block * TEST_PORTS_PER_PROCESS;
+    let base = TEST_PORTS_START + port_block() * TEST_PORTS_PER_PROCESS;
     loop {
         let offset = NEXT.fetch_add(1, Ordering::Relaxed);
         assert!(
