@@ -33,6 +33,15 @@ pub enum Limit {
 }
 
 impl Limit {
+    /// Every cap, in the order of [`Limit::index`].
+    pub const ALL: [Limit; 5] = [
+        Limit::Total,
+        Limit::PerAddress,
+        Limit::Rate,
+        Limit::PerTopic,
+        Limit::Instances,
+    ];
+
     /// The config key, for logs and answers.
     pub fn key(self) -> &'static str {
         match self {
@@ -42,6 +51,11 @@ impl Limit {
             Limit::PerTopic => "max_subscribers_per_topic",
             Limit::Instances => "max_topic_instances",
         }
+    }
+
+    /// Its place in [`Limit::ALL`], for per-cap tables.
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 

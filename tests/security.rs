@@ -332,6 +332,35 @@ async fn per_address_cap_answers_429_when_configured() {
 }
 
 #[tokio::test]
+async fn a_storm_of_cap_refusals_is_logged_once_and_counted() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(
+        app.addr,
+        &with_limits("max_subscribers = 1\nover_limit = \"429\""),
+    );
+    let mut client = proxy.h2().await;
+    let _held = EventStream::open(&mut client, "/events/public", None).await;
+    for _ in 0..30 {
+        let refused = subscribe(&mut client, "/events/public", &[]).await;
+        assert_eq!(refused.status(), 429);
+    }
+    let stats = proxy
+        .wait_for_stats("30 refusals counted", |s| {
+            s["admission"]["refused"]["max_subscribers"] == 30
+        })
+        .await;
+    assert_eq!(stats["admission"]["binding"][0], "max_subscribers");
+    let log = proxy.log();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("max_subscribers"))
+            .count(),
+        1,
+        "{log}"
+    );
+}
+
+#[tokio::test]
 async fn per_topic_cap_answers_503_when_configured() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(
