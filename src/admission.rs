@@ -122,9 +122,9 @@ impl Admission {
 /// binding. Longer than a crowd's way back (`retry`, jittered up to twice).
 pub const CAP_QUIET: Duration = Duration::from_secs(10);
 
-/// A condition that comes and goes (a cap refusing subscriptions): every
-/// occurrence is counted, and the log gets one line when it starts and one
-/// when it ends, however many occurrences in between.
+/// A condition that comes and goes (a cap refusing subscriptions, a flood
+/// of addresses): every occurrence is counted, and the log gets one line when
+/// it starts and one when it ends, however many occurrences in between.
 pub struct Episode {
     /// Occurrences since the process started.
     total: AtomicU64,
@@ -281,17 +281,20 @@ impl Refusals {
     }
 }
 
-/// What admission did since the process started: refusals, and the caps
-/// binding now. Process-wide, like Pingora's own metrics: refusals are
-/// answered by a free function on every listener, and the admin listener
-/// reads them.
+/// What admission did since the process started: refusals, the caps binding
+/// now, and newcomers let past a full rate map. Process-wide, like Pingora's
+/// own metrics: refusals are answered by a free function on every listener,
+/// and the admin listener reads them.
 pub struct AdmissionStats {
     pub refusals: Refusals,
+    /// Addresses admitted without a rate bucket in a flood (see `limits`).
+    pub rate_untracked: Episode,
 }
 
 /// The process's admission counts.
 pub static STATS: AdmissionStats = AdmissionStats {
     refusals: Refusals::new(),
+    rate_untracked: Episode::new(),
 };
 
 impl AdmissionStats {
@@ -306,6 +309,12 @@ impl AdmissionStats {
                     ended.lasted.as_secs_f64()
                 );
             }
+        }
+        if let Some(ended) = self.rate_untracked.settle(now, CAP_QUIET) {
+            log::info!(
+                "subscribe_rate_per_ip: the flood of new addresses passed; {} were admitted without a rate cap",
+                ended.count
+            );
         }
     }
 
@@ -335,6 +344,7 @@ impl AdmissionStats {
         json!({
             "refused": refused,
             "binding": binding,
+            "rate_untracked": self.rate_untracked.total(),
         })
     }
 }

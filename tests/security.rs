@@ -317,6 +317,50 @@ async fn total_cap_answers_a_jittered_retry_and_a_clean_end() {
 }
 
 #[tokio::test]
+async fn per_address_caps_are_off_by_default_so_one_address_is_not_throttled() {
+    // Every browser behind a balancer or a NAT has one address; a deploy
+    // brings them all back at once. 150 subscriptions at once from
+    // 127.0.0.1, beyond the old per-address rate of 100/s, are all admitted.
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, &with_limits("over_limit = \"429\""));
+    const EACH: usize = 75;
+    let connections = [raw_h2(&proxy, None).await, raw_h2(&proxy, None).await];
+    // Each stream is read as it comes (h2 limits unread small frames), and
+    // kept open until the test ends.
+    let (statuses, mut status) = tokio::sync::mpsc::channel(2 * EACH);
+    let mut readers = tokio::task::JoinSet::new();
+    for connection in &connections {
+        for _ in 0..EACH {
+            let mut ready = connection.clone().ready().await.unwrap();
+            let (response, _) = ready
+                .send_request(get(&proxy, "/events/public"), true)
+                .unwrap();
+            let statuses = statuses.clone();
+            readers.spawn(async move {
+                let Ok(response) = response.await else {
+                    let _ = statuses.send(0).await;
+                    return;
+                };
+                let _ = statuses.send(response.status().as_u16()).await;
+                let mut body = response.into_body();
+                while let Some(Ok(data)) = body.data().await {
+                    let _ = body.flow_control().release_capacity(data.len());
+                }
+            });
+        }
+    }
+    for _ in 0..2 * EACH {
+        let answered = tokio::time::timeout(PATIENCE, status.recv()).await;
+        assert_eq!(answered, Ok(Some(200)));
+    }
+    proxy
+        .wait_for_stats("150 subscribers", |s| {
+            s["totals"]["subscribers"] == 2 * EACH
+        })
+        .await;
+}
+
+#[tokio::test]
 async fn per_address_cap_answers_429_when_configured() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(
