@@ -13,20 +13,22 @@
 //! The upstream stream itself never carries a subscriber's credentials: it is
 //! shared by every subscriber of the topic.
 //!
-//! Decisions can be cached per credentials and topic instance for
-//! `auth_cache` (off by default), so a reconnect storm does not become an
-//! auth storm. The cache is bounded (`[limits] auth_cache_size`, oldest out
-//! first) and keyed by a SHA-256 of the credentials, never the credentials.
+//! Decisions are cached per credentials and topic instance for `auth_cache`
+//! (5 s by default), so a reconnect storm (every tab and every retry of one
+//! session) does not become an auth storm. The cache is an exact LRU of
+//! `[limits] auth_cache_size` entries (`pingora-lru`), each with its expiry,
+//! keyed by a SHA-256 of the credentials, never the credentials.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use ring::digest;
+use tokio::time::Instant;
 
 use crate::config::AuthTarget;
 use crate::origin::ConnectSettings;
@@ -70,46 +72,78 @@ pub struct Denial {
     pub body: Bytes,
 }
 
-/// Cached decisions, bounded, oldest evicted first.
+/// A cached decision and what it is for.
+struct Cached {
+    /// The whole key, so that two keys sharing their first 8 bytes (the
+    /// LRU's key) are never taken for each other.
+    key: [u8; 32],
+    decision: Decision,
+    /// When it stops being served.
+    expires: Instant,
+}
+
+/// Cached decisions: an exact LRU of `capacity` entries, each with its own
+/// expiry. Expired entries are dropped when looked up, or leave as the least
+/// recently used; either way there are never more than `capacity`.
 struct DecisionCache {
-    entries: HashMap<[u8; 32], (Decision, Instant)>,
-    order: VecDeque<[u8; 32]>,
-    capacity: usize,
+    /// By the first 8 bytes of the key.
+    entries: HashMap<u64, Cached>,
+    /// The order of use of `entries`' keys (each of weight 1, so the weight
+    /// limit is the count); one shard, so eviction is exactly LRU.
+    order: pingora_lru::Lru<u64, 1>,
+}
+
+/// The LRU's key for a cache key.
+fn short_key(key: &[u8; 32]) -> u64 {
+    let mut short = [0u8; 8];
+    short.copy_from_slice(&key[..8]);
+    u64::from_le_bytes(short)
 }
 
 impl DecisionCache {
-    fn get(&mut self, key: &[u8; 32]) -> Option<Decision> {
-        match self.entries.get(key) {
-            Some((decision, expires)) if *expires > Instant::now() => Some(decision.clone()),
-            Some(_) => {
-                self.entries.remove(key);
-                None
-            }
-            None => None,
+    fn new(capacity: usize) -> DecisionCache {
+        DecisionCache {
+            entries: HashMap::new(),
+            // The second argument only pre-allocates.
+            order: pingora_lru::Lru::with_capacity(capacity, capacity.min(1024)),
         }
     }
 
-    fn put(&mut self, key: [u8; 32], decision: Decision, ttl: Duration) {
-        if self
-            .entries
-            .insert(key, (decision, Instant::now() + ttl))
-            .is_none()
-        {
-            self.order.push_back(key);
+    fn get(&mut self, key: &[u8; 32], now: Instant) -> Option<Decision> {
+        let short = short_key(key);
+        let cached = self.entries.get(&short).filter(|c| c.key == *key)?;
+        if cached.expires > now {
+            let decision = cached.decision.clone();
+            self.order.promote(short);
+            return Some(decision);
         }
-        while self.entries.len() > self.capacity {
-            match self.order.pop_front() {
-                Some(oldest) => {
-                    self.entries.remove(&oldest);
-                }
-                None => break,
-            }
+        self.entries.remove(&short);
+        self.order.remove(short);
+        None
+    }
+
+    fn put(&mut self, key: [u8; 32], decision: Decision, ttl: Duration, now: Instant) {
+        let Some(expires) = now.checked_add(ttl) else {
+            return;
+        };
+        let short = short_key(&key);
+        self.entries.insert(
+            short,
+            Cached {
+                key,
+                decision,
+                expires,
+            },
+        );
+        self.order.admit(short, short, 1);
+        for (evicted, _) in self.order.evict_to_limit() {
+            self.entries.remove(&evicted);
         }
-        // Keys already removed (expired) linger in `order`; drop them.
-        if self.order.len() > self.capacity * 2 {
-            let entries = &self.entries;
-            self.order.retain(|k| entries.contains_key(k));
-        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.len()
     }
 }
 
@@ -118,6 +152,10 @@ pub struct Authorizer {
     connector: Arc<Connector>,
     connect: ConnectSettings,
     cache: Mutex<DecisionCache>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Authorizer {
@@ -129,11 +167,7 @@ impl Authorizer {
         Authorizer {
             connector,
             connect,
-            cache: Mutex::new(DecisionCache {
-                entries: HashMap::new(),
-                order: VecDeque::new(),
-                capacity: cache_size,
-            }),
+            cache: Mutex::new(DecisionCache::new(cache_size)),
         }
     }
 
@@ -147,12 +181,7 @@ impl Authorizer {
     ) -> Decision {
         let key = cache_key(target, request);
         if !ttl.is_zero() {
-            if let Some(decision) = self
-                .cache
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&key)
-            {
+            if let Some(decision) = lock(&self.cache).get(&key, Instant::now()) {
                 return decision;
             }
         }
@@ -167,10 +196,7 @@ impl Authorizer {
                 )),
             };
         if !ttl.is_zero() && !matches!(decision, Decision::Unavailable(_)) {
-            self.cache
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .put(key, decision.clone(), ttl);
+            lock(&self.cache).put(key, decision.clone(), ttl, Instant::now());
         }
         decision
     }
@@ -294,6 +320,13 @@ mod tests {
         }
     }
 
+    /// A distinct key per `n`.
+    fn key(n: u8) -> [u8; 32] {
+        [n; 32]
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
     #[test]
     fn cache_key_depends_on_credentials_and_topic() {
         let a = cache_key(&target(), &request("s=1", "/t/1"));
@@ -302,29 +335,102 @@ mod tests {
         assert_ne!(a, cache_key(&target(), &request("s=1", "/t/2")));
     }
 
-    #[test]
-    fn cache_is_bounded_and_forgets_the_oldest() {
-        let mut cache = DecisionCache {
-            entries: HashMap::new(),
-            order: VecDeque::new(),
-            capacity: 2,
-        };
-        for n in 0u8..3 {
-            cache.put([n; 32], Decision::Allow, Duration::from_secs(60));
-        }
-        assert_eq!(cache.entries.len(), 2);
-        assert_eq!(cache.get(&[0; 32]), None);
-        assert_eq!(cache.get(&[2; 32]), Some(Decision::Allow));
+    #[tokio::test(start_paused = true)]
+    async fn cache_is_bounded_and_forgets_the_least_recently_used() {
+        let mut cache = DecisionCache::new(2);
+        let now = Instant::now();
+        cache.put(key(0), Decision::Allow, MINUTE, now);
+        cache.put(key(1), Decision::Allow, MINUTE, now);
+        // Using 0 makes 1 the least recently used.
+        assert_eq!(cache.get(&key(0), now), Some(Decision::Allow));
+        cache.put(key(2), Decision::Allow, MINUTE, now);
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.get(&key(1), now), None);
+        assert_eq!(cache.get(&key(0), now), Some(Decision::Allow));
+        assert_eq!(cache.get(&key(2), now), Some(Decision::Allow));
     }
 
-    #[test]
-    fn expired_decisions_are_not_served() {
-        let mut cache = DecisionCache {
-            entries: HashMap::new(),
-            order: VecDeque::new(),
-            capacity: 2,
-        };
-        cache.put([1; 32], Decision::Allow, Duration::ZERO);
-        assert_eq!(cache.get(&[1; 32]), None);
+    #[tokio::test(start_paused = true)]
+    async fn decisions_are_served_until_their_ttl_and_not_after() {
+        let mut cache = DecisionCache::new(10);
+        cache.put(
+            key(1),
+            Decision::Allow,
+            Duration::from_secs(5),
+            Instant::now(),
+        );
+        tokio::time::advance(Duration::from_millis(4_999)).await;
+        assert_eq!(cache.get(&key(1), Instant::now()), Some(Decision::Allow));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(cache.get(&key(1), Instant::now()), None);
+        assert_eq!(cache.len(), 0, "an expired decision was kept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_that_expire_and_come_back_leave_the_cache_at_its_bound() {
+        let mut cache = DecisionCache::new(4);
+        for _ in 0..1000 {
+            cache.put(
+                key(1),
+                Decision::Allow,
+                Duration::from_secs(1),
+                Instant::now(),
+            );
+            tokio::time::advance(Duration::from_secs(2)).await;
+            assert_eq!(cache.get(&key(1), Instant::now()), None);
+        }
+        assert_eq!(cache.len(), 0);
+        assert_eq!(cache.order.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_returning_key_is_not_evicted_for_its_stale_position() {
+        let mut cache = DecisionCache::new(2);
+        cache.put(
+            key(1),
+            Decision::Allow,
+            Duration::from_secs(1),
+            Instant::now(),
+        );
+        cache.put(key(2), Decision::Allow, MINUTE, Instant::now());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(cache.get(&key(1), Instant::now()), None);
+        cache.put(key(1), Decision::Allow, MINUTE, Instant::now());
+        cache.put(key(3), Decision::Allow, MINUTE, Instant::now());
+        // 2 is the least recently used; 1 came back after it.
+        assert_eq!(cache.get(&key(1), Instant::now()), Some(Decision::Allow));
+        assert_eq!(cache.get(&key(2), Instant::now()), None);
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_distinct_credentials_keeps_exactly_the_newest() {
+        let mut cache = DecisionCache::new(100);
+        for n in 0..10_000u32 {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&n.to_le_bytes());
+            cache.put(k, Decision::Allow, MINUTE, Instant::now());
+            assert!(cache.len() <= 100);
+        }
+        assert_eq!(cache.len(), 100);
+        assert_eq!(cache.order.len(), 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_sharing_their_first_bytes_are_not_taken_for_each_other() {
+        let mut cache = DecisionCache::new(10);
+        let (mut a, mut b) = (key(7), key(7));
+        a[31] = 1;
+        b[31] = 2;
+        cache.put(a, Decision::Allow, MINUTE, Instant::now());
+        assert_eq!(cache.get(&b, Instant::now()), None);
+        assert_eq!(cache.get(&a, Instant::now()), Some(Decision::Allow));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_absurd_ttl_is_not_an_overflow() {
+        let mut cache = DecisionCache::new(10);
+        cache.put(key(1), Decision::Allow, Duration::MAX, Instant::now());
+        assert_eq!(cache.get(&key(1), Instant::now()), None);
     }
 }

@@ -114,6 +114,10 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 /// `[limits] auth_cache_size`.
 pub const DEFAULT_AUTH_CACHE_SIZE: usize = 10_000;
+/// `auth_cache` (`[sse]`, `[[topic]]`): long enough that a reconnect storm
+/// (every tab, every retry) asks the app once per session and topic, short
+/// enough that a revoked session keeps access for at most this long.
+pub const DEFAULT_AUTH_CACHE: Duration = Duration::from_secs(5);
 
 /// `[admin] addr` when the table is present but the key is not.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
@@ -193,7 +197,7 @@ pub struct TopicConfig {
 }
 
 /// Who may subscribe to a topic, and how its upstream is asked for.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicAccess {
     /// Where the app decides whether a subscriber is admitted; `None` makes
     /// the topic public.
@@ -206,6 +210,19 @@ pub struct TopicAccess {
     /// Extra headers on the upstream stream's request (e.g. a shared secret);
     /// never any subscriber's credentials, since the stream is shared.
     pub upstream_headers: Vec<(String, String)>,
+}
+
+impl Default for TopicAccess {
+    /// Public, same-origin, and auth decisions (once there is an endpoint)
+    /// reused for [`DEFAULT_AUTH_CACHE`].
+    fn default() -> TopicAccess {
+        TopicAccess {
+            auth: None,
+            auth_cache: DEFAULT_AUTH_CACHE,
+            cors: CorsOrigins::None,
+            upstream_headers: Vec::new(),
+        }
+    }
 }
 
 /// The app endpoint that authorizes subscribers.
@@ -1584,5 +1601,15 @@ upstream = "127.0.0.1:3000"
         assert_eq!(limits.subscribe_rate_per_ip, Some(100));
         let e = load(&format!("[limits]\nsubscribe_rate_per_ip = 0\n{MINIMAL}")).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("limits.subscribe_rate_per_ip"));
+    }
+
+    #[test]
+    fn auth_decisions_are_cached_briefly_unless_configured() {
+        let text = format!(
+            "{MINIMAL}\n[[topic]]\npath = \"/a\"\nupstream = \"/b\"\nauth = \"/auth\"\n\n[[topic]]\npath = \"/c\"\nupstream = \"/d\"\nauth = \"/auth\"\nauth_cache = \"0s\"\n"
+        );
+        let config = load(&text).unwrap();
+        assert_eq!(config.topics[0].access.auth_cache, DEFAULT_AUTH_CACHE);
+        assert_eq!(config.topics[1].access.auth_cache, Duration::ZERO);
     }
 }
