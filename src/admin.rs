@@ -5,7 +5,7 @@
 //! JSON with every live topic: subscribers, upstream state, last event id,
 //! replay window size, events in, deliveries and slow-subscriber closures;
 //! and the process's admission counts (refusals by reason, the caps binding
-//! now).
+//! now, auth requests and their connections).
 
 use async_trait::async_trait;
 use http::{header, Response, StatusCode};
@@ -71,7 +71,7 @@ pub fn stats(hub: &Hub) -> Value {
             "subscribers": subscribers,
             "upstreams_connected": connected,
         },
-        // Refusals by reason, and the caps binding now.
+        // Refusals by reason, caps binding now, auth requests and connections.
         "admission": crate::admission::STATS.json(),
     })
 }

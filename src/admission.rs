@@ -20,7 +20,8 @@
 //! A storm of refusals must not become a storm of log lines: every refusal
 //! is counted ([`STATS`], in the admin listener's `/stats`), and a cap is
 //! logged once when it starts binding and once when it has refused nothing
-//! for [`CAP_QUIET`] (an [`Episode`]).
+//! for [`CAP_QUIET`] (an [`Episode`]). An auth endpoint's outage is logged the
+//! same way, by the authorizer.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,7 +34,7 @@ use pingora::protocols::http::ServerSession;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::auth::{AuthRequest, Authorizer, Decision, Denial};
+use crate::auth::{self, AuthRequest, Authorizer, Decision, Denial, Unavailable};
 use crate::client;
 use crate::config::{OverLimit, TopicConfig};
 use crate::limits::{Admitted, Limit, Limits};
@@ -57,7 +58,7 @@ pub enum Refused {
     /// The auth endpoint said no: its `401`/`403`, passed on.
     Denied(Denial),
     /// The auth endpoint could not be asked: `503`.
-    AuthUnavailable(String),
+    AuthUnavailable(Unavailable),
     /// A cap was reached.
     OverLimit(Limit),
 }
@@ -102,13 +103,9 @@ impl Admission {
             {
                 Decision::Allow => {}
                 Decision::Deny(denial) => return Err(Refused::Denied(denial)),
-                Decision::Unavailable(reason) => {
-                    log::warn!(
-                        "auth for {} unavailable: {reason}; refusing with 503",
-                        route.key
-                    );
-                    return Err(Refused::AuthUnavailable(reason));
-                }
+                // Logged by the authorizer when the endpoint fails and when
+                // it recovers; counted by `respond`.
+                Decision::Unavailable(why) => return Err(Refused::AuthUnavailable(why)),
             }
         }
         Ok(Ticket {
@@ -341,10 +338,17 @@ impl AdmissionStats {
             .filter(|l| refusals.caps[l.index()].ongoing())
             .map(Limit::key)
             .collect();
+        let counts = &auth::COUNTS;
         json!({
             "refused": refused,
             "binding": binding,
             "rate_untracked": self.rate_untracked.total(),
+            "auth": {
+                "asked": load(&counts.asked),
+                "cached": load(&counts.cached),
+                "connections_opened": load(&counts.connections_opened),
+                "connections_reused": load(&counts.connections_reused),
+            },
         })
     }
 }

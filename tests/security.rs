@@ -136,9 +136,51 @@ async fn unreachable_auth_endpoint_refuses_only_its_subscriber_with_503() {
         Some("still flowing")
     );
     assert!(
-        proxy.log().contains("auth for /events/users/5 unavailable"),
+        proxy.log().contains("auth endpoint http://127.0.0.1:"),
         "{}",
         proxy.log()
+    );
+}
+
+#[tokio::test]
+async fn an_unavailable_auth_endpoint_is_logged_once_counted_and_its_recovery_logged_once() {
+    let app = SseApp::start().await;
+    let port = free_port();
+    let proxy = Proxy::start(
+        app.addr,
+        &TOPICS.replace(
+            "auth = \"/auth/sse\"",
+            &format!("auth = \"http://127.0.0.1:{port}/auth\""),
+        ),
+    );
+    let mut client = proxy.h2().await;
+    for n in 0..20 {
+        let cookie = format!("session={n}");
+        let refused = subscribe(&mut client, "/events/users/5", &[("cookie", &cookie)]).await;
+        assert_eq!(refused.status(), 503);
+    }
+    proxy
+        .wait_for_stats("20 refusals counted", |s| {
+            s["admission"]["refused"]["auth_unavailable"] == 20
+        })
+        .await;
+    let down = |log: &str| log.lines().filter(|l| l.contains("unavailable")).count();
+    assert_eq!(down(&proxy.log()), 1, "{}", proxy.log());
+
+    // The endpoint comes back: one line says so, and subscribers are served.
+    let auth = AuthApp::start_on(format!("127.0.0.1:{port}").parse().unwrap()).await;
+    for n in 0..5 {
+        let cookie = format!("session={n}");
+        let admitted = subscribe(&mut client, "/events/users/5", &[("cookie", &cookie)]).await;
+        assert_eq!(admitted.status(), 200);
+    }
+    assert_eq!(auth.requests(), 5);
+    let log = proxy.log();
+    assert_eq!(down(&log), 1, "{log}");
+    assert_eq!(
+        log.lines().filter(|l| l.contains("answers again")).count(),
+        1,
+        "{log}"
     );
 }
 
@@ -179,6 +221,11 @@ async fn auth_decisions_are_cached_briefly_by_default() {
     let _a = EventStream::new(subscribe(&mut client, "/events/users/3", &USER).await);
     let _b = EventStream::new(subscribe(&mut client, "/events/users/3", &USER).await);
     assert_eq!(app.requests_for("/auth/sse").len(), 1);
+    proxy
+        .wait_for_stats("one cached decision used", |s| {
+            s["admission"]["auth"]["asked"] == 1 && s["admission"]["auth"]["cached"] == 1
+        })
+        .await;
 }
 
 #[tokio::test]
@@ -189,6 +236,33 @@ async fn with_the_cache_off_every_subscription_is_asked() {
     let _a = EventStream::new(subscribe(&mut client, "/events/users/3", &USER).await);
     let _b = EventStream::new(subscribe(&mut client, "/events/users/3", &USER).await);
     assert_eq!(app.requests_for("/auth/sse").len(), 2);
+}
+
+#[tokio::test]
+async fn auth_requests_reuse_their_connections_to_the_app() {
+    let app = SseApp::start().await;
+    let auth = AuthApp::start().await;
+    let proxy = Proxy::start(
+        app.addr,
+        &TOPICS.replace(
+            "auth = \"/auth/sse\"",
+            &format!("auth = \"http://{}/auth\"", auth.addr),
+        ),
+    );
+    let mut client = proxy.h2().await;
+    const SUBSCRIPTIONS: usize = 40;
+    for n in 0..SUBSCRIPTIONS {
+        // Distinct credentials: each one is asked for.
+        let cookie = format!("session={n}");
+        let response = subscribe(&mut client, "/events/users/1", &[("cookie", &cookie)]).await;
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(auth.requests(), SUBSCRIPTIONS);
+    assert!(
+        auth.connections() <= 4,
+        "{} connections for {SUBSCRIPTIONS} auth requests",
+        auth.connections()
+    );
 }
 
 // --- CORS ------------------------------------------------------------------
@@ -682,4 +756,77 @@ async fn tiny_window_client_that_never_reads_is_cut_off_while_others_get_everyth
             s["topics"][0]["slow_closures"] == 1 && s["topics"][0]["subscribers"] == 1
         })
         .await;
+}
+
+// --- a keep-alive auth endpoint that counts its connections -------------------
+
+/// An auth endpoint on hyper (HTTP/1.1 keep-alive) that admits everyone and
+/// counts the TCP connections it accepted and the requests it answered.
+struct AuthApp {
+    addr: std::net::SocketAddr,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// The accept loop and its connections; aborted with the app.
+    _task: AbortOnDrop,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl AuthApp {
+    async fn start() -> AuthApp {
+        AuthApp::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    async fn start_on(addr: std::net::SocketAddr) -> AuthApp {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (accepted, answered) = (connections.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            let mut served = tokio::task::JoinSet::new();
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    continue;
+                };
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let answered = answered.clone();
+                let service = hyper::service::service_fn(move |_request| {
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok\n")),
+                        ))
+                    }
+                });
+                served.spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                        .await;
+                });
+            }
+        });
+        AuthApp {
+            addr,
+            connections,
+            requests,
+            _task: AbortOnDrop(task),
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
