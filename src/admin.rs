@@ -3,7 +3,9 @@
 //! It is a separate Pingora service on its own address (`[admin] addr`,
 //! loopback by default), never on the public listeners. `GET /stats` answers
 //! JSON with every live topic: subscribers, upstream state, last event id,
-//! replay window size, events in, deliveries and slow-subscriber closures.
+//! replay window size, events in, deliveries and slow-subscriber closures;
+//! and the process's admission counts (refusals by reason, the caps binding
+//! now, auth requests and their connections).
 
 use async_trait::async_trait;
 use http::{header, Response, StatusCode};
@@ -79,6 +81,8 @@ pub fn stats(hub: &Hub) -> Value {
             "replay_memory": replay_memory,
             "replay_evicted": replay_evicted,
         },
+        // Refusals by reason, caps binding now, auth requests and connections.
+        "admission": crate::admission::STATS.json(),
     })
 }
 

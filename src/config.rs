@@ -112,9 +112,6 @@ pub struct AdminSettings {
 
 /// `[limits] max_subscribers`.
 pub const DEFAULT_MAX_SUBSCRIBERS: usize = 100_000;
-/// `[limits] max_subscribers_per_ip`: generous, since offices (and proxies
-/// in front of sse-fanout) put many browsers behind one address.
-pub const DEFAULT_MAX_SUBSCRIBERS_PER_IP: usize = 5_000;
 /// `[limits] max_subscribers_per_topic`.
 pub const DEFAULT_MAX_SUBSCRIBERS_PER_TOPIC: usize = 100_000;
 /// `[limits] max_topic_instances`: live instances one template may have.
@@ -122,8 +119,6 @@ pub const DEFAULT_MAX_SUBSCRIBERS_PER_TOPIC: usize = 100_000;
 /// by default this never refuses a user `max_subscribers` would admit (the
 /// replay windows are bounded by `replay_memory` instead).
 pub const DEFAULT_MAX_TOPIC_INSTANCES: usize = DEFAULT_MAX_SUBSCRIBERS;
-/// `[limits] subscribe_rate_per_ip`: new subscriptions per second per address.
-pub const DEFAULT_SUBSCRIBE_RATE_PER_IP: u32 = 100;
 /// `[limits] max_last_event_id`.
 pub const DEFAULT_MAX_LAST_EVENT_ID: usize = 256;
 /// `[limits] max_param_len`.
@@ -137,6 +132,10 @@ pub const DEFAULT_AUTH_CACHE_SIZE: usize = 10_000;
 /// `[limits] replay_memory`: what every topic's replay window may hold
 /// together (each is also bounded by its own `replay_bytes`).
 pub const DEFAULT_REPLAY_MEMORY: usize = 256 * 1024 * 1024;
+/// `auth_cache` (`[sse]`, `[[topic]]`): long enough that a reconnect storm
+/// (every tab, every retry) asks the app once per session and topic, short
+/// enough that a revoked session keeps access for at most this long.
+pub const DEFAULT_AUTH_CACHE: Duration = Duration::from_secs(5);
 
 /// `[admin] addr` when the table is present but the key is not.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
@@ -229,7 +228,7 @@ impl TopicConfig {
 }
 
 /// Who may subscribe to a topic, and how its upstream is asked for.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicAccess {
     /// Where the app decides whether a subscriber is admitted; `None` makes
     /// the topic public.
@@ -242,6 +241,19 @@ pub struct TopicAccess {
     /// Extra headers on the upstream stream's request (e.g. a shared secret);
     /// never any subscriber's credentials, since the stream is shared.
     pub upstream_headers: Vec<(String, String)>,
+}
+
+impl Default for TopicAccess {
+    /// Public, same-origin, and auth decisions (once there is an endpoint)
+    /// reused for [`DEFAULT_AUTH_CACHE`].
+    fn default() -> TopicAccess {
+        TopicAccess {
+            auth: None,
+            auth_cache: DEFAULT_AUTH_CACHE,
+            cors: CorsOrigins::None,
+            upstream_headers: Vec::new(),
+        }
+    }
 }
 
 /// The app endpoint that authorizes subscribers.
@@ -270,14 +282,20 @@ pub enum CorsOrigins {
 pub struct LimitSettings {
     /// Subscriptions open at once, in all.
     pub max_subscribers: usize,
-    /// Subscriptions open at once from one client address.
-    pub max_subscribers_per_ip: usize,
+    /// Subscriptions open at once from one client address; `None` (the
+    /// default) does not count them, since a balancer or a NAT puts every
+    /// browser behind one address (`docs/security.md` recommends 1000 when
+    /// client addresses are real).
+    pub max_subscribers_per_ip: Option<usize>,
     /// Subscriptions open at once on one topic instance.
     pub max_subscribers_per_topic: usize,
     /// Live instances of one template topic (each opens an upstream stream).
     pub max_topic_instances: usize,
-    /// New subscriptions per second from one client address (also the burst).
-    pub subscribe_rate_per_ip: u32,
+    /// New subscriptions per second from one client address (also the
+    /// burst); `None` (the default) does not limit them, for the same reason
+    /// and because a deploy reconnects everyone at once (100 recommended when
+    /// client addresses are real).
+    pub subscribe_rate_per_ip: Option<u32>,
     /// What a subscriber over a limit is answered.
     pub over_limit: OverLimit,
     /// The longest `Last-Event-ID` taken; longer counts as absent.
@@ -1081,11 +1099,20 @@ impl Validator<'_> {
                 }
             },
         };
-        let rate = count(
+        // Per-address caps are opt-in: absent means off.
+        let optional = |value: Option<Spanned<usize>>, name: &str| match value {
+            Some(v) if *v.get_ref() == 0 => Err(self.at(
+                &v,
+                format!("limits.{name}"),
+                "must be at least 1; leave it out for no cap".into(),
+            )),
+            Some(v) => Ok(Some(v.into_inner())),
+            None => Ok(None),
+        };
+        let rate = optional(
             raw.subscribe_rate_per_ip
                 .map(|r| Spanned::new(r.span(), *r.get_ref() as usize)),
             "subscribe_rate_per_ip",
-            DEFAULT_SUBSCRIBE_RATE_PER_IP as usize,
         )?;
         Ok(LimitSettings {
             max_subscribers: count(
@@ -1093,11 +1120,7 @@ impl Validator<'_> {
                 "max_subscribers",
                 DEFAULT_MAX_SUBSCRIBERS,
             )?,
-            max_subscribers_per_ip: count(
-                raw.max_subscribers_per_ip,
-                "max_subscribers_per_ip",
-                DEFAULT_MAX_SUBSCRIBERS_PER_IP,
-            )?,
+            max_subscribers_per_ip: optional(raw.max_subscribers_per_ip, "max_subscribers_per_ip")?,
             max_subscribers_per_topic: count(
                 raw.max_subscribers_per_topic,
                 "max_subscribers_per_topic",
@@ -1108,7 +1131,7 @@ impl Validator<'_> {
                 "max_topic_instances",
                 DEFAULT_MAX_TOPIC_INSTANCES,
             )?,
-            subscribe_rate_per_ip: u32::try_from(rate).unwrap_or(u32::MAX),
+            subscribe_rate_per_ip: rate.map(|r| u32::try_from(r).unwrap_or(u32::MAX)),
             over_limit,
             max_last_event_id: count(
                 raw.max_last_event_id,
@@ -1655,5 +1678,30 @@ upstream = "127.0.0.1:3000"
             message: "bad".into(),
         };
         assert_eq!(e.to_string(), "c.toml:3:7: sse.retry: bad");
+    }
+
+    #[test]
+    fn per_address_caps_are_off_unless_configured() {
+        let limits = load(MINIMAL).unwrap().limits;
+        assert_eq!(limits.max_subscribers_per_ip, None);
+        assert_eq!(limits.subscribe_rate_per_ip, None);
+        let text = format!(
+            "[limits]\nmax_subscribers_per_ip = 1000\nsubscribe_rate_per_ip = 100\n{MINIMAL}"
+        );
+        let limits = load(&text).unwrap().limits;
+        assert_eq!(limits.max_subscribers_per_ip, Some(1000));
+        assert_eq!(limits.subscribe_rate_per_ip, Some(100));
+        let e = load(&format!("[limits]\nsubscribe_rate_per_ip = 0\n{MINIMAL}")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("limits.subscribe_rate_per_ip"));
+    }
+
+    #[test]
+    fn auth_decisions_are_cached_briefly_unless_configured() {
+        let text = format!(
+            "{MINIMAL}\n[[topic]]\npath = \"/a\"\nupstream = \"/b\"\nauth = \"/auth\"\n\n[[topic]]\npath = \"/c\"\nupstream = \"/d\"\nauth = \"/auth\"\nauth_cache = \"0s\"\n"
+        );
+        let config = load(&text).unwrap();
+        assert_eq!(config.topics[0].access.auth_cache, DEFAULT_AUTH_CACHE);
+        assert_eq!(config.topics[1].access.auth_cache, Duration::ZERO);
     }
 }

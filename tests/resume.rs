@@ -13,9 +13,6 @@ use common::Proxy;
 use sse_fanout::sse::Item;
 
 const TOPICS: &str = r#"
-[limits]
-subscribe_rate_per_ip = 100000
-
 [sse]
 heartbeat = "30s"
 retry = "2500ms"
