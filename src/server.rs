@@ -1,4 +1,4 @@
-//! Builds the Pingora server a [`Config`] describes.
+//! Builds the Pingora server a [`Config`] describes, and runs it.
 //!
 //! One Pingora service listens on every `[[listen]]` address: the
 //! [`FrontDoor`], which serves HTTP/2 topic streams itself and hands every
@@ -11,6 +11,11 @@
 //! connection's read buffer is `[server] read_buffer` (4 KiB), not Pingora's
 //! 64 KiB: a long-lived, mostly idle event stream should not keep 64 KiB
 //! resident (it is, once the allocator hands out recycled memory).
+//!
+//! [`run`] runs it with the signals operators expect: `SIGTERM` stops
+//! gracefully, `SIGINT` at once, `SIGQUIT` hands the listeners to a new
+//! process (`--upgrade`), and `SIGHUP`, which would kill the process by
+//! default, is logged and ignored until reloading exists.
 
 use std::time::Duration;
 
@@ -20,7 +25,8 @@ use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora::protocols::http::v2::server::default_h2_options;
 use pingora::protocols::TcpKeepalive;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -180,4 +186,74 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<(Server, H
     }
     server.add_service(background_service("sse hub", HubLifecycle(hub.clone())));
     Ok((server, hub))
+}
+
+/// Runs `server` until a signal stops it (see the module docs), then exits.
+pub fn run(server: Server) -> ! {
+    catch_hangups_from_now();
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals),
+    });
+    std::process::exit(0)
+}
+
+/// Replaces `SIGHUP`'s default action (ending the process) before any
+/// listener opens: a signal handler, once registered, stays for the
+/// process's life. [`Signals`] then reports each one.
+fn catch_hangups_from_now() {
+    let registered = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .and_then(|runtime| {
+            let _entered = runtime.enter();
+            signal(SignalKind::hangup()).map(drop)
+        });
+    if let Err(e) = registered {
+        log::warn!("cannot catch SIGHUP, which will stop the process: {e}");
+    }
+}
+
+/// The signals that stop the server, and `SIGHUP`, which does not.
+struct Signals;
+
+/// Waits for the next `signal`, forever when it could not be listened to.
+async fn next(signal: &mut Option<Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        let listen = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(signal) => Some(signal),
+            Err(e) => {
+                log::error!("cannot listen for {name}: {e}");
+                None
+            }
+        };
+        let mut quit = listen(SignalKind::quit(), "SIGQUIT");
+        let mut terminate = listen(SignalKind::terminate(), "SIGTERM");
+        let mut interrupt = listen(SignalKind::interrupt(), "SIGINT");
+        let mut hangup = listen(SignalKind::hangup(), "SIGHUP");
+        log::info!(
+            "signals: SIGTERM stops gracefully, SIGINT at once, SIGQUIT hands the listeners \
+             to a process started with --upgrade; SIGHUP is ignored"
+        );
+        loop {
+            tokio::select! {
+                _ = next(&mut quit) => return ShutdownSignal::GracefulUpgrade,
+                _ = next(&mut terminate) => return ShutdownSignal::GracefulTerminate,
+                _ = next(&mut interrupt) => return ShutdownSignal::FastShutdown,
+                _ = next(&mut hangup) => log::warn!(
+                    "SIGHUP received: reloading the config is not supported yet; ignored \
+                     (restart, or start a new process with --upgrade, to apply a new config)"
+                ),
+            }
+        }
+    }
 }
