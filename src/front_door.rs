@@ -55,11 +55,12 @@ use crate::proxy::Proxy;
 use crate::route::TopicMatch;
 use crate::subscriber;
 
+mod head;
+
+use head::Head;
+
 /// What a client sends first on an HTTP/2 connection without TLS (h2c).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// What a client must send before its HTTP/1.1 header ends.
-const HEADER_END: &[u8] = b"\r\n\r\n";
 
 /// How long a refused HTTP/1.1 client may keep sending before the close.
 const LINGER_ON_REFUSAL: Duration = Duration::from_secs(1);
@@ -120,18 +121,18 @@ impl FrontDoor {
         let mut settings: Option<HttpPersistentSettings> = None;
         loop {
             let head = tokio::select! {
-                read = read_request_head(&mut stream, limits.max_header_bytes, limits.header_timeout) => read,
+                read = read_head(&mut stream, limits.max_header_bytes, limits.header_timeout) => read,
                 _ = wait_for_shutdown(shutdown.clone()) => return None,
             };
-            let head = match head {
-                Head::Complete(head) => head,
+            let (head, head_len) = match head {
+                Head::Complete { buf, len } => (buf, len),
                 Head::TooLarge => {
                     refuse_and_close(&mut stream, HEADER_TOO_LARGE, limits.max_header_bytes).await;
                     return None;
                 }
-                Head::Gone => return None,
+                Head::TimedOut | Head::Gone => return None,
             };
-            let request = topic_request(&self.router.hub, &head);
+            let request = topic_request(&self.router.hub, &head[..head_len]);
             let mut session = ServerSession::new_http1(stream);
             // Pingora's own defaults for a fresh HTTP/1.1 session ...
             session.set_keepalive((!*shutdown.borrow()).then_some(KEEPALIVE_SECONDS));
@@ -181,24 +182,9 @@ async fn refuse_and_close(stream: &mut Stream, answer: &[u8], drain_limit: usize
     let _ = tokio::time::timeout(LINGER_ON_REFUSAL, drain).await;
 }
 
-/// How reading an HTTP/1.1 request header ended.
-enum Head {
-    /// The header (and whatever followed it in the same reads).
-    Complete(BytesMut),
-    /// Longer than `max_header_bytes`.
-    TooLarge,
-    /// The client closed, stayed idle past the keep-alive timeout, or did not
-    /// finish its header within the header timeout.
-    Gone,
-}
-
-/// Reads a whole request header: the first byte may take the keep-alive
+/// Reads a whole request head: the first byte may take the keep-alive
 /// timeout to come, the rest must follow within `header_timeout`.
-async fn read_request_head(
-    stream: &mut Stream,
-    max_bytes: usize,
-    header_timeout: Duration,
-) -> Head {
+async fn read_head(stream: &mut Stream, max_bytes: usize, header_timeout: Duration) -> Head {
     let mut buf = BytesMut::with_capacity(1024);
     let first = tokio::time::timeout(
         Duration::from_secs(KEEPALIVE_SECONDS),
@@ -208,31 +194,8 @@ async fn read_request_head(
     if !matches!(first, Ok(Ok(n)) if n > 0) {
         return Head::Gone;
     }
-    let rest = async {
-        loop {
-            // Leading empty lines before a request are allowed (RFC 9112 §2.2).
-            let start = buf
-                .iter()
-                .position(|b| *b != b'\r' && *b != b'\n')
-                .unwrap_or(buf.len());
-            let body = &buf[start..];
-            if body.windows(HEADER_END.len()).any(|w| w == HEADER_END)
-                || body.windows(2).any(|w| w == b"\n\n")
-            {
-                return Head::Complete(std::mem::take(&mut buf));
-            }
-            if buf.len() > max_bytes {
-                return Head::TooLarge;
-            }
-            match stream.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return Head::Gone,
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::time::timeout(header_timeout, rest)
-        .await
-        .unwrap_or(Head::Gone)
+    let deadline = tokio::time::Instant::now() + header_timeout;
+    head::read_request_head(stream, buf, max_bytes, deadline).await
 }
 
 async fn wait_for_shutdown(mut shutdown: ShutdownWatch) {
