@@ -87,6 +87,8 @@ pub struct Config {
     pub admin: Option<AdminSettings>,
     /// Caps and input bounds.
     pub limits: LimitSettings,
+    /// Deadlines and caps of client connections (keys of `[limits]`).
+    pub connections: ConnectionLimits,
     /// Things that work but deserve a second look (`--check` prints them).
     pub warnings: Vec<String>,
 }
@@ -259,6 +261,15 @@ pub struct LimitSettings {
     pub max_header_bytes: usize,
     /// Auth decisions kept at most (the cache is bounded).
     pub auth_cache_size: usize,
+}
+
+/// The `[limits]` keys about client connections rather than requests: how
+/// many one address may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections open at once from one client address; `None` (the
+    /// default) is no cap, since many browsers can share one address.
+    pub max_connections_per_ip: Option<usize>,
 }
 
 /// The answer to a subscriber over a limit.
@@ -489,7 +500,9 @@ impl Validator<'_> {
         let access_defaults = self.access(raw_sse.access(), "sse", &app, TopicAccess::default())?;
         let defaults = self.sse_defaults(raw_sse)?;
         let topics = self.topics(raw.topic, &app, defaults, &access_defaults)?;
-        let limits = self.limits(raw.limits.unwrap_or_default())?;
+        let mut raw_limits = raw.limits.unwrap_or_default();
+        let connections = self.connection_limits(&mut raw_limits)?;
+        let limits = self.limits(raw_limits)?;
         let warnings = topics
             .iter()
             .filter(|t| t.path.is_template() && t.access.auth.is_none())
@@ -517,6 +530,7 @@ impl Validator<'_> {
             topics,
             admin,
             limits,
+            connections,
             warnings,
         })
     }
@@ -1072,6 +1086,23 @@ impl Validator<'_> {
         })
     }
 
+    /// Takes the connection keys out of `[limits]`.
+    fn connection_limits(&self, raw: &mut raw::Limits) -> Result<ConnectionLimits, ConfigError> {
+        let max_connections_per_ip = match raw.max_connections_per_ip.take() {
+            Some(v) if *v.get_ref() == 0 => {
+                return Err(self.at(
+                    &v,
+                    "limits.max_connections_per_ip",
+                    "must be at least 1 (leave it out for no cap)".into(),
+                ))
+            }
+            v => v.map(Spanned::into_inner),
+        };
+        Ok(ConnectionLimits {
+            max_connections_per_ip,
+        })
+    }
+
     fn topic_upstream(
         &self,
         raw: &Spanned<String>,
@@ -1163,6 +1194,7 @@ mod raw {
         pub header_timeout: Option<Spanned<DurationValue>>,
         pub max_header_bytes: Option<Spanned<SizeValue>>,
         pub auth_cache_size: Option<Spanned<usize>>,
+        pub max_connections_per_ip: Option<Spanned<usize>>,
     }
 
     /// The access keys of `[sse]` and `[[topic]]`.
@@ -1545,6 +1577,24 @@ upstream = "127.0.0.1:3000"
         );
         let e = load(&text).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("topic[0].eager"));
+    }
+
+    #[test]
+    fn connections_per_address_are_not_capped_unless_configured() {
+        assert_eq!(
+            load(MINIMAL).unwrap().connections.max_connections_per_ip,
+            None
+        );
+        let capped = load(&format!(
+            "{MINIMAL}\n[limits]\nmax_connections_per_ip = 3\n"
+        ))
+        .unwrap();
+        assert_eq!(capped.connections.max_connections_per_ip, Some(3));
+        let zero = load(&format!(
+            "{MINIMAL}\n[limits]\nmax_connections_per_ip = 0\n"
+        ))
+        .unwrap_err();
+        assert_eq!(zero.key.as_deref(), Some("limits.max_connections_per_ip"));
     }
 
     #[test]

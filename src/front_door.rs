@@ -28,6 +28,7 @@
 //! A topic request is admitted (or refused) by [`Admission`] before the hub
 //! sees it; `OPTIONS` on a topic path is a CORS preflight, answered here.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,7 +56,10 @@ use crate::proxy::Proxy;
 use crate::route::TopicMatch;
 use crate::subscriber;
 
+mod connections;
 mod head;
+
+pub use connections::{ConnectionCounts, Connections, EarlyClose};
 
 use head::Head;
 
@@ -87,16 +91,24 @@ pub struct Router {
 /// their request line.
 pub struct FrontDoor {
     router: Arc<Router>,
+    /// The open connections: the per-address cap and the counters.
+    connections: Arc<Connections>,
 }
 
 impl FrontDoor {
-    pub fn new(proxy: HttpProxy<Proxy>, hub: Hub, admission: Admission) -> FrontDoor {
+    pub fn new(
+        proxy: HttpProxy<Proxy>,
+        hub: Hub,
+        admission: Admission,
+        connections: Arc<Connections>,
+    ) -> FrontDoor {
         FrontDoor {
             router: Arc::new(Router {
                 proxy: Arc::new(proxy),
                 hub,
                 admission,
             }),
+            connections,
         }
     }
 
@@ -127,10 +139,15 @@ impl FrontDoor {
             let (head, head_len) = match head {
                 Head::Complete { buf, len } => (buf, len),
                 Head::TooLarge => {
+                    self.connections.record(EarlyClose::HeaderTooLarge);
                     refuse_and_close(&mut stream, HEADER_TOO_LARGE, limits.max_header_bytes).await;
                     return None;
                 }
-                Head::TimedOut | Head::Gone => return None,
+                Head::TimedOut => {
+                    self.connections.record(EarlyClose::HeaderTimeout);
+                    return None;
+                }
+                Head::Gone => return None,
             };
             let request = topic_request(&self.router.hub, &head[..head_len]);
             let mut session = ServerSession::new_http1(stream);
@@ -158,6 +175,13 @@ impl FrontDoor {
             settings = next_settings;
         }
     }
+}
+
+/// The client's address, from the connection's socket.
+fn peer_ip(stream: &Stream) -> Option<IpAddr> {
+    stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
 }
 
 /// Writes a final answer, then reads (and drops) what the client is still
@@ -378,6 +402,8 @@ impl ServerApp for FrontDoor {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // Held until the connection closes.
+        let _place = self.connections.open(peer_ip(&stream))?;
         if self.speaks_h2(&mut stream).await {
             // Pingora's HTTP/2 handling, with the router per stream.
             return self.router.process_new(stream, shutdown).await;

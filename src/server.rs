@@ -40,7 +40,7 @@ use crate::admin;
 use crate::admission::Admission;
 use crate::auth::Authorizer;
 use crate::config::{Config, Listener, ServerSettings};
-use crate::front_door::FrontDoor;
+use crate::front_door::{Connections, FrontDoor};
 use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::proxy::Proxy;
@@ -144,9 +144,10 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<(Server, H
             config.limits.auth_cache_size,
         ),
     };
+    let connections = Connections::new(&config.connections);
     let mut service = pingora::services::listening::Service::new(
         SERVICE_NAME.into(),
-        FrontDoor::new(proxy, hub.clone(), admission),
+        FrontDoor::new(proxy, hub.clone(), admission, connections.clone()),
     );
 
     let sockets = socket_options(&config.server);
@@ -181,7 +182,7 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<(Server, H
 
     server.add_service(service);
     if let Some(settings) = &config.admin {
-        server.add_service(admin::service(hub.clone(), settings));
+        server.add_service(admin::service(hub.clone(), connections, settings));
         log::info!("admin listener on {} (GET /stats)", settings.addr);
     }
     server.add_service(background_service("sse hub", HubLifecycle(hub.clone())));

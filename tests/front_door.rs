@@ -410,4 +410,6 @@ async fn http1_header_over_the_default_32_kib_gets_431_even_under_64_kib() {
         let answer = read_response(&mut stream, &mut Vec::new()).await;
         assert_eq!(answer.status, 431, "{kib} KiB: {}", answer.head);
     }
+    let stats = proxy.stats().await;
+    assert_eq!(stats["connections"]["headers_too_large"], 3);
 }
