@@ -88,6 +88,8 @@ fn connections_json(counts: &ConnectionCounts) -> Value {
     json!({
         "open": counts.open,
         "refused_per_ip": counts.refused_per_ip,
+        "tls_handshake_timeouts": counts.tls_handshake_timeouts,
+        "tls_handshake_failures": counts.tls_handshake_failures,
         "header_timeouts": counts.header_timeouts,
         "headers_too_large": counts.headers_too_large,
     })

@@ -121,6 +121,11 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 /// `[limits] auth_cache_size`.
 pub const DEFAULT_AUTH_CACHE_SIZE: usize = 10_000;
+/// `[limits] idle_timeout`: Pingora's own HTTP/1.1 keep-alive timeout.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `[limits] tls_handshake_timeout`: a few round trips take well under a
+/// second even on slow mobile links.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `[admin] addr` when the table is present but the key is not.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
@@ -264,9 +269,15 @@ pub struct LimitSettings {
 }
 
 /// The `[limits]` keys about client connections rather than requests: how
-/// many one address may hold.
+/// long one may take to say something, and how many one address may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
+    /// A connection with no request in progress is closed after this long:
+    /// before its first request, between HTTP/1.1 requests, and an HTTP/2
+    /// connection with no open stream.
+    pub idle_timeout: Duration,
+    /// A TLS client must finish its handshake within this.
+    pub tls_handshake_timeout: Duration,
     /// Connections open at once from one client address; `None` (the
     /// default) is no cap, since many browsers can share one address.
     pub max_connections_per_ip: Option<usize>,
@@ -1099,6 +1110,15 @@ impl Validator<'_> {
             v => v.map(Spanned::into_inner),
         };
         Ok(ConnectionLimits {
+            idle_timeout: self
+                .positive(raw.idle_timeout.take(), "limits.idle_timeout")?
+                .unwrap_or(DEFAULT_IDLE_TIMEOUT),
+            tls_handshake_timeout: self
+                .positive(
+                    raw.tls_handshake_timeout.take(),
+                    "limits.tls_handshake_timeout",
+                )?
+                .unwrap_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT),
             max_connections_per_ip,
         })
     }
@@ -1194,6 +1214,8 @@ mod raw {
         pub header_timeout: Option<Spanned<DurationValue>>,
         pub max_header_bytes: Option<Spanned<SizeValue>>,
         pub auth_cache_size: Option<Spanned<usize>>,
+        pub idle_timeout: Option<Spanned<DurationValue>>,
+        pub tls_handshake_timeout: Option<Spanned<DurationValue>>,
         pub max_connections_per_ip: Option<Spanned<usize>>,
     }
 
@@ -1580,16 +1602,20 @@ upstream = "127.0.0.1:3000"
     }
 
     #[test]
-    fn connections_per_address_are_not_capped_unless_configured() {
+    fn connection_limits_default_to_documented_values_and_no_address_cap() {
+        let config = load(MINIMAL).unwrap();
+        assert_eq!(config.connections.idle_timeout, DEFAULT_IDLE_TIMEOUT);
         assert_eq!(
-            load(MINIMAL).unwrap().connections.max_connections_per_ip,
-            None
+            config.connections.tls_handshake_timeout,
+            DEFAULT_TLS_HANDSHAKE_TIMEOUT
         );
+        assert_eq!(config.connections.max_connections_per_ip, None);
         let capped = load(&format!(
-            "{MINIMAL}\n[limits]\nmax_connections_per_ip = 3\n"
+            "{MINIMAL}\n[limits]\nmax_connections_per_ip = 3\nidle_timeout = \"5s\"\n"
         ))
         .unwrap();
         assert_eq!(capped.connections.max_connections_per_ip, Some(3));
+        assert_eq!(capped.connections.idle_timeout, Duration::from_secs(5));
         let zero = load(&format!(
             "{MINIMAL}\n[limits]\nmax_connections_per_ip = 0\n"
         ))

@@ -4,13 +4,16 @@
 //! [`FrontDoor`], which serves HTTP/2 topic streams itself and hands every
 //! other session to the reverse [`Proxy`].
 //! TLS listeners offer ALPN `h2` and `http/1.1` (TLS 1.2 and 1.3) with the
-//! certificate the config already loaded; plaintext listeners speak HTTP/1.1
-//! and HTTP/2 with prior knowledge (h2c). Every accepted socket gets TCP
-//! keepalive and a user timeout so vanished clients are reaped, and HTTP/2
-//! connections announce the configured `MAX_CONCURRENT_STREAMS`. Each
-//! connection's read buffer is `[server] read_buffer` (4 KiB), not Pingora's
-//! 64 KiB: a long-lived, mostly idle event stream should not keep 64 KiB
-//! resident (it is, once the allocator hands out recycled memory).
+//! certificate the config already loaded; the front door runs their
+//! handshake (with its own deadline), so Pingora listens in plain TCP on
+//! every address. Plaintext listeners speak HTTP/1.1 and HTTP/2 with prior
+//! knowledge (h2c). Every accepted socket gets TCP keepalive and a user
+//! timeout so vanished clients are reaped, and HTTP/2 connections announce
+//! the configured `MAX_CONCURRENT_STREAMS` and are closed after
+//! `idle_timeout` with no open stream. Each connection's read buffer is
+//! `[server] read_buffer` (4 KiB), not Pingora's 64 KiB: a long-lived, mostly
+//! idle event stream should not keep 64 KiB resident (it is, once the
+//! allocator hands out recycled memory).
 //!
 //! [`run`] runs it with the signals operators expect: `SIGTERM` stops
 //! gracefully, `SIGINT` at once, `SIGQUIT` hands the listeners to a new
@@ -40,7 +43,7 @@ use crate::admin;
 use crate::admission::Admission;
 use crate::auth::Authorizer;
 use crate::config::{Config, Listener, ServerSettings};
-use crate::front_door::{Connections, FrontDoor};
+use crate::front_door::{Connections, FrontDoor, Listeners, Transport};
 use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::proxy::Proxy;
@@ -131,6 +134,7 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<(Server, H
     );
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = true;
+    server_options.h2_idle_timeout = Some(config.connections.idle_timeout);
     proxy.server_options = Some(server_options);
     let mut h2 = default_h2_options();
     h2.max_concurrent_streams(config.server.max_concurrent_streams);
@@ -144,30 +148,46 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<(Server, H
             config.limits.auth_cache_size,
         ),
     };
+    let mut transports = Vec::with_capacity(config.listeners.len());
+    for listener in &config.listeners {
+        let transport = match &listener.tls {
+            Some(certificate) => {
+                let mut tls = TlsSettings::intermediate(
+                    &certificate.cert_path.to_string_lossy(),
+                    &certificate.key_path.to_string_lossy(),
+                )?;
+                tls.set_cert_resolver(certificate.resolver());
+                tls.enable_h2();
+                Transport::Tls(Arc::new(tls.build()))
+            }
+            None => Transport::Plain,
+        };
+        transports.push((listener.addr, transport));
+    }
     let connections = Connections::new(&config.connections);
     let mut service = pingora::services::listening::Service::new(
         SERVICE_NAME.into(),
-        FrontDoor::new(proxy, hub.clone(), admission, connections.clone()),
+        FrontDoor::new(
+            proxy,
+            hub.clone(),
+            admission,
+            Listeners::new(transports),
+            connections.clone(),
+            config,
+        ),
     );
 
     let sockets = socket_options(&config.server);
     for listener in &config.listeners {
-        let mut endpoint = ListenerConfig::tcp(listener.addr.to_string())
-            .tcp_socket_options(sockets.clone())
-            .l4_buffer(L4BufferSettings {
-                read: Some(config.server.read_buffer),
-                write: None,
-            });
-        if let Some(certificate) = &listener.tls {
-            let mut tls = TlsSettings::intermediate(
-                &certificate.cert_path.to_string_lossy(),
-                &certificate.key_path.to_string_lossy(),
-            )?;
-            tls.set_cert_resolver(certificate.resolver());
-            tls.enable_h2();
-            endpoint = endpoint.tls(tls);
-        }
-        service.add_listener(endpoint);
+        // TLS, where configured, is the front door's (see above).
+        service.add_listener(
+            ListenerConfig::tcp(listener.addr.to_string())
+                .tcp_socket_options(sockets.clone())
+                .l4_buffer(L4BufferSettings {
+                    read: Some(config.server.read_buffer),
+                    write: None,
+                }),
+        );
         log::info!("listening on {} ({})", listener.addr, protocols(listener));
     }
     log::info!("proxying to app at {}", config.app.origin);

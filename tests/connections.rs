@@ -5,10 +5,13 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 use common::app::{App, GREETING};
@@ -16,6 +19,14 @@ use common::sse_app::SseApp;
 use common::sse_client::EventStream;
 use common::{Proxy, PATIENCE};
 use sse_fanout::sse::Item;
+
+/// Short connection deadlines, so tests see them pass.
+const QUICK: &str = r#"
+[limits]
+idle_timeout = "300ms"
+header_timeout = "300ms"
+tls_handshake_timeout = "300ms"
+"#;
 
 /// Reads until the proxy closes the connection (failing the test if it
 /// does not within `PATIENCE`); what came before the close.
@@ -37,6 +48,270 @@ async fn read_until_closed(stream: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
         String::from_utf8_lossy(&received)
     );
     received
+}
+
+/// A TLS connection to the proxy offering `alpn`, with nothing sent on it yet.
+async fn tls_connection(proxy: &Proxy, alpn: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(proxy.certs.root_store())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.as_bytes().to_vec()];
+    let tcp = TcpStream::connect(proxy.tls_addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake")
+}
+
+/// An HTTP/2 connection over TLS, and the task driving it, which ends when
+/// the connection closes.
+async fn h2_connection(proxy: &Proxy) -> (h2::client::SendRequest<Bytes>, JoinHandle<()>) {
+    let tls = tls_connection(proxy, "h2").await;
+    let (client, connection) = h2::client::handshake(tls).await.unwrap();
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (client, driver)
+}
+
+fn get(proxy: &Proxy, path: &str) -> http::Request<()> {
+    http::Request::builder()
+        .uri(format!("https://localhost:{}{path}", proxy.tls_addr.port()))
+        .body(())
+        .unwrap()
+}
+
+/// Waits until the connection driven by `driver` has closed.
+async fn closed(driver: JoinHandle<()>) {
+    timeout(PATIENCE, driver)
+        .await
+        .expect("the proxy kept the HTTP/2 connection open")
+        .unwrap();
+}
+
+// --- the first bytes ---------------------------------------------------------
+
+#[tokio::test]
+async fn plaintext_http10_request_shorter_than_the_h2_preface_is_answered() {
+    let app = App::start().await;
+    let proxy = Proxy::start(app.addr, "");
+    let mut stream = TcpStream::connect(proxy.plain_addr).await.unwrap();
+    // 18 bytes: fewer than the 24 of the HTTP/2 preface.
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let answer = read_until_closed(&mut stream).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200") && answer.ends_with(GREETING.as_bytes()),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+#[tokio::test]
+async fn load_balancer_health_check_of_22_bytes_is_answered() {
+    let app = App::start().await;
+    let proxy = Proxy::start(app.addr, "");
+    let mut stream = TcpStream::connect(proxy.plain_addr).await.unwrap();
+    // HAProxy's default `option httpchk`.
+    stream
+        .write_all(b"OPTIONS / HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut stream).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 "),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+#[tokio::test]
+async fn plaintext_connection_that_says_nothing_is_closed_after_the_idle_timeout() {
+    let app = App::start().await;
+    let proxy = Proxy::start(app.addr, QUICK);
+    let mut stream = TcpStream::connect(proxy.plain_addr).await.unwrap();
+    assert!(read_until_closed(&mut stream).await.is_empty());
+}
+
+#[tokio::test]
+async fn plaintext_client_that_stops_inside_the_h2_preface_is_closed_after_the_header_timeout() {
+    let app = App::start().await;
+    let proxy = Proxy::start(app.addr, QUICK);
+    let mut stream = TcpStream::connect(proxy.plain_addr).await.unwrap();
+    stream.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    assert!(read_until_closed(&mut stream).await.is_empty());
+    proxy
+        .wait_for_stats("the slow preface counted", |s| {
+            s["connections"]["header_timeouts"] == 1
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn h2c_still_works_when_the_preface_arrives_in_pieces() {
+    let app = App::start().await;
+    let proxy = Proxy::start(app.addr, "");
+    let mut stream = TcpStream::connect(proxy.plain_addr).await.unwrap();
+    stream.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    stream.flush().await.unwrap();
+    tokio::task::yield_now().await;
+    // The rest of the preface arrives later; h2 takes it from here.
+    let (mut client, connection) = h2::client::handshake(PrefaceDone(stream)).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = http::Request::builder()
+        .uri(format!("http://{}/", proxy.plain_addr))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = timeout(PATIENCE, response).await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+/// A TCP stream whose first 16 preface bytes were already sent: h2's
+/// client writes the whole preface, so the first 16 bytes it writes are
+/// swallowed.
+struct PrefaceDone(TcpStream);
+
+impl tokio::io::AsyncRead for PrefaceDone {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for PrefaceDone {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        const SENT: &[u8] = b"PRI * HTTP/2.0\r\n";
+        if buf.starts_with(SENT) {
+            return std::pin::Pin::new(&mut self.0)
+                .poll_write(cx, &buf[SENT.len()..])
+                .map_ok(|n| n + SENT.len());
+        }
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+// --- TLS ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn tls_handshake_that_never_finishes_is_closed_after_its_deadline() {
+    let app = App::start().await;
+    let proxy = Proxy::start(app.addr, QUICK);
+    let mut stream = TcpStream::connect(proxy.tls_addr).await.unwrap();
+    // The start of a TLS record, and then nothing.
+    stream.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    read_until_closed(&mut stream).await;
+    proxy
+        .wait_for_stats("the handshake timeout counted", |s| {
+            s["connections"]["tls_handshake_timeouts"] == 1
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn tls_connection_that_asks_nothing_after_its_handshake_is_closed_after_the_idle_timeout() {
+    let app = App::start().await;
+    let proxy = Proxy::start(app.addr, QUICK);
+    for alpn in ["http/1.1", "h2"] {
+        let mut tls = tls_connection(&proxy, alpn).await;
+        // For h2 not even the client preface comes.
+        assert!(read_until_closed(&mut tls).await.is_empty(), "{alpn}");
+    }
+}
+
+// --- HTTP/2 idle connections ---------------------------------------------------
+
+#[tokio::test]
+async fn http2_connection_whose_streams_all_ended_is_closed_after_the_idle_timeout() {
+    let app = App::start().await;
+    let proxy = Proxy::start(app.addr, QUICK);
+    let (client, driver) = h2_connection(&proxy).await;
+    let (response, _) = client
+        .ready()
+        .await
+        .unwrap()
+        .send_request(get(&proxy, "/"), true)
+        .unwrap();
+    let mut body = response.await.unwrap().into_body();
+    while let Some(chunk) = body.data().await {
+        chunk.unwrap();
+    }
+    closed(driver).await;
+}
+
+#[tokio::test]
+async fn http2_connection_with_an_open_stream_is_never_cut_by_the_idle_timeout() {
+    let app = SseApp::start().await;
+    let topic = r#"
+[sse]
+heartbeat = "100ms"
+
+[[topic]]
+path = "/events/news"
+upstream = "/stream/news"
+"#;
+    let proxy = Proxy::start(app.addr, &format!("{QUICK}{topic}"));
+    let (client, driver) = h2_connection(&proxy).await;
+    let (response, _) = client
+        .ready()
+        .await
+        .unwrap()
+        .send_request(get(&proxy, "/events/news"), true)
+        .unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    // Heartbeats come every 100 ms: twenty of them span more than six idle
+    // timeouts, with the stream open all along.
+    let mut heartbeats = 0;
+    while heartbeats < 20 {
+        let chunk = timeout(PATIENCE, body.data())
+            .await
+            .expect("the stream went quiet")
+            .expect("the stream ended")
+            .expect("the stream broke");
+        heartbeats += chunk.windows(2).filter(|w| w == b":\n").count();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    proxy.wait_for_subscribers("/events/news", 1).await;
+    app.publish("/stream/news", "1", "still here");
+    let mut text = Vec::new();
+    while !String::from_utf8_lossy(&text).contains("still here") {
+        let chunk = timeout(PATIENCE, body.data())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    // Once its last stream is gone, the connection is idle.
+    drop(body);
+    closed(driver).await;
 }
 
 // --- connections per address ---------------------------------------------------

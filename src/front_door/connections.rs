@@ -2,7 +2,7 @@
 //! address, and the counters `/stats` shows.
 //!
 //! Every accepted connection takes an [`OpenConnection`] first, before any
-//! byte of it is read, and gives it back when it closes.
+//! byte is read or any TLS work is done, and gives it back when it closes.
 //! `[limits] max_connections_per_ip` is off by default: thousands of browsers
 //! can share one address (a NAT, a company proxy, a load balancer in front
 //! of sse-fanout). When it is set and binds, the connection is closed at
@@ -10,7 +10,8 @@
 //! a flood does not become a flood of log lines.
 //!
 //! The other counters record why connections were closed early by the
-//! front door's bounds: heads that took too long or were too large.
+//! front door's bounds: TLS handshakes that failed or took too long, and
+//! heads that took too long or were too large.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -22,7 +23,11 @@ use crate::config::ConnectionLimits;
 /// Why the front door closed a connection early, for the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EarlyClose {
-    /// A request head took longer than `header_timeout`.
+    /// The TLS handshake took longer than `tls_handshake_timeout`.
+    TlsHandshakeTimeout,
+    /// The TLS handshake failed (no common version or cipher, not TLS at all).
+    TlsHandshakeFailed,
+    /// A request head (or an HTTP/2 preface) took longer than `header_timeout`.
     HeaderTimeout,
     /// An HTTP/1.1 request head was larger than `max_header_bytes` (`431`).
     HeaderTooLarge,
@@ -35,7 +40,11 @@ pub struct ConnectionCounts {
     pub open: u64,
     /// Connections closed because their address had `max_connections_per_ip`.
     pub refused_per_ip: u64,
-    /// Request heads not finished within `header_timeout`.
+    /// TLS handshakes that took longer than `tls_handshake_timeout`.
+    pub tls_handshake_timeouts: u64,
+    /// TLS handshakes that failed.
+    pub tls_handshake_failures: u64,
+    /// Request heads (or HTTP/2 prefaces) not finished within `header_timeout`.
     pub header_timeouts: u64,
     /// HTTP/1.1 request heads over `max_header_bytes`.
     pub headers_too_large: u64,
@@ -51,6 +60,8 @@ pub struct Connections {
     /// Client connections open now.
     open: AtomicU64,
     refused_per_ip: AtomicU64,
+    tls_handshake_timeouts: AtomicU64,
+    tls_handshake_failures: AtomicU64,
     header_timeouts: AtomicU64,
     headers_too_large: AtomicU64,
     /// Whether the per-address cap's first refusal was logged.
@@ -71,6 +82,8 @@ impl Connections {
             per_ip: Mutex::new(HashMap::new()),
             open: AtomicU64::new(0),
             refused_per_ip: AtomicU64::new(0),
+            tls_handshake_timeouts: AtomicU64::new(0),
+            tls_handshake_failures: AtomicU64::new(0),
             header_timeouts: AtomicU64::new(0),
             headers_too_large: AtomicU64::new(0),
             cap_logged: AtomicBool::new(false),
@@ -115,6 +128,8 @@ impl Connections {
     /// Counts a connection the front door closed early.
     pub fn record(&self, close: EarlyClose) {
         let counter = match close {
+            EarlyClose::TlsHandshakeTimeout => &self.tls_handshake_timeouts,
+            EarlyClose::TlsHandshakeFailed => &self.tls_handshake_failures,
             EarlyClose::HeaderTimeout => &self.header_timeouts,
             EarlyClose::HeaderTooLarge => &self.headers_too_large,
         };
@@ -127,6 +142,8 @@ impl Connections {
         ConnectionCounts {
             open: get(&self.open),
             refused_per_ip: get(&self.refused_per_ip),
+            tls_handshake_timeouts: get(&self.tls_handshake_timeouts),
+            tls_handshake_failures: get(&self.tls_handshake_failures),
             header_timeouts: get(&self.header_timeouts),
             headers_too_large: get(&self.headers_too_large),
         }
@@ -160,9 +177,12 @@ impl Drop for OpenConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn connections(cap: Option<usize>) -> Arc<Connections> {
         Connections::new(&ConnectionLimits {
+            idle_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(10),
             max_connections_per_ip: cap,
         })
     }
