@@ -15,7 +15,7 @@
 //!   ├─ first bytes: HTTP/2 or HTTP/1.x               (greeting)
 //!   ├─ HTTP/2 (ALPN h2, or h2c preface) ─▶ Pingora's h2 accept loop ─▶ Router, per stream
 //!   └─ HTTP/1.1 ─▶ read the request head (head) ─┬─ GET on a topic ─▶ subscriber::serve
-//!                    (kept, and replayed         └─ anything else  ─▶ HttpProxy
+//!                    (kept, and replayed         └─ anything else  ─▶ HttpProxy, one request at a time (pipelining)
 //!                     to the session)
 //! ```
 //!
@@ -42,6 +42,7 @@ mod h2_watch;
 mod head;
 mod io;
 mod listeners;
+mod pipelining;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -78,6 +79,7 @@ pub use listeners::{Listeners, Transport};
 use greeting::{Expect, Greeting};
 use h2_watch::WatchedH2;
 use head::Head;
+use pipelining::{Extent, OneRequest};
 
 /// How long a refused HTTP/1.1 client may keep sending before the close.
 const LINGER_ON_REFUSAL: Duration = Duration::from_secs(1);
@@ -239,25 +241,38 @@ impl FrontDoor {
                 self.router.serve_http1_topic(session, method, &route).await;
                 return None;
             }
-            let mut session = self.http1_session(stream, settings.take(), shutdown);
-            session.set_pipelined_prefix(head);
+            // Pingora gets this request alone (see `pipelining`).
+            let extent = pipelining::extent_of(&head[..head_len]).await;
+            let (first, one_request) =
+                OneRequest::split(stream, head, head_len, extent, limits.max_header_bytes);
+            let mut session = self.http1_session(Box::new(one_request), settings.take(), shutdown);
+            if extent == Extent::Chunked {
+                session.set_keepalive_reuses_remaining(Some(0));
+            }
+            session.set_pipelined_prefix(first);
             let reused = self
                 .router
                 .proxy
                 .process_new_http(session, shutdown)
                 .await?;
             let (connection, next_settings) = reused.consume();
+            // Pingora hands back the stream it was given.
+            let one_request = connection.into_any().downcast::<OneRequest>().ok()?;
+            let (connection, next, closed) = one_request.into_parts();
             stream = connection;
             settings = next_settings;
-            read = BytesMut::new();
-            // Idle between requests: the next one's first byte may take the
-            // idle timeout to come.
-            let came = tokio::select! {
-                came = greeting::first_bytes(&mut stream, &mut read, self.limits.idle_timeout) => came,
-                _ = wait_for_shutdown(shutdown.clone()) => false,
-            };
-            if !came {
-                return None;
+            read = next;
+            if read.is_empty() {
+                // Idle between requests: the next one's first byte may take
+                // the idle timeout to come.
+                let came = !closed
+                    && tokio::select! {
+                        came = greeting::first_bytes(&mut stream, &mut read, self.limits.idle_timeout) => came,
+                        _ = wait_for_shutdown(shutdown.clone()) => false,
+                    };
+                if !came {
+                    return None;
+                }
             }
             deadline = tokio::time::Instant::now() + limits.header_timeout;
         }

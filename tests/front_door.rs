@@ -372,6 +372,63 @@ async fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> RawResp
     RawResponse { status, head, body }
 }
 
+#[tokio::test]
+async fn pipelined_http1_requests_in_one_write_are_answered_in_order() {
+    let app = App::start().await;
+    let proxy = Proxy::start(app.addr, "");
+    let mut stream = TcpStream::connect(proxy.plain_addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /big?bytes=10 HTTP/1.1\r\nHost: x\r\n\r\n\
+              POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+              GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut pending = Vec::new();
+    let first = read_response(&mut stream, &mut pending).await;
+    assert_eq!(first.status, 200, "{}", first.head);
+    assert_eq!(first.body, (0..10).map(pattern_byte).collect::<Vec<_>>());
+    let second = read_response(&mut stream, &mut pending).await;
+    assert_eq!(second.status, 200, "{}", second.head);
+    assert_eq!(second.body, b"hello");
+    let third = read_response(&mut stream, &mut pending).await;
+    assert_eq!(third.status, 200, "{}", third.head);
+    assert_eq!(third.body, GREETING.as_bytes());
+}
+
+#[tokio::test]
+async fn request_pipelined_while_the_first_is_still_answered_waits_its_turn() {
+    let app = App::start().await;
+    let proxy = Proxy::start(app.addr, "");
+    let mut stream = TcpStream::connect(proxy.plain_addr).await.unwrap();
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The first half of the slow answer is out: the app holds the rest.
+    let mut pending = Vec::new();
+    while !String::from_utf8_lossy(&pending).contains("first\n") {
+        let mut chunk = [0u8; 4096];
+        let n = timeout(PATIENCE, stream.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        pending.extend_from_slice(&chunk[..n]);
+    }
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    app.state.release();
+    let slow = read_response(&mut stream, &mut pending).await;
+    assert_eq!(slow.status, 200, "{}", slow.head);
+    assert_eq!(slow.body, b"first\nsecond\n");
+    let next = read_response(&mut stream, &mut pending).await;
+    assert_eq!(next.body, GREETING.as_bytes());
+}
+
 /// A request head of exactly `len` bytes, padded with a cookie.
 fn head_of_length(len: usize) -> Vec<u8> {
     let start = "GET / HTTP/1.1\r\nHost: x\r\nCookie: ";
@@ -412,4 +469,34 @@ async fn http1_header_over_the_default_32_kib_gets_431_even_under_64_kib() {
     }
     let stats = proxy.stats().await;
     assert_eq!(stats["connections"]["headers_too_large"], 3);
+}
+
+#[tokio::test]
+async fn request_with_a_chunked_body_is_answered_then_the_connection_closes() {
+    let app = App::start().await;
+    let proxy = Proxy::start(app.addr, "");
+    let mut stream = TcpStream::connect(proxy.plain_addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut pending = Vec::new();
+    let answer = read_response(&mut stream, &mut pending).await;
+    assert_eq!(answer.body, b"hello");
+    // Where a chunked body ends is Pingora's to find, so nothing is read
+    // after it: the answer says so, and the connection closes.
+    assert!(
+        answer
+            .head
+            .to_ascii_lowercase()
+            .contains("connection: close"),
+        "{}",
+        answer.head
+    );
+    let mut rest = Vec::new();
+    let closed = timeout(PATIENCE, stream.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
 }
