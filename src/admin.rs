@@ -5,7 +5,7 @@
 //! JSON with every live topic: subscribers, upstream state, last event id,
 //! replay window size, events in, deliveries and slow-subscriber closures;
 //! and the process's client connections: how many are open, and how many the
-//! front door closed early (caps, deadlines).
+//! front door closed early (caps, deadlines, HTTP/2 abuse).
 
 use async_trait::async_trait;
 use http::{header, Response, StatusCode};
@@ -92,6 +92,7 @@ fn connections_json(counts: &ConnectionCounts) -> Value {
         "tls_handshake_failures": counts.tls_handshake_failures,
         "header_timeouts": counts.header_timeouts,
         "headers_too_large": counts.headers_too_large,
+        "h2_abuse_closures": counts.h2_abuse_closures,
     })
 }
 

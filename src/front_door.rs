@@ -13,7 +13,7 @@
 //!   ├─ a place under max_connections_per_ip          (connections)
 //!   ├─ TLS handshake, within tls_handshake_timeout   (listeners)
 //!   ├─ first bytes: HTTP/2 or HTTP/1.x               (greeting)
-//!   ├─ HTTP/2 (ALPN h2, or h2c preface) ─▶ Pingora's h2 accept loop ─▶ Router, per stream
+//!   ├─ HTTP/2 (ALPN h2, or h2c preface) ─▶ frames watched (h2_watch) ─▶ Pingora's h2 accept loop ─▶ Router, per stream
 //!   └─ HTTP/1.1 ─▶ read the request head (head) ─┬─ GET on a topic ─▶ subscriber::serve
 //!                    (kept, and replayed         └─ anything else  ─▶ HttpProxy, one request at a time (pipelining)
 //!                     to the session)
@@ -108,6 +108,9 @@ pub struct FrontDoor {
     connections: Arc<Connections>,
     /// The connection deadlines.
     limits: ConnectionLimits,
+    /// HTTP/2 streams a connection may have open at once (sets its budget
+    /// of stream resets).
+    max_concurrent_streams: u32,
 }
 
 impl FrontDoor {
@@ -128,6 +131,7 @@ impl FrontDoor {
             listeners,
             connections,
             limits: config.connections,
+            max_concurrent_streams: config.server.max_concurrent_streams,
         }
     }
 
@@ -494,8 +498,9 @@ impl ServerApp for FrontDoor {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let peer = peer_ip(&stream);
         // Held until the connection closes.
-        let _place = self.connections.open(peer_ip(&stream))?;
+        let _place = self.connections.open(peer)?;
         let mut stream = self.open_transport(stream).await?;
         let expect = self.expect(&stream);
         let limits = self.router.admission.limits.settings();
@@ -505,7 +510,13 @@ impl ServerApp for FrontDoor {
         };
         match greeting {
             Greeting::Http2 { read } => {
-                let watched = WatchedH2::new(stream, read);
+                let watched = WatchedH2::new(
+                    stream,
+                    read,
+                    self.max_concurrent_streams,
+                    self.connections.clone(),
+                    peer,
+                );
                 // Pingora's HTTP/2 handling, with the router per stream.
                 self.router.process_new(Box::new(watched), shutdown).await
             }

@@ -314,6 +314,28 @@ upstream = "/stream/news"
     closed(driver).await;
 }
 
+#[tokio::test]
+async fn http2_connection_closed_by_the_http2_layer_for_a_protocol_error_is_counted() {
+    let app = App::start().await;
+    let proxy = Proxy::start(app.addr, "");
+    let mut tls = tls_connection(&proxy, "h2").await;
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // SETTINGS
+    bytes.extend_from_slice(&[0, 0, 1, 0x0, 0, 0, 0, 0, 0, b'x']); // DATA on stream 0
+    tls.write_all(&bytes).await.unwrap();
+    read_until_closed(&mut tls).await;
+    proxy
+        .wait_for_stats("the protocol error counted", |s| {
+            s["connections"]["h2_abuse_closures"] == 1
+        })
+        .await;
+    assert!(
+        proxy.log().contains("GOAWAY PROTOCOL_ERROR"),
+        "{}",
+        proxy.log()
+    );
+}
+
 // --- connections per address ---------------------------------------------------
 
 /// A TCP connection to `addr` from the loopback address `source` (so that

@@ -10,8 +10,9 @@
 //! a flood does not become a flood of log lines.
 //!
 //! The other counters record why connections were closed early by the
-//! front door's bounds: TLS handshakes that failed or took too long, and
-//! heads that took too long or were too large.
+//! front door's bounds: TLS handshakes that failed or took too long, heads
+//! that took too long or were too large, and HTTP/2 connections closed for
+//! protocol abuse.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -48,6 +49,9 @@ pub struct ConnectionCounts {
     pub header_timeouts: u64,
     /// HTTP/1.1 request heads over `max_header_bytes`.
     pub headers_too_large: u64,
+    /// HTTP/2 connections closed for protocol abuse (a flood of stream
+    /// resets, or an error the HTTP/2 layer answered with `GOAWAY`).
+    pub h2_abuse_closures: u64,
 }
 
 /// The process's client connections: counters and the per-address cap.
@@ -64,8 +68,11 @@ pub struct Connections {
     tls_handshake_failures: AtomicU64,
     header_timeouts: AtomicU64,
     headers_too_large: AtomicU64,
+    h2_abuse_closures: AtomicU64,
     /// Whether the per-address cap's first refusal was logged.
     cap_logged: AtomicBool,
+    /// Whether the first HTTP/2 abuse closure was logged.
+    abuse_logged: AtomicBool,
 }
 
 /// A connection's place among the open ones; dropping it gives it back.
@@ -86,7 +93,9 @@ impl Connections {
             tls_handshake_failures: AtomicU64::new(0),
             header_timeouts: AtomicU64::new(0),
             headers_too_large: AtomicU64::new(0),
+            h2_abuse_closures: AtomicU64::new(0),
             cap_logged: AtomicBool::new(false),
+            abuse_logged: AtomicBool::new(false),
         })
     }
 
@@ -136,6 +145,19 @@ impl Connections {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts an HTTP/2 connection closed for protocol abuse; the first one
+    /// is logged.
+    pub fn record_h2_abuse(&self, peer: Option<IpAddr>, why: &str) {
+        self.h2_abuse_closures.fetch_add(1, Ordering::Relaxed);
+        if !self.abuse_logged.swap(true, Ordering::Relaxed) {
+            let peer = peer.map_or_else(|| "a client".to_string(), |p| p.to_string());
+            log::warn!(
+                "closed an HTTP/2 connection from {peer} for protocol abuse ({why}); \
+                 further closures are only counted (connections.h2_abuse_closures in /stats)"
+            );
+        }
+    }
+
     /// The counters now.
     pub fn counts(&self) -> ConnectionCounts {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
@@ -146,6 +168,7 @@ impl Connections {
             tls_handshake_failures: get(&self.tls_handshake_failures),
             header_timeouts: get(&self.header_timeouts),
             headers_too_large: get(&self.headers_too_large),
+            h2_abuse_closures: get(&self.h2_abuse_closures),
         }
     }
 }
