@@ -4,8 +4,10 @@
 //! loopback by default), never on the public listeners. `GET /stats` answers
 //! JSON with every live topic: subscribers, upstream state, last event id,
 //! replay window size, events in, deliveries and slow-subscriber closures;
-//! and the process's admission counts (refusals by reason, the caps binding
-//! now, auth requests and their connections).
+//! the process's admission counts (refusals by reason, the caps binding
+//! now, auth requests and their connections), and the process's client
+//! connections: how many are open, and how many the front door closed early
+//! (caps, deadlines, HTTP/2 abuse).
 
 use async_trait::async_trait;
 use http::{header, Response, StatusCode};
@@ -14,18 +16,27 @@ use pingora::protocols::http::ServerSession;
 use pingora::services::listening::Service;
 use serde_json::{json, Value};
 
+use std::sync::Arc;
+
 use crate::config::AdminSettings;
+use crate::front_door::{ConnectionCounts, Connections};
 use crate::hub::{Hub, TopicSnapshot, UpstreamState};
 
 /// The admin HTTP app.
 pub struct AdminApp {
     /// Whose topics are reported.
     hub: Hub,
+    /// Whose client connections are reported.
+    connections: Arc<Connections>,
 }
 
 /// The admin service, listening on `settings.addr`.
-pub fn service(hub: Hub, settings: &AdminSettings) -> Service<AdminApp> {
-    let mut service = Service::new("sse-fanout admin".into(), AdminApp { hub });
+pub fn service(
+    hub: Hub,
+    connections: Arc<Connections>,
+    settings: &AdminSettings,
+) -> Service<AdminApp> {
+    let mut service = Service::new("sse-fanout admin".into(), AdminApp { hub, connections });
     service.add_tcp(&settings.addr.to_string());
     service
 }
@@ -86,15 +97,32 @@ pub fn stats(hub: &Hub) -> Value {
     })
 }
 
+/// The `connections` part of the `/stats` document.
+fn connections_json(counts: &ConnectionCounts) -> Value {
+    json!({
+        "open": counts.open,
+        "refused_per_ip": counts.refused_per_ip,
+        "tls_handshake_timeouts": counts.tls_handshake_timeouts,
+        "tls_handshake_failures": counts.tls_handshake_failures,
+        "header_timeouts": counts.header_timeouts,
+        "headers_too_large": counts.headers_too_large,
+        "h2_abuse_closures": counts.h2_abuse_closures,
+    })
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let (status, content_type, body) = match session.req_header().uri.path() {
-            "/stats" => (
-                StatusCode::OK,
-                "application/json",
-                stats(&self.hub).to_string().into_bytes(),
-            ),
+            "/stats" => {
+                let mut document = stats(&self.hub);
+                document["connections"] = connections_json(&self.connections.counts());
+                (
+                    StatusCode::OK,
+                    "application/json",
+                    document.to_string().into_bytes(),
+                )
+            }
             _ => (
                 StatusCode::NOT_FOUND,
                 "text/plain; charset=utf-8",

@@ -99,6 +99,8 @@ pub struct Config {
     pub admin: Option<AdminSettings>,
     /// Caps and input bounds.
     pub limits: LimitSettings,
+    /// Deadlines and caps of client connections (keys of `[limits]`).
+    pub connections: ConnectionLimits,
     /// Things that work but deserve a second look (`--check` prints them).
     pub warnings: Vec<String>,
 }
@@ -136,6 +138,11 @@ pub const DEFAULT_REPLAY_MEMORY: usize = 256 * 1024 * 1024;
 /// (every tab, every retry) asks the app once per session and topic, short
 /// enough that a revoked session keeps access for at most this long.
 pub const DEFAULT_AUTH_CACHE: Duration = Duration::from_secs(5);
+/// `[limits] idle_timeout`: Pingora's own HTTP/1.1 keep-alive timeout.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `[limits] tls_handshake_timeout`: a few round trips take well under a
+/// second even on slow mobile links.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `[admin] addr` when the table is present but the key is not.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
@@ -311,6 +318,21 @@ pub struct LimitSettings {
     /// Bytes every replay window may hold together; past it the oldest
     /// frames of all topics are evicted.
     pub replay_memory: usize,
+}
+
+/// The `[limits]` keys about client connections rather than requests: how
+/// long one may take to say something, and how many one address may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A connection with no request in progress is closed after this long:
+    /// before its first request, between HTTP/1.1 requests, and an HTTP/2
+    /// connection with no open stream.
+    pub idle_timeout: Duration,
+    /// A TLS client must finish its handshake within this.
+    pub tls_handshake_timeout: Duration,
+    /// Connections open at once from one client address; `None` (the
+    /// default) is no cap, since many browsers can share one address.
+    pub max_connections_per_ip: Option<usize>,
 }
 
 /// The answer to a subscriber over a limit.
@@ -546,7 +568,9 @@ impl Validator<'_> {
         let access_defaults = self.access(raw_sse.access(), "sse", &app, TopicAccess::default())?;
         let defaults = self.sse_defaults(raw_sse)?;
         let topics = self.topics(raw.topic, &app, defaults, &access_defaults)?;
-        let limits = self.limits(raw.limits.unwrap_or_default())?;
+        let mut raw_limits = raw.limits.unwrap_or_default();
+        let connections = self.connection_limits(&mut raw_limits)?;
+        let limits = self.limits(raw_limits)?;
         let mut warnings: Vec<String> = topics
             .iter()
             .filter(|t| t.path.is_template() && t.access.auth.is_none())
@@ -586,6 +610,7 @@ impl Validator<'_> {
             topics,
             admin,
             limits,
+            connections,
             warnings,
         })
     }
@@ -1172,6 +1197,32 @@ impl Validator<'_> {
         })
     }
 
+    /// Takes the connection keys out of `[limits]`.
+    fn connection_limits(&self, raw: &mut raw::Limits) -> Result<ConnectionLimits, ConfigError> {
+        let max_connections_per_ip = match raw.max_connections_per_ip.take() {
+            Some(v) if *v.get_ref() == 0 => {
+                return Err(self.at(
+                    &v,
+                    "limits.max_connections_per_ip",
+                    "must be at least 1 (leave it out for no cap)".into(),
+                ))
+            }
+            v => v.map(Spanned::into_inner),
+        };
+        Ok(ConnectionLimits {
+            idle_timeout: self
+                .positive(raw.idle_timeout.take(), "limits.idle_timeout")?
+                .unwrap_or(DEFAULT_IDLE_TIMEOUT),
+            tls_handshake_timeout: self
+                .positive(
+                    raw.tls_handshake_timeout.take(),
+                    "limits.tls_handshake_timeout",
+                )?
+                .unwrap_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT),
+            max_connections_per_ip,
+        })
+    }
+
     fn topic_upstream(
         &self,
         raw: &Spanned<String>,
@@ -1264,6 +1315,9 @@ mod raw {
         pub max_header_bytes: Option<Spanned<SizeValue>>,
         pub auth_cache_size: Option<Spanned<usize>>,
         pub replay_memory: Option<Spanned<SizeValue>>,
+        pub idle_timeout: Option<Spanned<DurationValue>>,
+        pub tls_handshake_timeout: Option<Spanned<DurationValue>>,
+        pub max_connections_per_ip: Option<Spanned<usize>>,
     }
 
     /// The access keys of `[sse]` and `[[topic]]`.
@@ -1660,6 +1714,28 @@ upstream = "127.0.0.1:3000"
         );
         let e = load(&text).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("topic[0].eager"));
+    }
+
+    #[test]
+    fn connection_limits_default_to_documented_values_and_no_address_cap() {
+        let config = load(MINIMAL).unwrap();
+        assert_eq!(config.connections.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(
+            config.connections.tls_handshake_timeout,
+            DEFAULT_TLS_HANDSHAKE_TIMEOUT
+        );
+        assert_eq!(config.connections.max_connections_per_ip, None);
+        let capped = load(&format!(
+            "{MINIMAL}\n[limits]\nmax_connections_per_ip = 3\nidle_timeout = \"5s\"\n"
+        ))
+        .unwrap();
+        assert_eq!(capped.connections.max_connections_per_ip, Some(3));
+        assert_eq!(capped.connections.idle_timeout, Duration::from_secs(5));
+        let zero = load(&format!(
+            "{MINIMAL}\n[limits]\nmax_connections_per_ip = 0\n"
+        ))
+        .unwrap_err();
+        assert_eq!(zero.key.as_deref(), Some("limits.max_connections_per_ip"));
     }
 
     #[test]

@@ -10,24 +10,41 @@
 //!
 //! ```text
 //!  connection ─▶ FrontDoor (connection level)
-//!                 ├─ HTTP/2 (ALPN h2, or h2c preface) ─▶ Pingora's h2 accept loop ─▶ Router, per stream
-//!                 └─ HTTP/1.1 ─▶ read the request line ─┬─ GET on a topic ─▶ subscriber::serve
-//!                                  (kept, and replayed  └─ anything else  ─▶ HttpProxy
-//!                                   to the session)
+//!   ├─ a place under max_connections_per_ip          (connections)
+//!   ├─ TLS handshake, within tls_handshake_timeout   (listeners)
+//!   ├─ first bytes: HTTP/2 or HTTP/1.x               (greeting)
+//!   ├─ HTTP/2 (ALPN h2, or h2c preface) ─▶ frames watched (h2_watch) ─▶ Pingora's h2 accept loop ─▶ Router, per stream
+//!   └─ HTTP/1.1 ─▶ read the request head (head) ─┬─ GET on a topic ─▶ subscriber::serve
+//!                    (kept, and replayed         └─ anything else  ─▶ HttpProxy, one request at a time (pipelining)
+//!                     to the session)
 //! ```
 //!
 //! An HTTP/2 stream arrives with its header read, so the [`Router`] routes it
 //! as a Pingora `HttpServerApp`. An HTTP/1.1 request has not been read when
-//! Pingora hands over the connection, so the front door reads its header
+//! Pingora hands over the connection, so the front door reads its head
 //! itself (bounded by `[limits] max_header_bytes`, and within
 //! `header_timeout` of its first byte, so a client that never finishes its
-//! header is dropped), looks at the request line, then gives Pingora a
+//! head is dropped), looks at the request line, then gives Pingora a
 //! session that replays those bytes before the rest of the stream: nothing
 //! is lost or read twice.
+//!
+//! Every wait on a client has a deadline: the TLS handshake
+//! (`tls_handshake_timeout`), the first byte of a connection or of the next
+//! request on it, and an HTTP/2 connection with no open stream
+//! (`idle_timeout`), a request head or a preface (`header_timeout`).
 //!
 //! A topic request is admitted (or refused) by [`Admission`] before the hub
 //! sees it; `OPTIONS` on a topic path is a CORS preflight, answered here.
 
+mod connections;
+mod greeting;
+mod h2_watch;
+mod head;
+mod io;
+mod listeners;
+mod pipelining;
+
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +65,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::access_log::{self, AccessRecord};
 use crate::admission::{self, Admission, Refused};
 use crate::client;
+use crate::config::{Config, ConnectionLimits};
 use crate::cors;
 use crate::hub::{Hub, Refusal, Subscription};
 use crate::limits::Admitted;
@@ -55,11 +73,13 @@ use crate::proxy::Proxy;
 use crate::route::TopicMatch;
 use crate::subscriber;
 
-/// What a client sends first on an HTTP/2 connection without TLS (h2c).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub use connections::{ConnectionCounts, Connections, EarlyClose};
+pub use listeners::{Listeners, Transport};
 
-/// What a client must send before its HTTP/1.1 header ends.
-const HEADER_END: &[u8] = b"\r\n\r\n";
+use greeting::{Expect, Greeting};
+use h2_watch::WatchedH2;
+use head::Head;
+use pipelining::{Extent, OneRequest};
 
 /// How long a refused HTTP/1.1 client may keep sending before the close.
 const LINGER_ON_REFUSAL: Duration = Duration::from_secs(1);
@@ -67,10 +87,6 @@ const LINGER_ON_REFUSAL: Duration = Duration::from_secs(1);
 /// The answer to an HTTP/1.1 header over `[limits] max_header_bytes`.
 const HEADER_TOO_LARGE: &[u8] =
     b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-
-/// How long an HTTP/1.1 connection may sit idle before (and between)
-/// requests: Pingora's own keep-alive timeout, in seconds.
-const KEEPALIVE_SECONDS: u64 = 60;
 
 /// Routes one request: a `GET` on a topic path to the hub, the rest to the proxy.
 pub struct Router {
@@ -86,77 +102,198 @@ pub struct Router {
 /// their request line.
 pub struct FrontDoor {
     router: Arc<Router>,
+    /// Which listener a connection came in on, and its TLS acceptor.
+    listeners: Listeners,
+    /// The open connections: the per-address cap and the counters.
+    connections: Arc<Connections>,
+    /// The connection deadlines.
+    limits: ConnectionLimits,
+    /// HTTP/2 streams a connection may have open at once (sets its budget
+    /// of stream resets).
+    max_concurrent_streams: u32,
 }
 
 impl FrontDoor {
-    pub fn new(proxy: HttpProxy<Proxy>, hub: Hub, admission: Admission) -> FrontDoor {
+    pub fn new(
+        proxy: HttpProxy<Proxy>,
+        hub: Hub,
+        admission: Admission,
+        listeners: Listeners,
+        connections: Arc<Connections>,
+        config: &Config,
+    ) -> FrontDoor {
         FrontDoor {
             router: Arc::new(Router {
                 proxy: Arc::new(proxy),
                 hub,
                 admission,
             }),
+            listeners,
+            connections,
+            limits: config.connections,
+            max_concurrent_streams: config.server.max_concurrent_streams,
         }
     }
 
-    /// Whether the connection speaks HTTP/2: ALPN `h2` on TLS, or the h2c
-    /// preface in plaintext (when the proxy allows h2c).
-    async fn speaks_h2(&self, stream: &mut Stream) -> bool {
+    /// The connection as it speaks HTTP: the TLS stream after a handshake
+    /// on a TLS listener, the TCP stream on a plaintext one; `None` when it
+    /// is closed instead.
+    async fn open_transport(&self, stream: Stream) -> Option<Stream> {
+        let local = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+        match local.and_then(|local| self.listeners.transport(local)) {
+            Some(Transport::Plain) => Some(stream),
+            Some(Transport::Tls(acceptor)) => {
+                match listeners::handshake(acceptor, stream, self.limits.tls_handshake_timeout)
+                    .await
+                {
+                    listeners::Handshake::Done(tls) => Some(tls),
+                    listeners::Handshake::TimedOut => {
+                        self.connections.record(EarlyClose::TlsHandshakeTimeout);
+                        None
+                    }
+                    listeners::Handshake::Failed(e) => {
+                        log::debug!("TLS handshake failed: {e}");
+                        self.connections.record(EarlyClose::TlsHandshakeFailed);
+                        None
+                    }
+                }
+            }
+            None => {
+                log::error!("a connection to {local:?} matches no [[listen]] address; closed");
+                None
+            }
+        }
+    }
+
+    /// What the connection may speak before its first byte says more.
+    fn expect(&self, stream: &Stream) -> Expect {
         if stream.get_ssl_digest().is_some() {
-            return matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+            return match stream.selected_alpn_proto() {
+                Some(ALPN::H2) => Expect::Http2,
+                _ => Expect::Http1,
+            };
         }
-        if !self.router.server_options().is_some_and(|o| o.h2c) {
-            return false;
+        if self.router.server_options().is_some_and(|o| o.h2c) {
+            Expect::Either
+        } else {
+            Expect::Http1
         }
-        let mut preface = [0u8; H2_PREFACE.len()];
-        // Peeking rewinds what it read; an error means the client is gone
-        // (the HTTP/1.1 path will find that out too).
-        matches!(stream.try_peek(&mut preface).await, Ok(true)) && preface == H2_PREFACE
     }
 
-    /// Serves HTTP/1.1 requests on one connection until it is not reused.
-    async fn serve_http1(&self, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    /// A fresh HTTP/1.1 session on `stream`, with what the previous request
+    /// on the connection carried over.
+    fn http1_session(
+        &self,
+        stream: Stream,
+        previous: Option<HttpPersistentSettings>,
+        shutdown: &ShutdownWatch,
+    ) -> ServerSession {
+        let mut session = ServerSession::new_http1(stream);
+        // Pingora's own defaults for a fresh HTTP/1.1 session ...
+        session.set_keepalive(
+            (!*shutdown.borrow()).then_some(whole_seconds(self.limits.idle_timeout)),
+        );
+        session.set_keepalive_reuses_remaining(
+            self.router
+                .server_options()
+                .and_then(|o| o.keepalive_request_limit),
+        );
+        // ... then what the previous request on this connection carried.
+        if let Some(previous) = previous {
+            previous.apply_to_session(&mut session);
+        }
+        session
+    }
+
+    /// Serves HTTP/1.1 requests on one connection until it is not reused;
+    /// `read` holds the first request's first bytes, whose head must be
+    /// complete by `deadline`.
+    async fn serve_http1(
+        &self,
+        mut stream: Stream,
+        mut read: BytesMut,
+        mut deadline: tokio::time::Instant,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         let limits = *self.router.admission.limits.settings();
         let mut settings: Option<HttpPersistentSettings> = None;
         loop {
             let head = tokio::select! {
-                read = read_request_head(&mut stream, limits.max_header_bytes, limits.header_timeout) => read,
+                head = head::read_request_head(&mut stream, read, limits.max_header_bytes, deadline) => head,
                 _ = wait_for_shutdown(shutdown.clone()) => return None,
             };
-            let head = match head {
-                Head::Complete(head) => head,
+            let (head, head_len) = match head {
+                Head::Complete { buf, len } => (buf, len),
                 Head::TooLarge => {
+                    self.connections.record(EarlyClose::HeaderTooLarge);
                     refuse_and_close(&mut stream, HEADER_TOO_LARGE, limits.max_header_bytes).await;
+                    return None;
+                }
+                Head::TimedOut => {
+                    self.connections.record(EarlyClose::HeaderTimeout);
                     return None;
                 }
                 Head::Gone => return None,
             };
-            let request = topic_request(&self.router.hub, &head);
-            let mut session = ServerSession::new_http1(stream);
-            // Pingora's own defaults for a fresh HTTP/1.1 session ...
-            session.set_keepalive((!*shutdown.borrow()).then_some(KEEPALIVE_SECONDS));
-            session.set_keepalive_reuses_remaining(
-                self.router
-                    .server_options()
-                    .and_then(|o| o.keepalive_request_limit),
-            );
-            // ... then what the previous request on this connection carried.
-            if let Some(settings) = settings.take() {
-                settings.apply_to_session(&mut session);
+            if let Some((method, route)) = topic_request(&self.router.hub, &head[..head_len]) {
+                // A subscription (or a preflight) is the connection's last
+                // request: it is not reused after it.
+                let mut session = self.http1_session(stream, settings.take(), shutdown);
+                session.set_pipelined_prefix(head);
+                self.router.serve_http1_topic(session, method, &route).await;
+                return None;
             }
-            session.set_pipelined_prefix(head);
-            let reused = match request {
-                Some((method, route)) => {
-                    self.router.serve_http1_topic(session, method, &route).await;
-                    None
-                }
-                None => self.router.proxy.process_new_http(session, shutdown).await,
-            };
-            let (next, next_settings) = reused?.consume();
-            stream = next;
+            // Pingora gets this request alone (see `pipelining`).
+            let extent = pipelining::extent_of(&head[..head_len]).await;
+            let (first, one_request) =
+                OneRequest::split(stream, head, head_len, extent, limits.max_header_bytes);
+            let mut session = self.http1_session(Box::new(one_request), settings.take(), shutdown);
+            if extent == Extent::Chunked {
+                session.set_keepalive_reuses_remaining(Some(0));
+            }
+            session.set_pipelined_prefix(first);
+            let reused = self
+                .router
+                .proxy
+                .process_new_http(session, shutdown)
+                .await?;
+            let (connection, next_settings) = reused.consume();
+            // Pingora hands back the stream it was given.
+            let one_request = connection.into_any().downcast::<OneRequest>().ok()?;
+            let (connection, next, closed) = one_request.into_parts();
+            stream = connection;
             settings = next_settings;
+            read = next;
+            if read.is_empty() {
+                // Idle between requests: the next one's first byte may take
+                // the idle timeout to come.
+                let came = !closed
+                    && tokio::select! {
+                        came = greeting::first_bytes(&mut stream, &mut read, self.limits.idle_timeout) => came,
+                        _ = wait_for_shutdown(shutdown.clone()) => false,
+                    };
+                if !came {
+                    return None;
+                }
+            }
+            deadline = tokio::time::Instant::now() + limits.header_timeout;
         }
     }
+}
+
+/// Pingora counts keep-alive in whole seconds; round up, never to zero
+/// (which Pingora takes as "forever").
+fn whole_seconds(duration: Duration) -> u64 {
+    (duration.as_secs() + u64::from(duration.subsec_nanos() > 0)).max(1)
+}
+
+/// The client's address, from the connection's socket.
+fn peer_ip(stream: &Stream) -> Option<IpAddr> {
+    stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
 }
 
 /// Writes a final answer, then reads (and drops) what the client is still
@@ -179,60 +316,6 @@ async fn refuse_and_close(stream: &mut Stream, answer: &[u8], drain_limit: usize
         }
     };
     let _ = tokio::time::timeout(LINGER_ON_REFUSAL, drain).await;
-}
-
-/// How reading an HTTP/1.1 request header ended.
-enum Head {
-    /// The header (and whatever followed it in the same reads).
-    Complete(BytesMut),
-    /// Longer than `max_header_bytes`.
-    TooLarge,
-    /// The client closed, stayed idle past the keep-alive timeout, or did not
-    /// finish its header within the header timeout.
-    Gone,
-}
-
-/// Reads a whole request header: the first byte may take the keep-alive
-/// timeout to come, the rest must follow within `header_timeout`.
-async fn read_request_head(
-    stream: &mut Stream,
-    max_bytes: usize,
-    header_timeout: Duration,
-) -> Head {
-    let mut buf = BytesMut::with_capacity(1024);
-    let first = tokio::time::timeout(
-        Duration::from_secs(KEEPALIVE_SECONDS),
-        stream.read_buf(&mut buf),
-    )
-    .await;
-    if !matches!(first, Ok(Ok(n)) if n > 0) {
-        return Head::Gone;
-    }
-    let rest = async {
-        loop {
-            // Leading empty lines before a request are allowed (RFC 9112 §2.2).
-            let start = buf
-                .iter()
-                .position(|b| *b != b'\r' && *b != b'\n')
-                .unwrap_or(buf.len());
-            let body = &buf[start..];
-            if body.windows(HEADER_END.len()).any(|w| w == HEADER_END)
-                || body.windows(2).any(|w| w == b"\n\n")
-            {
-                return Head::Complete(std::mem::take(&mut buf));
-            }
-            if buf.len() > max_bytes {
-                return Head::TooLarge;
-            }
-            match stream.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return Head::Gone,
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::time::timeout(header_timeout, rest)
-        .await
-        .unwrap_or(Head::Gone)
 }
 
 async fn wait_for_shutdown(mut shutdown: ShutdownWatch) {
@@ -412,14 +495,40 @@ impl HttpServerApp for Router {
 impl ServerApp for FrontDoor {
     async fn process_new(
         self: &Arc<Self>,
-        mut stream: Stream,
+        stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        if self.speaks_h2(&mut stream).await {
-            // Pingora's HTTP/2 handling, with the router per stream.
-            return self.router.process_new(stream, shutdown).await;
+        let peer = peer_ip(&stream);
+        // Held until the connection closes.
+        let _place = self.connections.open(peer)?;
+        let mut stream = self.open_transport(stream).await?;
+        let expect = self.expect(&stream);
+        let limits = self.router.admission.limits.settings();
+        let greeting = tokio::select! {
+            greeting = greeting::read_greeting(&mut stream, expect, self.limits.idle_timeout, limits.header_timeout) => greeting,
+            _ = wait_for_shutdown(shutdown.clone()) => return None,
+        };
+        match greeting {
+            Greeting::Http2 { read } => {
+                let watched = WatchedH2::new(
+                    stream,
+                    read,
+                    self.max_concurrent_streams,
+                    self.connections.clone(),
+                    peer,
+                );
+                // Pingora's HTTP/2 handling, with the router per stream.
+                self.router.process_new(Box::new(watched), shutdown).await
+            }
+            Greeting::Http1 { read, deadline } => {
+                self.serve_http1(stream, read, deadline, shutdown).await
+            }
+            Greeting::TimedOut => {
+                self.connections.record(EarlyClose::HeaderTimeout);
+                None
+            }
+            Greeting::Silent | Greeting::NotHttp2 => None,
         }
-        self.serve_http1(stream, shutdown).await
     }
 
     async fn cleanup(&self) {

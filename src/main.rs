@@ -6,6 +6,9 @@
 //! sse-fanout [-c FILE] --upgrade  take over the listeners of a running instance
 //! sse-fanout demo [-c FILE]       the proxy and a demo app (default conf/demo.toml)
 //! ```
+//!
+//! Running, it stops on `SIGTERM` (gracefully) or `SIGINT`, hands over to a
+//! new process on `SIGQUIT`, and ignores `SIGHUP` (no reload yet).
 
 mod demo;
 
@@ -81,7 +84,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         };
         match demo::start(&config) {
-            Ok(server) => server.run_forever(),
+            Ok(server) => server::run(server),
             Err(e) => {
                 eprintln!("sse-fanout demo: {e}");
                 return ExitCode::FAILURE;
@@ -110,7 +113,7 @@ fn main() -> ExitCode {
         upgrade: args.upgrade,
     };
     match server::build(&config, start) {
-        Ok((server, _hub)) => server.run_forever(),
+        Ok((server, _hub)) => server::run(server),
         Err(e) => {
             eprintln!("sse-fanout: cannot start: {e}");
             ExitCode::FAILURE

@@ -1,16 +1,24 @@
-//! Builds the Pingora server a [`Config`] describes.
+//! Builds the Pingora server a [`Config`] describes, and runs it.
 //!
 //! One Pingora service listens on every `[[listen]]` address: the
 //! [`FrontDoor`], which serves HTTP/2 topic streams itself and hands every
 //! other session to the reverse [`Proxy`].
 //! TLS listeners offer ALPN `h2` and `http/1.1` (TLS 1.2 and 1.3) with the
-//! certificate the config already loaded; plaintext listeners speak HTTP/1.1
-//! and HTTP/2 with prior knowledge (h2c). Every accepted socket gets TCP
-//! keepalive and a user timeout so vanished clients are reaped, and HTTP/2
-//! connections announce the configured `MAX_CONCURRENT_STREAMS`. Each
-//! connection's read buffer is `[server] read_buffer` (4 KiB), not Pingora's
-//! 64 KiB: a long-lived, mostly idle event stream should not keep 64 KiB
-//! resident (it is, once the allocator hands out recycled memory).
+//! certificate the config already loaded; the front door runs their
+//! handshake (with its own deadline), so Pingora listens in plain TCP on
+//! every address. Plaintext listeners speak HTTP/1.1 and HTTP/2 with prior
+//! knowledge (h2c). Every accepted socket gets TCP keepalive and a user
+//! timeout so vanished clients are reaped, and HTTP/2 connections announce
+//! the configured `MAX_CONCURRENT_STREAMS` and are closed after
+//! `idle_timeout` with no open stream. Each connection's read buffer is
+//! `[server] read_buffer` (4 KiB), not Pingora's 64 KiB: a long-lived, mostly
+//! idle event stream should not keep 64 KiB resident (it is, once the
+//! allocator hands out recycled memory).
+//!
+//! [`run`] runs it with the signals operators expect: `SIGTERM` stops
+//! gracefully, `SIGINT` at once, `SIGQUIT` hands the listeners to a new
+//! process (`--upgrade`), and `SIGHUP`, which would kill the process by
+//! default, is logged and ignored until reloading exists.
 
 use std::time::Duration;
 
@@ -20,7 +28,8 @@ use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora::protocols::http::v2::server::default_h2_options;
 use pingora::protocols::TcpKeepalive;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -34,7 +43,7 @@ use crate::admin;
 use crate::admission::Admission;
 use crate::auth::Authorizer;
 use crate::config::{Config, Listener, ServerSettings};
-use crate::front_door::FrontDoor;
+use crate::front_door::{Connections, FrontDoor, Listeners, Transport};
 use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::proxy::Proxy;
@@ -123,6 +132,7 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<(Server, H
         pingora::proxy::http_proxy(&server.configuration, Proxy::new(config, hub.clone()));
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = true;
+    server_options.h2_idle_timeout = Some(config.connections.idle_timeout);
     proxy.server_options = Some(server_options);
     let mut h2 = default_h2_options();
     h2.max_concurrent_streams(config.server.max_concurrent_streams);
@@ -136,29 +146,46 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<(Server, H
             config.limits.auth_cache_size,
         ),
     };
+    let mut transports = Vec::with_capacity(config.listeners.len());
+    for listener in &config.listeners {
+        let transport = match &listener.tls {
+            Some(certificate) => {
+                let mut tls = TlsSettings::intermediate(
+                    &certificate.cert_path.to_string_lossy(),
+                    &certificate.key_path.to_string_lossy(),
+                )?;
+                tls.set_cert_resolver(certificate.resolver());
+                tls.enable_h2();
+                Transport::Tls(Arc::new(tls.build()))
+            }
+            None => Transport::Plain,
+        };
+        transports.push((listener.addr, transport));
+    }
+    let connections = Connections::new(&config.connections);
     let mut service = pingora::services::listening::Service::new(
         SERVICE_NAME.into(),
-        FrontDoor::new(proxy, hub.clone(), admission),
+        FrontDoor::new(
+            proxy,
+            hub.clone(),
+            admission,
+            Listeners::new(transports),
+            connections.clone(),
+            config,
+        ),
     );
 
     let sockets = socket_options(&config.server);
     for listener in &config.listeners {
-        let mut endpoint = ListenerConfig::tcp(listener.addr.to_string())
-            .tcp_socket_options(sockets.clone())
-            .l4_buffer(L4BufferSettings {
-                read: Some(config.server.read_buffer),
-                write: None,
-            });
-        if let Some(certificate) = &listener.tls {
-            let mut tls = TlsSettings::intermediate(
-                &certificate.cert_path.to_string_lossy(),
-                &certificate.key_path.to_string_lossy(),
-            )?;
-            tls.set_cert_resolver(certificate.resolver());
-            tls.enable_h2();
-            endpoint = endpoint.tls(tls);
-        }
-        service.add_listener(endpoint);
+        // TLS, where configured, is the front door's (see above).
+        service.add_listener(
+            ListenerConfig::tcp(listener.addr.to_string())
+                .tcp_socket_options(sockets.clone())
+                .l4_buffer(L4BufferSettings {
+                    read: Some(config.server.read_buffer),
+                    write: None,
+                }),
+        );
         log::info!("listening on {} ({})", listener.addr, protocols(listener));
     }
     log::info!("proxying to app at {}", config.app.origin);
@@ -173,9 +200,79 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<(Server, H
 
     server.add_service(service);
     if let Some(settings) = &config.admin {
-        server.add_service(admin::service(hub.clone(), settings));
+        server.add_service(admin::service(hub.clone(), connections, settings));
         log::info!("admin listener on {} (GET /stats)", settings.addr);
     }
     server.add_service(background_service("sse hub", HubLifecycle(hub.clone())));
     Ok((server, hub))
+}
+
+/// Runs `server` until a signal stops it (see the module docs), then exits.
+pub fn run(server: Server) -> ! {
+    catch_hangups_from_now();
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals),
+    });
+    std::process::exit(0)
+}
+
+/// Replaces `SIGHUP`'s default action (ending the process) before any
+/// listener opens: a signal handler, once registered, stays for the
+/// process's life. [`Signals`] then reports each one.
+fn catch_hangups_from_now() {
+    let registered = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .and_then(|runtime| {
+            let _entered = runtime.enter();
+            signal(SignalKind::hangup()).map(drop)
+        });
+    if let Err(e) = registered {
+        log::warn!("cannot catch SIGHUP, which will stop the process: {e}");
+    }
+}
+
+/// The signals that stop the server, and `SIGHUP`, which does not.
+struct Signals;
+
+/// Waits for the next `signal`, forever when it could not be listened to.
+async fn next(signal: &mut Option<Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        let listen = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(signal) => Some(signal),
+            Err(e) => {
+                log::error!("cannot listen for {name}: {e}");
+                None
+            }
+        };
+        let mut quit = listen(SignalKind::quit(), "SIGQUIT");
+        let mut terminate = listen(SignalKind::terminate(), "SIGTERM");
+        let mut interrupt = listen(SignalKind::interrupt(), "SIGINT");
+        let mut hangup = listen(SignalKind::hangup(), "SIGHUP");
+        log::info!(
+            "signals: SIGTERM stops gracefully, SIGINT at once, SIGQUIT hands the listeners \
+             to a process started with --upgrade; SIGHUP is ignored"
+        );
+        loop {
+            tokio::select! {
+                _ = next(&mut quit) => return ShutdownSignal::GracefulUpgrade,
+                _ = next(&mut terminate) => return ShutdownSignal::GracefulTerminate,
+                _ = next(&mut interrupt) => return ShutdownSignal::FastShutdown,
+                _ = next(&mut hangup) => log::warn!(
+                    "SIGHUP received: reloading the config is not supported yet; ignored \
+                     (restart, or start a new process with --upgrade, to apply a new config)"
+                ),
+            }
+        }
+    }
 }

@@ -302,3 +302,201 @@ async fn access_log_has_one_line_per_request_with_protocol_and_status() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+// --- HTTP/1.1 on the wire --------------------------------------------------------
+
+/// One HTTP/1.1 response read off a raw connection.
+struct RawResponse {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+/// Reads one HTTP/1.1 response (framed by `Content-Length` or chunks) from
+/// `stream`, keeping bytes past its end in `pending` for the next one.
+async fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> RawResponse {
+    async fn more(stream: &mut TcpStream, pending: &mut Vec<u8>) {
+        let mut chunk = [0u8; 4096];
+        let n = timeout(PATIENCE, stream.read(&mut chunk))
+            .await
+            .expect("the answer stalled")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed mid-answer: {:?}",
+            String::from_utf8_lossy(pending)
+        );
+        pending.extend_from_slice(&chunk[..n]);
+    }
+    let head_end = loop {
+        if let Some(at) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        more(stream, pending).await;
+    };
+    let head = String::from_utf8(pending.drain(..head_end).collect()).unwrap();
+    let status = head[9..12].parse().unwrap();
+    let header = |name: &str| {
+        head.lines()
+            .find(|l| l.to_ascii_lowercase().starts_with(&format!("{name}:")))
+            .map(|l| l[name.len() + 1..].trim().to_string())
+    };
+    let mut body = Vec::new();
+    if let Some(length) = header("content-length") {
+        let length: usize = length.parse().unwrap();
+        while pending.len() < length {
+            more(stream, pending).await;
+        }
+        body.extend(pending.drain(..length));
+    } else if header("transfer-encoding").is_some() {
+        loop {
+            let line_end = loop {
+                if let Some(at) = pending.windows(2).position(|w| w == b"\r\n") {
+                    break at;
+                }
+                more(stream, pending).await;
+            };
+            let size_line = String::from_utf8(pending.drain(..line_end + 2).collect()).unwrap();
+            let size =
+                usize::from_str_radix(size_line.trim().split(';').next().unwrap(), 16).unwrap();
+            while pending.len() < size + 2 {
+                more(stream, pending).await;
+            }
+            body.extend(pending.drain(..size));
+            pending.drain(..2);
+            if size == 0 {
+                break;
+            }
+        }
+    }
+    RawResponse { status, head, body }
+}
+
+#[tokio::test]
+async fn pipelined_http1_requests_in_one_write_are_answered_in_order() {
+    let app = App::start().await;
+    let proxy = Proxy::start(app.addr, "");
+    let mut stream = TcpStream::connect(proxy.plain_addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /big?bytes=10 HTTP/1.1\r\nHost: x\r\n\r\n\
+              POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+              GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut pending = Vec::new();
+    let first = read_response(&mut stream, &mut pending).await;
+    assert_eq!(first.status, 200, "{}", first.head);
+    assert_eq!(first.body, (0..10).map(pattern_byte).collect::<Vec<_>>());
+    let second = read_response(&mut stream, &mut pending).await;
+    assert_eq!(second.status, 200, "{}", second.head);
+    assert_eq!(second.body, b"hello");
+    let third = read_response(&mut stream, &mut pending).await;
+    assert_eq!(third.status, 200, "{}", third.head);
+    assert_eq!(third.body, GREETING.as_bytes());
+}
+
+#[tokio::test]
+async fn request_pipelined_while_the_first_is_still_answered_waits_its_turn() {
+    let app = App::start().await;
+    let proxy = Proxy::start(app.addr, "");
+    let mut stream = TcpStream::connect(proxy.plain_addr).await.unwrap();
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The first half of the slow answer is out: the app holds the rest.
+    let mut pending = Vec::new();
+    while !String::from_utf8_lossy(&pending).contains("first\n") {
+        let mut chunk = [0u8; 4096];
+        let n = timeout(PATIENCE, stream.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        pending.extend_from_slice(&chunk[..n]);
+    }
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    app.state.release();
+    let slow = read_response(&mut stream, &mut pending).await;
+    assert_eq!(slow.status, 200, "{}", slow.head);
+    assert_eq!(slow.body, b"first\nsecond\n");
+    let next = read_response(&mut stream, &mut pending).await;
+    assert_eq!(next.body, GREETING.as_bytes());
+}
+
+/// A request head of exactly `len` bytes, padded with a cookie.
+fn head_of_length(len: usize) -> Vec<u8> {
+    let start = "GET / HTTP/1.1\r\nHost: x\r\nCookie: ";
+    let end = "\r\n\r\n";
+    let mut head = start.as_bytes().to_vec();
+    head.resize(len - end.len(), b'c');
+    head.extend_from_slice(end.as_bytes());
+    head
+}
+
+#[tokio::test]
+async fn http1_header_limit_is_exact() {
+    let app = App::start().await;
+    let proxy = Proxy::start(app.addr, "[limits]\nmax_header_bytes = \"4KiB\"\n");
+    let mut pending = Vec::new();
+    let mut stream = TcpStream::connect(proxy.plain_addr).await.unwrap();
+    stream.write_all(&head_of_length(4096)).await.unwrap();
+    let at_the_limit = read_response(&mut stream, &mut pending).await;
+    assert_eq!(at_the_limit.status, 200, "{}", at_the_limit.head);
+    assert_eq!(at_the_limit.body, GREETING.as_bytes());
+
+    let mut stream = TcpStream::connect(proxy.plain_addr).await.unwrap();
+    stream.write_all(&head_of_length(4097)).await.unwrap();
+    let over = read_response(&mut stream, &mut Vec::new()).await;
+    assert_eq!(over.status, 431, "{}", over.head);
+}
+
+#[tokio::test]
+async fn http1_header_over_the_default_32_kib_gets_431_even_under_64_kib() {
+    let app = App::start().await;
+    let proxy = Proxy::start(app.addr, "");
+    for kib in [33, 40, 63] {
+        let mut stream = TcpStream::connect(proxy.plain_addr).await.unwrap();
+        // One write: the whole head arrives at once.
+        stream.write_all(&head_of_length(kib * 1024)).await.unwrap();
+        let answer = read_response(&mut stream, &mut Vec::new()).await;
+        assert_eq!(answer.status, 431, "{kib} KiB: {}", answer.head);
+    }
+    let stats = proxy.stats().await;
+    assert_eq!(stats["connections"]["headers_too_large"], 3);
+}
+
+#[tokio::test]
+async fn request_with_a_chunked_body_is_answered_then_the_connection_closes() {
+    let app = App::start().await;
+    let proxy = Proxy::start(app.addr, "");
+    let mut stream = TcpStream::connect(proxy.plain_addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut pending = Vec::new();
+    let answer = read_response(&mut stream, &mut pending).await;
+    assert_eq!(answer.body, b"hello");
+    // Where a chunked body ends is Pingora's to find, so nothing is read
+    // after it: the answer says so, and the connection closes.
+    assert!(
+        answer
+            .head
+            .to_ascii_lowercase()
+            .contains("connection: close"),
+        "{}",
+        answer.head
+    );
+    let mut rest = Vec::new();
+    let closed = timeout(PATIENCE, stream.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
+}

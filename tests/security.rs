@@ -690,23 +690,56 @@ fn get(proxy: &Proxy, path: &str) -> http::Request<()> {
 }
 
 #[tokio::test]
-async fn a_thousand_rapid_resets_leave_other_subscribers_served() {
+async fn a_thousand_rapid_resets_close_the_abuser_and_count_it_while_others_are_served() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, &with_limits("subscribe_rate_per_ip = 100000"));
     let mut good_client = proxy.h2().await;
     let mut good = EventStream::open(&mut good_client, "/events/public", None).await;
     proxy.wait_for_subscribers("/events/public", 1).await;
 
-    let abuser = raw_h2(&proxy, None).await;
+    // The abuser's connection, with the task that drives it (it ends when
+    // the proxy closes the connection).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(proxy.certs.root_store())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(proxy.tls_addr)
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (abuser, connection) = h2::client::handshake(tls).await.unwrap();
+    let connection = tokio::spawn(connection);
+
+    let mut sent = 0;
     for _ in 0..1000 {
         let Ok(mut ready) = abuser.clone().ready().await else {
-            break; // the proxy may close an abusive connection: fine
+            break; // closed by the proxy
         };
         let Ok((_, mut stream)) = ready.send_request(get(&proxy, "/events/public"), false) else {
             break;
         };
         stream.send_reset(h2::Reason::CANCEL);
+        sent += 1;
     }
+    let ended = tokio::time::timeout(PATIENCE, connection)
+        .await
+        .unwrap_or_else(|_| panic!("the abusive connection is still open after {sent} resets"))
+        .unwrap();
+    assert!(
+        matches!(&ended, Err(e) if e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || e.is_io()),
+        "closed without a complaint: {ended:?}"
+    );
+    proxy
+        .wait_for_stats("the abuser counted", |s| {
+            s["connections"]["h2_abuse_closures"] == 1
+        })
+        .await;
+
     app.publish("/stream/public", "1", "unaffected");
     assert_eq!(
         good.next_message().await.unwrap().data(),
@@ -717,6 +750,9 @@ async fn a_thousand_rapid_resets_leave_other_subscribers_served() {
             s["totals"]["subscribers"] == 1
         })
         .await;
+    // A new, well-behaved connection from the same address is served.
+    let mut again = proxy.h2().await;
+    assert_eq!(again.get("/index.html").await.status(), 200);
 }
 
 #[tokio::test]

@@ -1,0 +1,120 @@
+//! Which listener a connection came in on, and the TLS handshake of the
+//! TLS ones.
+//!
+//! Pingora's listeners all accept plain TCP for the front door; the front
+//! door terminates TLS itself, with Pingora's acceptor (rustls, the same
+//! settings), so that the handshake has the deadline the config gives it
+//! (`[limits] tls_handshake_timeout`; Pingora's own is a fixed minute) and
+//! so that a connection refused by a cap costs no handshake. A connection's
+//! listener is found by its local address.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::listeners::tls::Acceptor;
+use pingora::protocols::l4::stream::Stream as TcpStream;
+use pingora::protocols::Stream;
+
+/// How connections on one listener begin.
+pub enum Transport {
+    /// Plaintext: HTTP/1.1, or HTTP/2 with prior knowledge (h2c).
+    Plain,
+    /// A TLS handshake with this acceptor first.
+    Tls(Arc<Acceptor>),
+}
+
+/// The listeners, by address.
+pub struct Listeners {
+    /// Each `[[listen]]` address and how its connections begin.
+    entries: Vec<(SocketAddr, Transport)>,
+}
+
+/// How a TLS handshake ended.
+pub(super) enum Handshake {
+    /// The TLS stream, its ALPN chosen.
+    Done(Stream),
+    /// Not finished within the deadline.
+    TimedOut,
+    /// The client broke it off or spoke no acceptable TLS.
+    Failed(String),
+}
+
+impl Listeners {
+    pub fn new(entries: Vec<(SocketAddr, Transport)>) -> Listeners {
+        Listeners { entries }
+    }
+
+    /// The transport of the listener that accepted a connection on `local`:
+    /// the listener with that exact address, else one on that port bound to
+    /// an unspecified address (`0.0.0.0`, `[::]`).
+    pub(super) fn transport(&self, local: SocketAddr) -> Option<&Transport> {
+        let local_ip = match local.ip() {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        let same_port = || {
+            self.entries
+                .iter()
+                .filter(move |(addr, _)| addr.port() == local.port())
+        };
+        same_port()
+            .find(|(addr, _)| addr.ip() == local_ip || addr.ip() == local.ip())
+            .or_else(|| same_port().find(|(addr, _)| addr.ip().is_unspecified()))
+            .map(|(_, transport)| transport)
+    }
+}
+
+/// Runs the TLS handshake on an accepted connection, within `deadline`.
+pub(super) async fn handshake(
+    acceptor: &Acceptor,
+    stream: Stream,
+    deadline: Duration,
+) -> Handshake {
+    // Pingora's listeners hand over their TCP stream boxed; the acceptor
+    // needs it as itself.
+    let tcp = match stream.into_any().downcast::<TcpStream>() {
+        Ok(tcp) => tcp,
+        Err(_) => return Handshake::Failed("not a TCP connection".into()),
+    };
+    match tokio::time::timeout(deadline, acceptor.tls_handshake(*tcp)).await {
+        Err(_) => Handshake::TimedOut,
+        Ok(Err(e)) => Handshake::Failed(e.to_string()),
+        Ok(Ok(tls)) => Handshake::Done(Box::new(tls)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listeners() -> Listeners {
+        Listeners::new(vec![
+            ("127.0.0.1:8443".parse().unwrap(), Transport::Plain),
+            ("0.0.0.0:8080".parse().unwrap(), Transport::Plain),
+            ("[::]:9000".parse().unwrap(), Transport::Plain),
+        ])
+    }
+
+    #[test]
+    fn a_connection_finds_its_listener_by_exact_or_unspecified_address() {
+        let listeners = listeners();
+        assert!(listeners
+            .transport("127.0.0.1:8443".parse().unwrap())
+            .is_some());
+        assert!(listeners
+            .transport("10.1.2.3:8080".parse().unwrap())
+            .is_some());
+        assert!(listeners
+            .transport("[::ffff:10.1.2.3]:9000".parse().unwrap())
+            .is_some());
+        assert!(listeners
+            .transport("10.1.2.3:8443".parse().unwrap())
+            .is_none());
+        assert!(listeners
+            .transport("127.0.0.1:1".parse().unwrap())
+            .is_none());
+    }
+}
