@@ -1594,6 +1594,42 @@ upstream = "127.0.0.1:3000"
     }
 
     #[test]
+    fn a_silent_upstream_is_reopened_by_default_and_0s_turns_that_off() {
+        let topic = "\n[[topic]]\npath = \"/e\"\nupstream = \"/s\"\n";
+        let config = load(&format!("{MINIMAL}{topic}")).unwrap();
+        assert_eq!(
+            config.topics[0].settings.upstream_idle_timeout,
+            Some(DEFAULT_UPSTREAM_IDLE_TIMEOUT)
+        );
+        let off = load(&format!(
+            "{MINIMAL}\n[sse]\nupstream_idle_timeout = \"0s\"\n{topic}"
+        ))
+        .unwrap();
+        assert_eq!(off.topics[0].settings.upstream_idle_timeout, None);
+    }
+
+    #[test]
+    fn durations_past_a_day_are_refused_before_they_can_overflow_a_deadline() {
+        let error = load(&format!("{MINIMAL}\n[sse]\nlinger = \"400000000h\"\n")).unwrap_err();
+        assert_eq!(error.key.as_deref(), Some("sse.linger"));
+        assert!(
+            error
+                .message
+                .contains("longer than the longest allowed, 1day"),
+            "{error}"
+        );
+        assert!(load(&format!("{MINIMAL}\n[sse]\nlinger = \"24h\"\n")).is_ok());
+    }
+
+    #[test]
+    fn defaults_never_cap_one_address_or_a_templates_users_below_the_process_cap() {
+        let limits = load(MINIMAL).unwrap().limits;
+        assert_eq!(limits.max_topic_instances, limits.max_subscribers);
+        assert_eq!(limits.max_subscribers_per_ip, None);
+        assert_eq!(limits.subscribe_rate_per_ip, None);
+    }
+
+    #[test]
     fn topic_overrides_sse_defaults() {
         let text = format!(
             "{MINIMAL}\n[sse]\nheartbeat = \"20s\"\nreplay = 10\n\n[[topic]]\npath = \"/e/{{id}}\"\nupstream = \"/s/{{id}}\"\nheartbeat = \"5s\"\n"

@@ -427,6 +427,55 @@ async fn upstream_errors_keep_subscribers_connected_until_the_stream_returns() {
 }
 
 #[tokio::test]
+async fn silent_upstream_is_reopened_from_the_topics_last_id_and_nothing_is_doubled() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(
+        app.addr,
+        &with_heartbeat("200ms\"\nupstream_idle_timeout = \"500ms"),
+    );
+    let mut client = proxy.h2().await;
+    let mut stream = EventStream::open(&mut client, "/events/news", None).await;
+    proxy.wait_for_subscribers("/events/news", 1).await;
+    app.publish("/stream/news", "1", "before the silence");
+    assert_eq!(stream.message_ids(1).await, ids(1..=1));
+    // The app says nothing more, not even a comment (as a stream a NAT
+    // dropped would): the proxy reopens it from the topic's last id.
+    proxy
+        .wait_for_stats("the silent stream reopened", |s| {
+            s["topics"][0]["upstream_connects"] == 2
+        })
+        .await;
+    let reopened = &app.requests_for("/stream/news")[1];
+    assert_eq!(reopened.last_event_id.as_deref(), Some("1"));
+    proxy.wait_for_subscribers("/events/news", 1).await;
+    app.publish("/stream/news", "2", "after");
+    assert_eq!(stream.message_ids(1).await, ids(2..=2));
+}
+
+/// Whether a TCP connection from a local port to `remote_port` on 127.0.0.1
+/// has its keepalive timer running (Linux's `/proc/net/tcp`, timer kind 2).
+fn keepalive_to(remote_port: u16) -> Option<bool> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let remote = format!("0100007F:{remote_port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // rem_address, state (01: established), tr:tm->when
+        (fields.get(2) == Some(&remote.as_str()) && fields.get(3) == Some(&"01"))
+            .then(|| fields.get(5).is_some_and(|timer| timer.starts_with("02:")))
+    })
+}
+
+#[tokio::test]
+async fn upstream_connections_keep_tcp_alive_so_a_vanished_app_is_noticed() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, TOPICS);
+    let mut client = proxy.h2().await;
+    let _stream = EventStream::open(&mut client, "/events/news", None).await;
+    proxy.wait_for_subscribers("/events/news", 1).await;
+    assert_eq!(keepalive_to(app.addr.port()), Some(true));
+}
+
+#[tokio::test]
 async fn upstream_204_ends_the_topic_and_new_subscribers_get_204() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, TOPICS);
