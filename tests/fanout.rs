@@ -476,6 +476,41 @@ async fn upstream_connections_keep_tcp_alive_so_a_vanished_app_is_noticed() {
 }
 
 #[tokio::test]
+async fn compressed_upstream_is_an_error_said_once_never_a_silent_stall() {
+    let app = SseApp::start().await;
+    app.answer("/stream/news", Answer::Gzipped);
+    let proxy = Proxy::start(
+        app.addr,
+        &with_heartbeat("200ms\"\nupstream_backoff_max = \"200ms"),
+    );
+    let mut client = proxy.h2().await;
+    let mut stream = EventStream::open(&mut client, "/events/news", None).await;
+    proxy
+        .wait_for_stats("the compressed answer refused", |s| {
+            s["topics"][0]["upstream_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("Content-Encoding \"gzip\""))
+        })
+        .await;
+    assert_eq!(
+        app.requests_for("/stream/news")[0].header("accept-encoding"),
+        Some("identity")
+    );
+    app.wait_for_requests("/stream/news", 3).await;
+    assert_eq!(
+        proxy.log().matches("Content-Encoding").count(),
+        1,
+        "{}",
+        proxy.log()
+    );
+    // Once the app streams plainly, the topic flows.
+    app.answer("/stream/news", Answer::Stream);
+    proxy.wait_for_subscribers("/events/news", 1).await;
+    app.publish("/stream/news", "1", "plain");
+    assert_eq!(stream.message_ids(1).await, ids(1..=1));
+}
+
+#[tokio::test]
 async fn upstream_204_ends_the_topic_and_new_subscribers_get_204() {
     let app = SseApp::start().await;
     let proxy = Proxy::start(app.addr, TOPICS);

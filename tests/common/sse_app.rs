@@ -51,6 +51,9 @@ pub enum Answer {
     Status(u16),
     /// Answer 200 with `text/plain`.
     WrongContentType,
+    /// Answer 200 with an event stream compressed with gzip, whatever the
+    /// request's `Accept-Encoding` (as a misconfigured app or CDN would).
+    Gzipped,
 }
 
 /// What the test and the app share; survives restarts.
@@ -169,6 +172,19 @@ impl SseApp {
                 tokio::time::Instant::now() < deadline,
                 "{path}: {} open streams, expected {n}",
                 self.open_streams(path)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until the app has received at least `n` requests for `path`.
+    pub async fn wait_for_requests(&self, path: &str, n: usize) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.requests_for(path).len() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{path}: {} requests, expected {n}",
+                self.requests_for(path).len()
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -320,6 +336,13 @@ async fn serve(state: Arc<SseState>, mut socket: TcpStream) {
         Answer::WrongContentType => {
             let _ = socket
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nno\n")
+                .await;
+            return;
+        }
+        Answer::Gzipped => {
+            // The gzip header of an empty member: bytes no parser can read.
+            let _ = socket
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Encoding: gzip\r\nConnection: close\r\n\r\n\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03")
                 .await;
             return;
         }
