@@ -658,28 +658,7 @@ async fn client_that_never_finishes_its_header_is_dropped() {
 
 /// A raw HTTP/2 connection (h2 crate) to the proxy's TLS listener.
 async fn raw_h2(proxy: &Proxy, window: Option<u32>) -> h2::client::SendRequest<bytes::Bytes> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(proxy.certs.root_store())
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(proxy.tls_addr)
-        .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let mut builder = h2::client::Builder::new();
-    if let Some(window) = window {
-        builder.initial_window_size(window);
-    }
-    let (client, connection) = builder.handshake::<_, bytes::Bytes>(tls).await.unwrap();
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
+    common::client::raw_h2(proxy.tls_addr, &proxy.certs, window).await
 }
 
 fn get(proxy: &Proxy, path: &str) -> http::Request<()> {
@@ -699,21 +678,8 @@ async fn a_thousand_rapid_resets_close_the_abuser_and_count_it_while_others_are_
 
     // The abuser's connection, with the task that drives it (it ends when
     // the proxy closes the connection).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(proxy.certs.root_store())
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(proxy.tls_addr)
-        .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let (abuser, connection) = h2::client::handshake(tls).await.unwrap();
-    let connection = tokio::spawn(connection);
+    let (abuser, connection) =
+        common::client::raw_h2_connection(proxy.tls_addr, &proxy.certs, None).await;
 
     let mut sent = 0;
     for _ in 0..1000 {

@@ -40,17 +40,7 @@ pub struct Client {
 impl Client {
     /// Connects with TLS, offering the given ALPN protocols (e.g. `["h2", "http/1.1"]`).
     pub async fn tls(addr: SocketAddr, certs: &TestCerts, alpn: &[&str]) -> Client {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut config = rustls::ClientConfig::builder()
-            .with_root_certificates(certs.root_store())
-            .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-        let tcp = TcpStream::connect(addr).await.expect("connect to proxy");
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .expect("TLS handshake with proxy");
+        let tls = tls_stream(addr, certs, alpn).await;
         let negotiated = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
         let protocol = match negotiated.as_deref() {
             Some(b"h2") => Protocol::Http2,
@@ -150,25 +140,39 @@ pub async fn body_bytes(response: Response<Incoming>) -> Bytes {
         .to_bytes()
 }
 
-/// An HTTP/2 connection over TLS straight from the `h2` crate, for clients
-/// that misbehave on purpose: `window` sets the initial flow-control window
-/// it grants the proxy per stream (0: the proxy may send no data at all).
-pub async fn raw_h2(
+/// A TLS connection to the proxy that trusts `certs` and offers `alpn`.
+pub async fn tls_stream(
     addr: SocketAddr,
     certs: &TestCerts,
-    window: Option<u32>,
-) -> h2::client::SendRequest<Bytes> {
+    alpn: &[&str],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut config = rustls::ClientConfig::builder()
         .with_root_certificates(certs.root_store())
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     let tcp = TcpStream::connect(addr).await.expect("connect to proxy");
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = TlsConnector::from(Arc::new(config))
+    TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-        .expect("TLS handshake with proxy");
+        .expect("TLS handshake with proxy")
+}
+
+/// An HTTP/2 connection over TLS straight from the `h2` crate, for clients
+/// that misbehave on purpose: `window` sets the initial flow-control window
+/// it grants the proxy per stream (0: the proxy may send no data at all).
+/// Returns the task driving the connection too: it ends when the proxy
+/// closes the connection.
+pub async fn raw_h2_connection(
+    addr: SocketAddr,
+    certs: &TestCerts,
+    window: Option<u32>,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tls = tls_stream(addr, certs, &["h2"]).await;
     let mut builder = h2::client::Builder::new();
     if let Some(window) = window {
         builder.initial_window_size(window);
@@ -177,8 +181,14 @@ pub async fn raw_h2(
         .handshake::<_, Bytes>(tls)
         .await
         .expect("HTTP/2 handshake with proxy");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
+    (client, tokio::spawn(connection))
+}
+
+/// [`raw_h2_connection`], its task left to run.
+pub async fn raw_h2(
+    addr: SocketAddr,
+    certs: &TestCerts,
+    window: Option<u32>,
+) -> h2::client::SendRequest<Bytes> {
+    raw_h2_connection(addr, certs, window).await.0
 }
