@@ -20,7 +20,7 @@
 //! the upstream's state for the stats endpoint, and delivery counters.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -148,6 +148,8 @@ pub struct Topic {
     pub counters: TopicCounters,
     /// The process-wide bound on replay memory this window counts against.
     budget: Arc<ReplayBudget>,
+    /// Whether reaching `catch_up_max` was logged (it is, once per topic).
+    catch_up_cap_told: AtomicBool,
 }
 
 /// The mutable part of a [`Topic`].
@@ -211,6 +213,7 @@ impl Topic {
             subscribers_changed: Notify::new(),
             counters: TopicCounters::default(),
             budget,
+            catch_up_cap_told: AtomicBool::new(false),
         })
     }
 
@@ -405,9 +408,9 @@ impl Topic {
         }
         last_event_id_header(id)?;
         if state.catch_ups.len() >= self.settings.catch_up_max {
-            if state.catch_ups.len() == self.settings.catch_up_max {
-                log::debug!(
-                    "topic {}: catch_up_max ({}) catch-ups running; resume point {id:?} gets resume_lost",
+            if !self.catch_up_cap_told.swap(true, Ordering::Relaxed) {
+                log::warn!(
+                    "topic {}: catch_up_max ({}) catch-ups running; resume points past it get resume_lost (said once; see resumes_lost in /stats)",
                     self.key,
                     self.settings.catch_up_max
                 );
@@ -902,6 +905,26 @@ mod tests {
         assert_eq!(sub.next(&mut out), Next::Write);
         assert_eq!(out, vec![event("1").0]);
         assert_eq!(topic.snapshot().resumes_lost, 1);
+    }
+
+    #[tokio::test]
+    async fn resume_points_past_catch_up_max_get_the_lost_policy_and_are_counted() {
+        let topic = topic();
+        publish(&topic, "1");
+        // Nothing runs between these (one thread, no await): four catch-ups
+        // are running when the fifth resume point arrives.
+        let subs: Vec<_> = ["a", "b", "c", "d", "e"]
+            .into_iter()
+            .map(|id| topic.subscribe(Start::After(id.into())))
+            .collect();
+        let snapshot = topic.snapshot();
+        assert_eq!(snapshot.catch_ups, 4);
+        assert_eq!(snapshot.catch_ups_running, 4);
+        assert_eq!(snapshot.resumes_lost, 1);
+        // Resumers from the same id share a running catch-up.
+        let _again = topic.subscribe(Start::After("a".into()));
+        assert_eq!(topic.snapshot().catch_ups, 4);
+        drop(subs);
     }
 
     #[test]
