@@ -110,7 +110,10 @@ fn main() -> ExitCode {
         upgrade: args.upgrade,
     };
     match server::build(&config, start) {
-        Ok((server, _hub)) => server.run_forever(),
+        Ok((mut server, _hub)) => {
+            server.add_service(sse_fanout::memory::trimmer());
+            server.run_forever()
+        }
         Err(e) => {
             eprintln!("sse-fanout: cannot start: {e}");
             ExitCode::FAILURE
