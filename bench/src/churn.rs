@@ -70,7 +70,9 @@ pub struct ChurnOptions {
     pub streams: usize,
     /// Fraction of the subscriptions replaced each second.
     pub replace: f64,
-    /// Churn before the measured period (RSS settles, replay windows fill).
+    /// Churn before the measured period: long enough for the shared topics'
+    /// replay windows (1000 events by default) to fill, or their filling
+    /// shows as growth.
     pub warm_up: Duration,
     /// The measured period.
     pub measure: Duration,
@@ -114,11 +116,13 @@ impl ChurnOptions {
         }
     }
 
-    /// A short run to check the set-up.
+    /// A short run to check the set-up. Events come faster, so the replay
+    /// windows (1000 events) still fill during the shorter warm-up.
     pub fn quick() -> ChurnOptions {
         ChurnOptions {
             subscribers: 500,
-            warm_up: Duration::from_secs(20),
+            rate: 50.0,
+            warm_up: Duration::from_secs(60),
             measure: Duration::from_secs(60),
             settle: Duration::from_secs(10),
             ..ChurnOptions::full()

@@ -109,7 +109,7 @@ enum Tool {
     /// The churn soak: subscribers replaced for minutes, the proxy's RSS
     /// sampled; reports growth after the warm-up and RSS after everyone left.
     Churn {
-        /// A short run (500 subscribers, 20 s warm-up, 60 s measured).
+        /// A short run (500 subscribers, 60 s warm-up, 60 s measured).
         #[arg(long)]
         quick: bool,
         /// Subscriptions kept open [default: 2000; --quick: 500].
@@ -121,7 +121,7 @@ enum Tool {
         /// Fraction of the subscriptions replaced every second.
         #[arg(long, default_value_t = 0.1)]
         replace: f64,
-        /// Seconds of churn before measuring [default: 180; --quick: 20].
+        /// Seconds of churn before measuring [default: 180; --quick: 60].
         #[arg(long)]
         warm_up: Option<u64>,
         /// Seconds measured [default: 600; --quick: 60].
@@ -133,9 +133,9 @@ enum Tool {
         /// Fraction of new subscriptions on a private topic instance.
         #[arg(long, default_value_t = 0.1)]
         private: f64,
-        /// Events per second per shared topic.
-        #[arg(long, default_value_t = 10.0)]
-        rate: f64,
+        /// Events per second per shared topic [default: 10; --quick: 50].
+        #[arg(long)]
+        rate: Option<f64>,
         /// Seconds after every topic was reclaimed before the last RSS
         /// reading [default: 20; --quick: 10].
         #[arg(long)]
@@ -352,7 +352,7 @@ fn main() {
                     measure: seconds.map_or(defaults.measure, Duration::from_secs),
                     topics,
                     private,
-                    rate,
+                    rate: rate.unwrap_or(defaults.rate),
                     settle: settle.map_or(defaults.settle, Duration::from_secs),
                     out,
                     samples,
