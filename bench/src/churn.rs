@@ -766,7 +766,7 @@ fn round1(x: f64) -> f64 {
 async fn report(options: &ChurnOptions, o: &ChurnOutcome) -> String {
     let mut text = String::new();
     let _ = writeln!(text, "{START_MARK}");
-    let _ = writeln!(text, "## Churn soak\n");
+    let _ = writeln!(text, "### Churn soak: the last run\n");
     let _ = writeln!(
         text,
         "Command: `{}`; sse-fanout {} (release build), 2 worker threads; {}.\n",
