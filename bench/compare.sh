@@ -1,16 +1,37 @@
 #!/usr/bin/env bash
-# sse-fanout against nchan and plain nginx, side by side, in one run.
+# sse-fanout against nchan and plain nginx, side by side, in one run; then
+# the churn soak (sse-fanout's memory while subscribers come and go).
 #
-#   bash bench/compare.sh            # full run (about 10 minutes)
-#   bash bench/compare.sh --quick    # small run to check the set-up (about 2 minutes)
+#   bash bench/compare.sh              # full run (about 25 minutes: 10 of comparison, 14 of soak)
+#   bash bench/compare.sh --quick      # small run to check the set-up (about 4 minutes)
+#   bash bench/compare.sh --no-churn   # the comparison only
 #
 # Installs nginx, nchan (libnginx-mod-nchan) and wrk with apt-get when they
 # are missing, builds the release binaries, and runs
 # `target/release/sse-bench compare`, which starts every process on 127.0.0.1
 # ports with configs in a temp folder, stops them afterwards, and writes its
-# tables into docs/benchmarks.md. Extra arguments go to `sse-bench compare`.
+# tables into docs/benchmarks.md; then `target/release/sse-bench churn`,
+# which writes its own section there. Other arguments go to
+# `sse-bench compare`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+churn=1
+out=docs/benchmarks.md
+churn_args=()
+compare_args=()
+previous=""
+for arg in "$@"; do
+  case "$arg" in
+    --no-churn) churn=0 ;;
+    --quick) compare_args+=("$arg"); churn_args+=(--quick) ;;
+    *) compare_args+=("$arg") ;;
+  esac
+  # Both write into the same file (`--out FILE` goes to compare as well).
+  [ "$previous" = "--out" ] && out="$arg"
+  previous="$arg"
+done
+churn_args+=(--out "$out")
 
 missing=()
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
@@ -30,4 +51,7 @@ fi
 cargo build --release --workspace --bins
 # Load generators and nginx hold many sockets: raise the soft limit as far as allowed.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-exec target/release/sse-bench compare "$@"
+target/release/sse-bench compare "${compare_args[@]}"
+if [ "$churn" -eq 1 ]; then
+  target/release/sse-bench churn "${churn_args[@]}"
+fi

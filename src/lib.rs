@@ -15,6 +15,7 @@ pub mod cors;
 pub mod front_door;
 pub mod hub;
 pub mod limits;
+pub mod memory;
 pub mod origin;
 pub mod proxy;
 pub mod route;

@@ -204,6 +204,8 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<(Server, H
         log::info!("admin listener on {} (GET /stats)", settings.addr);
     }
     server.add_service(background_service("sse hub", HubLifecycle(hub.clone())));
+    // Freed memory goes back to the system as load leaves (see memory.rs).
+    server.add_service(crate::memory::trimmer());
     Ok((server, hub))
 }
 

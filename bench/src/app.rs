@@ -7,6 +7,10 @@
 //! - With `--publish-url`, each event is also `POST`ed to `<url>/<topic>`
 //!   (nchan's publisher endpoint), since nchan is fed by pushes, not streams.
 //! - `GET /hello` is a small ordinary response, for the proxied-request test.
+//! - Any other `GET /stream/<name>` (not one of `t0`..`t<topics-1>`) is a
+//!   *private* topic, as a per-user template would name: it sends
+//!   `--private-events` events at once, then stays quiet until closed. The
+//!   churn soak opens and leaves thousands of them.
 //!
 //! It is quiet until a line `start` arrives on standard input, then emits
 //! `--events` events per topic at `--rate` per second, each carrying its
@@ -36,6 +40,8 @@ pub struct AppOptions {
     pub events: u64,
     pub size: usize,
     pub publish_url: Option<String>,
+    /// Events a private topic stream sends when it opens.
+    pub private_events: u64,
 }
 
 /// Microseconds since the Unix epoch: the clock load generators compare with.
@@ -64,6 +70,13 @@ pub fn parse_event_data(data: &str) -> Option<(u64, u64)> {
 
 /// Per-topic event history and live broadcast.
 struct Topics {
+    /// The emitted topics (`t0`..): only these get history and a broadcast
+    /// channel; any other name is a private topic.
+    names: Vec<String>,
+    /// Events a private topic stream sends when it opens.
+    private_events: u64,
+    /// Size of each event's data.
+    size: usize,
     /// Event streams opened so far (reported when emitting is done).
     streams_opened: std::sync::atomic::AtomicU64,
     history: Mutex<HashMap<String, Vec<(u64, String)>>>,
@@ -85,6 +98,9 @@ pub async fn run(options: AppOptions) -> std::io::Result<()> {
     let listener = TcpListener::bind(options.listen).await?;
     println!("listening {}", listener.local_addr()?);
     let topics = Arc::new(Topics {
+        names: (0..options.topics).map(|t| format!("t{t}")).collect(),
+        private_events: options.private_events,
+        size: options.size,
         streams_opened: std::sync::atomic::AtomicU64::new(0),
         history: Mutex::new(HashMap::new()),
         live: Mutex::new(HashMap::new()),
@@ -283,6 +299,9 @@ async fn stream(
     topics
         .streams_opened
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if !topics.names.iter().any(|name| name == topic) {
+        return private_stream(topics, reader).await;
+    }
     let mut live = topics.sender(topic).subscribe();
     let backlog: Vec<String> = match last_event_id.and_then(|id| id.parse::<u64>().ok()) {
         Some(after) => topics
@@ -323,4 +342,24 @@ async fn stream(
             read = reader.read(&mut probe) => if matches!(read, Ok(0) | Err(_)) { return },
         }
     }
+}
+
+/// A private topic's stream: a few events at once, then quiet until the
+/// proxy closes it (when the topic instance is reclaimed).
+async fn private_stream(topics: &Topics, reader: BufReader<TcpStream>) {
+    let (mut reader, mut socket) = reader.into_inner().into_split();
+    let mut body = String::from(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n: ok\n\n",
+    );
+    for seq in 1..=topics.private_events {
+        body.push_str(&format!(
+            "id: {seq}\ndata: {}\n\n",
+            event_data(seq, topics.size)
+        ));
+    }
+    if socket.write_all(body.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut probe = [0u8; 64];
+    while matches!(reader.read(&mut probe).await, Ok(n) if n > 0) {}
 }

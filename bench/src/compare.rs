@@ -84,6 +84,12 @@ pub struct Setup {
     pub ramp: f64,
     /// Worker threads / processes each contender gets.
     pub workers: usize,
+    /// Extra environment for sse-fanout (`LD_PRELOAD`, `MALLOC_ARENA_MAX`,
+    /// `GLIBC_TUNABLES`...), so allocator settings are measured with the same
+    /// binary and harness.
+    pub proxy_env: Vec<(String, String)>,
+    /// A program sse-fanout runs under (`heaptrack -o FILE`); empty for none.
+    pub proxy_wrapper: Vec<String>,
 }
 
 /// The figures of one run.
@@ -111,14 +117,14 @@ pub struct Outcome {
 }
 
 /// A child process with line-oriented stdin/stdout.
-struct Proc {
+pub struct Proc {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: Lines<BufReader<ChildStdout>>,
 }
 
 impl Proc {
-    fn spawn(command: &mut Command) -> std::io::Result<Proc> {
+    pub fn spawn(command: &mut Command) -> std::io::Result<Proc> {
         let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -134,12 +140,12 @@ impl Proc {
         })
     }
 
-    fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
     }
 
     /// The next stdout line starting with `prefix` (rest of the line).
-    async fn expect(&mut self, prefix: &str, within: Duration) -> Option<String> {
+    pub async fn expect(&mut self, prefix: &str, within: Duration) -> Option<String> {
         let deadline = Instant::now() + within;
         loop {
             let line = timeout(
@@ -155,7 +161,7 @@ impl Proc {
         }
     }
 
-    async fn say(&mut self, line: &str) {
+    pub async fn say(&mut self, line: &str) {
         if let Some(stdin) = self.stdin.as_mut() {
             let _ = stdin.write_all(format!("{line}\n").as_bytes()).await;
             let _ = stdin.flush().await;
@@ -164,7 +170,7 @@ impl Proc {
 }
 
 /// A free 127.0.0.1 port.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_or(0, |a| a.port())
@@ -186,13 +192,19 @@ async fn wait_for_port(port: u16) -> bool {
 }
 
 /// A running contender: its processes and where subscribers go.
-struct Running {
+pub struct Running {
     /// The process whose PSS/CPU counts (nginx: master and workers).
-    pids: Vec<u32>,
+    pub pids: Vec<u32>,
     /// Keeps processes alive; killed on drop.
     _processes: Vec<Child>,
-    tls_port: u16,
+    pub tls_port: u16,
     plain_port: u16,
+    /// sse-fanout's admin listener (`/stats`); none for nginx.
+    pub admin_port: Option<u16>,
+    /// sse-fanout itself when it runs under a wrapper (whose process is the
+    /// one in `_processes`): it is stopped with SIGTERM so the wrapper can
+    /// finish its output.
+    wrapped_proxy: Option<u32>,
     /// Subscription path, `{topic}` standing for the topic number.
     path: String,
     /// Where the app publishes (nchan), if anywhere.
@@ -206,13 +218,36 @@ struct Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.stop_nginx();
+        if let Some(pid) = self.wrapped_proxy {
+            signal(pid, "KILL");
+        }
     }
+}
+
+/// Sends a signal with kill(1) (the benchmark has no unsafe code).
+fn signal(pid: u32, name: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
 }
 
 impl Running {
     /// Stops nginx (sse-fanout is killed when its `Child` drops) and waits
     /// for its processes to go, so the next run starts on a quiet machine.
-    async fn stop(self) {
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.wrapped_proxy.take() {
+            // A wrapper (heaptrack) writes its output when the proxy exits.
+            signal(pid, "TERM");
+            for child in &mut self._processes {
+                if timeout(Duration::from_secs(60), child.wait())
+                    .await
+                    .is_err()
+                {
+                    signal(pid, "KILL");
+                }
+            }
+        }
         self.stop_nginx();
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.pids.iter().any(|p| {
@@ -355,7 +390,7 @@ upstream = "/stream/{{topic}}"
     )
 }
 
-async fn start_contender(
+pub async fn start_contender(
     setup: &Setup,
     contender: Contender,
     app_port: u16,
@@ -372,24 +407,37 @@ async fn start_contender(
                 sse_fanout_conf(setup, tls_port, plain_port, admin_port, app_port, dir),
             )
             .map_err(|e| e.to_string())?;
-            let child = Command::new(setup.bin_dir.join("sse-fanout"))
+            let binary = setup.bin_dir.join("sse-fanout");
+            let mut command = match setup.proxy_wrapper.split_first() {
+                Some((program, args)) => {
+                    let mut command = Command::new(program);
+                    command.args(args).arg(&binary);
+                    command
+                }
+                None => Command::new(&binary),
+            };
+            let child = command
                 .arg("-c")
                 .arg(&config)
                 .env("RUST_LOG", "warn")
+                .envs(setup.proxy_env.iter().map(|(k, v)| (k, v)))
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
                 .kill_on_drop(true)
                 .spawn()
                 .map_err(|e| format!("cannot start sse-fanout: {e}"))?;
-            let pid = child.id().unwrap_or(0);
+            let child_pid = child.id().unwrap_or(0);
             if !wait_for_port(tls_port).await {
                 return Err("sse-fanout did not start listening".into());
             }
+            let pid = procstat::find_named(child_pid, "sse-fanout").unwrap_or(child_pid);
             Ok(Running {
                 pids: vec![pid],
                 _processes: vec![child],
                 tls_port,
                 plain_port,
+                admin_port: Some(admin_port),
+                wrapped_proxy: (pid != child_pid).then_some(pid),
                 path: "/events/t{topic}".into(),
                 publish_url: None,
                 nginx_prefix: None,
@@ -431,6 +479,8 @@ async fn start_contender(
                 _processes: Vec::new(),
                 tls_port,
                 plain_port,
+                admin_port: None,
+                wrapped_proxy: None,
                 path,
                 publish_url,
                 nginx_prefix: Some(prefix),

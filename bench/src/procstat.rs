@@ -26,6 +26,29 @@ pub fn pss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Resident set size in bytes (`VmRSS` in `/proc/<pid>/status`): what the
+/// churn soak tracks, as an operator's `top` or a container limit would.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The first process named `name` among `pid` and its descendants: the real
+/// proxy when it runs under a wrapper such as `heaptrack`.
+pub fn find_named(pid: u32, name: &str) -> Option<u32> {
+    let mut queue = vec![pid];
+    while let Some(next) = queue.pop() {
+        let comm = std::fs::read_to_string(format!("/proc/{next}/comm")).unwrap_or_default();
+        if comm.trim() == name {
+            return Some(next);
+        }
+        queue.extend(children(next));
+    }
+    None
+}
+
 /// The sum of [`cpu_time`] over several processes.
 pub fn total_cpu(pids: &[u32]) -> Duration {
     pids.iter().filter_map(|p| cpu_time(*p)).sum()

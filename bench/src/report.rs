@@ -101,6 +101,8 @@ pub async fn run(options: ReportOptions) {
         nginx: PathBuf::from("/usr/sbin/nginx"),
         ramp: 2000.0,
         workers: 2,
+        proxy_env: Vec::new(),
+        proxy_wrapper: Vec::new(),
     };
     let all = options.contenders.clone().unwrap_or_else(|| {
         vec![
@@ -231,21 +233,14 @@ Upstream conns are the established connections to the app in the middle of the w
 
 /// `sse-bench run`: one scenario, one contender, one line of figures.
 pub async fn run_single(
+    setup: Setup,
     contender: Contender,
     protocol: &'static str,
     streams: usize,
     subscribers: usize,
     seconds: u64,
     rate: f64,
-    bin_dir: PathBuf,
 ) {
-    let setup = Setup {
-        bin_dir,
-        repo: std::env::current_dir().expect("a working directory"),
-        nginx: PathBuf::from("/usr/sbin/nginx"),
-        ramp: 2000.0,
-        workers: 2,
-    };
     let mut scenario = scenario(
         "single",
         protocol,
