@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use sse_fanout::sse::{Event, Item, Limits, Parser};
+use sse_fanout::sse::{Event, Item, Parser, ParserLimits};
 
 /// Events in the generated stream (about 2.1 MB of it).
 const EVENT_COUNT: usize = 10_000;
@@ -93,7 +93,7 @@ fn realistic_stream() -> (Vec<u8>, usize) {
 /// Parses `stream` in [`CHUNK_LEN`] chunks, dropping items after each chunk;
 /// returns how many events came out.
 fn parse_stream(stream: &[u8]) -> usize {
-    let mut parser = Parser::new(Limits::default());
+    let mut parser = Parser::new(ParserLimits::default());
     let mut items = Vec::new();
     let mut events = 0;
     for chunk in stream.chunks(CHUNK_LEN) {
@@ -110,7 +110,7 @@ fn parse_stream(stream: &[u8]) -> usize {
 
 /// The events of `stream`, ready to encode.
 fn parsed_events(stream: &[u8]) -> Vec<Event> {
-    let mut parser = Parser::new(Limits::default());
+    let mut parser = Parser::new(ParserLimits::default());
     let mut items = Vec::new();
     parser.feed(stream, &mut items);
     items

@@ -53,7 +53,7 @@ pub struct Ticket {
 
 /// Why a subscription request is not served.
 #[derive(Debug)]
-pub enum Refused {
+pub enum Rejection {
     /// Malformed input (a template parameter): `400`.
     BadRequest(String),
     /// The auth endpoint said no: its `401`/`403`, passed on.
@@ -77,17 +77,17 @@ impl Admission {
         session: &ServerSession,
         route: &TopicMatch,
         topic: &TopicConfig,
-    ) -> Result<Ticket, Refused> {
+    ) -> Result<Ticket, Rejection> {
         STATS.settle(Instant::now());
         let limits = self.limits.settings();
         route
             .check_params(limits.max_param_len)
-            .map_err(|e| Refused::BadRequest(e.0))?;
+            .map_err(|e| Rejection::BadRequest(e.0))?;
         let last_event_id = subscriber::last_event_id(session, limits.max_last_event_id);
         let place = self
             .limits
             .admit(client::ip(session))
-            .map_err(Refused::OverLimit)?;
+            .map_err(Rejection::OverLimit)?;
         if let Some(target) = &topic.access.auth {
             let request = AuthRequest {
                 topic: route.key.clone(),
@@ -107,10 +107,10 @@ impl Admission {
                 .await
             {
                 Decision::Allow => {}
-                Decision::Deny(denial) => return Err(Refused::Denied(denial)),
+                Decision::Deny(denial) => return Err(Rejection::Denied(denial)),
                 // Logged by the authorizer when the endpoint fails and when
                 // it recovers; counted by `respond`.
-                Decision::Unavailable(why) => return Err(Refused::AuthUnavailable(why)),
+                Decision::Unavailable(why) => return Err(Rejection::AuthUnavailable(why)),
             }
         }
         Ok(Ticket {
@@ -229,7 +229,7 @@ impl Default for Episode {
     }
 }
 
-/// Refused subscription requests since the process started, by reason.
+/// Subscription requests rejected since the process started, by reason.
 pub struct Refusals {
     /// `400`: a template parameter out of bounds.
     bad_request: AtomicU64,
@@ -258,12 +258,12 @@ impl Refusals {
     }
 
     /// Counts a refusal; logs a cap that starts binding.
-    fn count(&self, refused: &Refused, over_limit: OverLimit) {
+    fn count(&self, refused: &Rejection, over_limit: OverLimit) {
         let counter = match refused {
-            Refused::BadRequest(_) => &self.bad_request,
-            Refused::Denied(_) => &self.denied,
-            Refused::AuthUnavailable(_) => &self.auth_unavailable,
-            Refused::OverLimit(limit) => {
+            Rejection::BadRequest(_) => &self.bad_request,
+            Rejection::Denied(_) => &self.denied,
+            Rejection::AuthUnavailable(_) => &self.auth_unavailable,
+            Rejection::OverLimit(limit) => {
                 if self.caps[limit.index()].occur(Instant::now()) {
                     let answer = match over_limit {
                         OverLimit::Retry => "200 and a retry: later",
@@ -368,7 +368,7 @@ fn retry_after(retry: Duration) -> String {
 /// headers the answer needs so a cross-origin page can read it.
 pub async fn respond(
     session: &mut ServerSession,
-    refused: Refused,
+    refused: Rejection,
     retry: Duration,
     over_limit: OverLimit,
     cors: &[(HeaderName, String)],
@@ -376,12 +376,12 @@ pub async fn respond(
     STATS.refusals.count(&refused, over_limit);
     session.set_keepalive(None);
     let (status, mut extra, body): (u16, Vec<(HeaderName, String)>, Bytes) = match refused {
-        Refused::BadRequest(reason) => (
+        Rejection::BadRequest(reason) => (
             400,
             vec![],
             Bytes::from(format!("400 Bad Request: {reason}\n")),
         ),
-        Refused::Denied(denial) => {
+        Rejection::Denied(denial) => {
             let mut headers = Vec::new();
             if let Some(challenge) = denial.www_authenticate {
                 headers.push((header::WWW_AUTHENTICATE, challenge));
@@ -391,12 +391,12 @@ pub async fn respond(
             }
             (denial.status, headers, denial.body)
         }
-        Refused::AuthUnavailable(_) => (
+        Rejection::AuthUnavailable(_) => (
             503,
             vec![(header::RETRY_AFTER, retry_after(retry))],
             Bytes::from_static(b"503 Service Unavailable: cannot check this subscription now\n"),
         ),
-        Refused::OverLimit(limit) => match over_limit {
+        Rejection::OverLimit(limit) => match over_limit {
             OverLimit::Retry => return retry_later(session, limit, retry, cors).await,
             OverLimit::TooManyRequests => (
                 429,

@@ -49,7 +49,7 @@ use ring::digest;
 use tokio::time::Instant;
 
 use crate::config::AuthTarget;
-use crate::origin::ConnectSettings;
+use crate::upstream_addr::ConnectSettings;
 
 /// The header that names the topic instance being asked for.
 pub const X_SSE_TOPIC: &str = "x-sse-topic";
@@ -526,11 +526,11 @@ fn cache_key(target: &AuthTarget, request: &AuthRequest) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::origin::Origin;
+    use crate::upstream_addr::UpstreamAddr;
 
     fn target() -> AuthTarget {
         AuthTarget {
-            origin: Origin::parse("127.0.0.1:1").unwrap(),
+            origin: UpstreamAddr::parse("127.0.0.1:1").unwrap(),
             path: "/auth".into(),
         }
     }

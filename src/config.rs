@@ -23,9 +23,9 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::origin::{ConnectSettings, Origin};
 use crate::route::{PathTemplate, UpstreamTemplate};
 use crate::tls::{Certificate, TlsFile};
+use crate::upstream_addr::{ConnectSettings, UpstreamAddr};
 
 /// Where `sse-fanout` looks for its config when `-c` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "conf/sse-fanout.toml";
@@ -201,7 +201,7 @@ pub struct Listener {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppSettings {
     /// Scheme, host and port of the app.
-    pub origin: Origin,
+    pub origin: UpstreamAddr,
     /// Timeouts and TLS verification for connections to it.
     pub connect: ConnectSettings,
 }
@@ -267,7 +267,7 @@ impl Default for TopicAccess {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthTarget {
     /// Its server: `[app]`'s, unless a full URL was given.
-    pub origin: Origin,
+    pub origin: UpstreamAddr,
     /// Its path and query.
     pub path: String,
 }
@@ -350,7 +350,7 @@ pub enum OverLimit {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicUpstream {
     /// The server: `[app]`'s, unless the topic gave a full URL.
-    pub origin: Origin,
+    pub origin: UpstreamAddr,
     /// Path and query on that server, with the topic path's placeholders.
     pub path: UpstreamTemplate,
 }
@@ -755,7 +755,7 @@ impl Validator<'_> {
     }
 
     fn app(&self, raw: raw::App) -> Result<AppSettings, ConfigError> {
-        let origin = Origin::parse(raw.upstream.get_ref())
+        let origin = UpstreamAddr::parse(raw.upstream.get_ref())
             .map_err(|e| self.at(&raw.upstream, "app.upstream", e.0))?;
         Ok(AppSettings {
             origin,
@@ -1055,7 +1055,7 @@ impl Validator<'_> {
                 path: text.clone(),
             });
         }
-        let (origin, path) = Origin::parse_url(text).map_err(|e| {
+        let (origin, path) = UpstreamAddr::parse_url(text).map_err(|e| {
             self.at(
                 raw,
                 key,
@@ -1235,7 +1235,7 @@ impl Validator<'_> {
         let (origin, upstream_path) = if text.starts_with('/') {
             (app.origin.clone(), text.as_str())
         } else {
-            let (origin, upstream_path) = Origin::parse_url(text).map_err(|e| {
+            let (origin, upstream_path) = UpstreamAddr::parse_url(text).map_err(|e| {
                 self.at(
                     raw,
                     &key,

@@ -17,7 +17,7 @@
 use http::header::{self, HeaderName};
 
 use crate::config::CorsOrigins;
-use crate::origin::Origin;
+use crate::upstream_addr::UpstreamAddr;
 
 /// Headers a subscriber may send cross-origin (answer to a preflight).
 const ALLOWED_HEADERS: &str = "Last-Event-ID, Cache-Control, Accept, Authorization";
@@ -38,9 +38,9 @@ pub fn normalize_origin(text: &str) -> Option<String> {
     if rest.contains('/') {
         return None;
     }
-    let origin = Origin::parse(&format!("{scheme}://{rest}")).ok()?;
+    let origin = UpstreamAddr::parse(&format!("{scheme}://{rest}")).ok()?;
     Some(
-        Origin {
+        UpstreamAddr {
             host: origin.host.to_ascii_lowercase(),
             ..origin
         }

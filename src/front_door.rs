@@ -13,13 +13,13 @@
 //!   ├─ a place under max_connections_per_ip          (connections)
 //!   ├─ TLS handshake, within tls_handshake_timeout   (listeners)
 //!   ├─ first bytes: HTTP/2 or HTTP/1.x               (greeting)
-//!   ├─ HTTP/2 (ALPN h2, or h2c preface) ─▶ frames watched (h2_watch) ─▶ Pingora's h2 accept loop ─▶ Router, per stream
+//!   ├─ HTTP/2 (ALPN h2, or h2c preface) ─▶ frames watched (h2_watch) ─▶ Pingora's h2 accept loop ─▶ RequestSorter, per stream
 //!   └─ HTTP/1.1 ─▶ read the request head (head) ─┬─ GET on a topic ─▶ subscriber::serve
 //!                    (kept, and replayed         └─ anything else  ─▶ HttpProxy, one request at a time (pipelining)
 //!                     to the session)
 //! ```
 //!
-//! An HTTP/2 stream arrives with its header read, so the [`Router`] routes it
+//! An HTTP/2 stream arrives with its header read, so the [`RequestSorter`] routes it
 //! as a Pingora `HttpServerApp`. An HTTP/1.1 request has not been read when
 //! Pingora hands over the connection, so the front door reads its head
 //! itself (bounded by `[limits] max_header_bytes`, and within
@@ -63,11 +63,11 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::access_log::{self, AccessRecord};
-use crate::admission::{self, Admission, Refused};
+use crate::admission::{self, Admission, Rejection};
 use crate::client;
 use crate::config::{Config, ConnectionLimits};
 use crate::cors;
-use crate::hub::{Hub, Refusal, Subscription};
+use crate::hub::{Hub, SubscribeError, Subscription};
 use crate::limits::Admitted;
 use crate::proxy::Proxy;
 use crate::route::TopicMatch;
@@ -89,7 +89,7 @@ const HEADER_TOO_LARGE: &[u8] =
     b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
 /// Routes one request: a `GET` on a topic path to the hub, the rest to the proxy.
-pub struct Router {
+pub struct RequestSorter {
     /// The reverse proxy for ordinary requests.
     proxy: Arc<HttpProxy<Proxy>>,
     /// The topics.
@@ -101,7 +101,7 @@ pub struct Router {
 /// The listeners' app: sorts connections by protocol and HTTP/1.1 requests by
 /// their request line.
 pub struct FrontDoor {
-    router: Arc<Router>,
+    sorter: Arc<RequestSorter>,
     /// Which listener a connection came in on, and its TLS acceptor.
     listeners: Listeners,
     /// The open connections: the per-address cap and the counters.
@@ -123,7 +123,7 @@ impl FrontDoor {
         config: &Config,
     ) -> FrontDoor {
         FrontDoor {
-            router: Arc::new(Router {
+            sorter: Arc::new(RequestSorter {
                 proxy: Arc::new(proxy),
                 hub,
                 admission,
@@ -175,7 +175,7 @@ impl FrontDoor {
                 _ => Expect::Http1,
             };
         }
-        if self.router.server_options().is_some_and(|o| o.h2c) {
+        if self.sorter.server_options().is_some_and(|o| o.h2c) {
             Expect::Either
         } else {
             Expect::Http1
@@ -196,7 +196,7 @@ impl FrontDoor {
             (!*shutdown.borrow()).then_some(whole_seconds(self.limits.idle_timeout)),
         );
         session.set_keepalive_reuses_remaining(
-            self.router
+            self.sorter
                 .server_options()
                 .and_then(|o| o.keepalive_request_limit),
         );
@@ -217,7 +217,7 @@ impl FrontDoor {
         mut deadline: tokio::time::Instant,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let limits = *self.router.admission.limits.settings();
+        let limits = *self.sorter.admission.limits.settings();
         let mut settings: Option<HttpPersistentSettings> = None;
         loop {
             let head = tokio::select! {
@@ -237,12 +237,12 @@ impl FrontDoor {
                 }
                 Head::Gone => return None,
             };
-            if let Some((method, route)) = topic_request(&self.router.hub, &head[..head_len]) {
+            if let Some((method, route)) = topic_request(&self.sorter.hub, &head[..head_len]) {
                 // A subscription (or a preflight) is the connection's last
                 // request: it is not reused after it.
                 let mut session = self.http1_session(stream, settings.take(), shutdown);
                 session.set_pipelined_prefix(head);
-                self.router.serve_http1_topic(session, method, &route).await;
+                self.sorter.serve_http1_topic(session, method, &route).await;
                 return None;
             }
             // Pingora gets this request alone (see `pipelining`).
@@ -255,7 +255,7 @@ impl FrontDoor {
             }
             session.set_pipelined_prefix(first);
             let reused = self
-                .router
+                .sorter
                 .proxy
                 .process_new_http(session, shutdown)
                 .await?;
@@ -353,7 +353,7 @@ fn topic_request(hub: &Hub, head: &[u8]) -> Option<(TopicMethod, TopicMatch)> {
     Some((method, hub.find(path)?))
 }
 
-impl Router {
+impl RequestSorter {
     /// Admits (or refuses) and serves a subscription, and writes its
     /// access-log line.
     async fn serve_topic(&self, session: &mut ServerSession, route: &TopicMatch) {
@@ -394,8 +394,8 @@ impl Router {
             Err(refused) => refused,
             Ok(ticket) => match self.hub.subscribe(route, ticket.last_event_id) {
                 Ok(subscription) => return Some((subscription, ticket.place)),
-                Err(Refusal::Full(limit)) => Refused::OverLimit(limit),
-                Err(Refusal::Ended) => {
+                Err(SubscribeError::Full(limit)) => Rejection::OverLimit(limit),
+                Err(SubscribeError::Ended) => {
                     if let Err(e) = subscriber::respond_ended(session, cors).await {
                         log::debug!("answering 204 for {} failed: {e}", route.key);
                     }
@@ -454,7 +454,7 @@ impl Router {
 }
 
 #[async_trait]
-impl HttpServerApp for Router {
+impl HttpServerApp for RequestSorter {
     /// One HTTP/2 stream, its header already read.
     async fn process_new_http(
         self: &Arc<Self>,
@@ -503,7 +503,7 @@ impl ServerApp for FrontDoor {
         let _place = self.connections.open(peer)?;
         let mut stream = self.open_transport(stream).await?;
         let expect = self.expect(&stream);
-        let limits = self.router.admission.limits.settings();
+        let limits = self.sorter.admission.limits.settings();
         let greeting = tokio::select! {
             greeting = greeting::read_greeting(&mut stream, expect, self.limits.idle_timeout, limits.header_timeout) => greeting,
             _ = wait_for_shutdown(shutdown.clone()) => return None,
@@ -517,8 +517,8 @@ impl ServerApp for FrontDoor {
                     self.connections.clone(),
                     peer,
                 );
-                // Pingora's HTTP/2 handling, with the router per stream.
-                self.router.process_new(Box::new(watched), shutdown).await
+                // Pingora's HTTP/2 handling, with the sorter per stream.
+                self.sorter.process_new(Box::new(watched), shutdown).await
             }
             Greeting::Http1 { read, deadline } => {
                 self.serve_http1(stream, read, deadline, shutdown).await
@@ -532,7 +532,7 @@ impl ServerApp for FrontDoor {
     }
 
     async fn cleanup(&self) {
-        self.router.http_cleanup().await
+        self.sorter.http_cleanup().await
     }
 }
 

@@ -32,8 +32,8 @@ use crate::auth::X_SSE_TOPIC;
 use crate::client::{self, CLAIMED_IDENTITY, X_FORWARDED_FOR};
 use crate::config::{AppSettings, Config};
 use crate::hub::Hub;
-use crate::origin::ResolveError;
 use crate::route::{ClosedPath, ClosedPaths};
+use crate::upstream_addr::ResolveError;
 
 /// `X-Forwarded-Proto`: `https` or `http`, as the client connected.
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";

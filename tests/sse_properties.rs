@@ -16,7 +16,9 @@
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use sse_fanout::sse::{comment_frame, heartbeat_frame, Event, Item, Limits, ParseError, Parser};
+use sse_fanout::sse::{
+    comment_frame, heartbeat_frame, Event, Item, ParseError, Parser, ParserLimits,
+};
 
 /// The UTF-8 byte order mark, stripped once at the start of a stream.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -31,7 +33,7 @@ struct Outcome {
 }
 
 /// Feeds `chunks` in order to a fresh parser, then ends the stream.
-fn run<'a>(limits: Limits, chunks: impl IntoIterator<Item = &'a [u8]>) -> Outcome {
+fn run<'a>(limits: ParserLimits, chunks: impl IntoIterator<Item = &'a [u8]>) -> Outcome {
     let mut parser = Parser::new(limits);
     let mut items = Vec::new();
     for chunk in chunks {
@@ -120,11 +122,11 @@ fn sse_stream() -> impl Strategy<Value = Vec<u8>> {
         .prop_map(|(bom, lines, tail)| [bom, lines.concat(), tail].concat())
 }
 
-/// Limits from tiny (to hit every error path) to the defaults.
-fn limits() -> impl Strategy<Value = Limits> {
+/// ParserLimits from tiny (to hit every error path) to the defaults.
+fn limits() -> impl Strategy<Value = ParserLimits> {
     prop_oneof![
-        Just(Limits::default()),
-        (0usize..48, 0usize..96).prop_map(|(max_line_len, max_event_size)| Limits {
+        Just(ParserLimits::default()),
+        (0usize..48, 0usize..96).prop_map(|(max_line_len, max_event_size)| ParserLimits {
             max_line_len,
             max_event_size,
         }),
@@ -159,7 +161,7 @@ fn split_lines<T: Copy + PartialEq>(items: &[T], cr: T, lf: T) -> (Vec<&[T]>, &[
 /// sent) or an event over `max_event_size` is reported as skipped where it
 /// breaks the limit, and its lines up to the blank line that ends it are
 /// ignored.
-fn reference_parse(stream: &[u8], limits: Limits) -> Outcome {
+fn reference_parse(stream: &[u8], limits: ParserLimits) -> Outcome {
     // A stream that ends while it may still be a BOM has no line yet.
     if stream.len() < BOM.len() && BOM.starts_with(stream) {
         return Outcome {
@@ -313,10 +315,10 @@ fn valid_event() -> impl Strategy<Value = Event> {
         })
 }
 
-/// Limits that every [`valid_event`] fits in (its fields are at most 12
+/// ParserLimits that every [`valid_event`] fits in (its fields are at most 12
 /// characters, so no encoded line passes 64 bytes and no event 192), while
 /// an [`oversized_block`] always breaks one of them.
-const SKIP_LIMITS: Limits = Limits {
+const SKIP_LIMITS: ParserLimits = ParserLimits {
     max_line_len: 64,
     max_event_size: 192,
 };
@@ -461,7 +463,7 @@ proptest! {
 
     #[test]
     fn encode_then_parse_gives_the_event_back(event in valid_event()) {
-        let outcome = run(Limits::default(), [&event.encode()[..]]);
+        let outcome = run(ParserLimits::default(), [&event.encode()[..]]);
         prop_assert_eq!(outcome.items, vec![Item::Event(event)]);
     }
 
@@ -486,7 +488,7 @@ proptest! {
             expected.push(Item::Comment(String::new()));
             expected.push(Item::Comment(comment.clone()));
         }
-        prop_assert_eq!(run(Limits::default(), split(&stream, &cuts)).items, expected);
+        prop_assert_eq!(run(ParserLimits::default(), split(&stream, &cuts)).items, expected);
     }
 
     #[test]
@@ -497,7 +499,7 @@ proptest! {
             .split('\n')
             .map(|line| Item::Comment(line.to_owned()))
             .collect();
-        prop_assert_eq!(run(Limits::default(), [&comment_frame(&text)[..]]).items, expected);
+        prop_assert_eq!(run(ParserLimits::default(), [&comment_frame(&text)[..]]).items, expected);
     }
 
     #[test]
@@ -525,7 +527,7 @@ proptest! {
         filler in "[a-z: ]{1,8}",
         chunk_len in 1usize..40,
     ) {
-        let limits = Limits { max_line_len, max_event_size: usize::MAX };
+        let limits = ParserLimits { max_line_len, max_event_size: usize::MAX };
         let mut stream: Vec<u8> = filler.bytes().cycle().take(max_line_len + excess).collect();
         stream.extend_from_slice(b"\n\ndata: after\n\n");
         let mut parser = Parser::new(limits);
@@ -550,7 +552,7 @@ proptest! {
         line_len in 0usize..20,
         chunk_len in 1usize..40,
     ) {
-        let limits = Limits { max_line_len: usize::MAX, max_event_size };
+        let limits = ParserLimits { max_line_len: usize::MAX, max_event_size };
         let data_line = [b"data:".as_slice(), &vec![b'x'; line_len], b"\n"].concat();
         let lines_needed = max_event_size / (line_len + 1) + 1;
         let mut stream = data_line.repeat(lines_needed);

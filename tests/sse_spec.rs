@@ -6,8 +6,8 @@
 //! to every subscriber.
 
 use sse_fanout::sse::{
-    comment_frame, heartbeat_frame, id_frame, retry_frame, Event, EventError, Item, Limits,
-    ParseError, Parser, DEFAULT_EVENT_TYPE, DEFAULT_MAX_EVENT_SIZE, DEFAULT_MAX_LINE_LEN,
+    comment_frame, heartbeat_frame, id_frame, retry_frame, Event, EventError, Item, ParseError,
+    Parser, ParserLimits, DEFAULT_EVENT_TYPE, DEFAULT_MAX_EVENT_SIZE, DEFAULT_MAX_LINE_LEN,
 };
 
 /// Parses `chunks` in order as one stream with default limits, then ends it.
@@ -678,7 +678,7 @@ mod limits {
     use super::*;
 
     /// Small limits so tests stay fast.
-    const SMALL: Limits = Limits {
+    const SMALL: ParserLimits = ParserLimits {
         max_line_len: 16,
         max_event_size: 32,
     };
@@ -686,8 +686,8 @@ mod limits {
     #[test]
     fn default_limits_are_one_mib_each() {
         assert_eq!(
-            Limits::default(),
-            Limits {
+            ParserLimits::default(),
+            ParserLimits {
                 max_line_len: 1 << 20,
                 max_event_size: 1 << 20
             }
@@ -886,7 +886,7 @@ mod skipping {
     use super::*;
 
     /// Small limits so tests stay fast.
-    const SMALL: Limits = Limits {
+    const SMALL: ParserLimits = ParserLimits {
         max_line_len: 16,
         max_event_size: 32,
     };

@@ -25,7 +25,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio::net::TcpSocket;
 use tokio::sync::Notify;
 
-use sse_fanout::sse::{Item, Limits, Parser};
+use sse_fanout::sse::{Item, Parser, ParserLimits};
 
 use crate::app::{parse_event_data, unix_micros};
 use crate::histogram::Histogram;
@@ -327,7 +327,7 @@ async fn h2_connection(
             };
             totals.respond(true, subscribers, None);
             let mut body = response.into_body();
-            let mut parser = Parser::new(Limits::default());
+            let mut parser = Parser::new(ParserLimits::default());
             let mut items = Vec::new();
             let mut tally = Tally::new(events);
             let shard = subscriber % HISTOGRAM_SHARDS;
@@ -416,7 +416,7 @@ async fn h1_stream<S: AsyncRead + AsyncWrite + Unpin>(
         return totals.respond(false, options.subscribers, Some(format!("status {status}")));
     }
     totals.respond(true, options.subscribers, None);
-    let mut parser = Parser::new(Limits::default());
+    let mut parser = Parser::new(ParserLimits::default());
     let mut items = Vec::new();
     let mut tally = Tally::new(options.events);
     let shard = subscriber % HISTOGRAM_SHARDS;

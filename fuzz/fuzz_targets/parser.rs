@@ -15,7 +15,7 @@
 mod sse;
 
 use libfuzzer_sys::fuzz_target;
-use sse::{comment_frame, Item, Limits, Parser};
+use sse::{comment_frame, Item, ParserLimits, Parser};
 
 /// Control-byte bit: use tiny limits (derived from the control bytes) so the
 /// skipping paths are reached, instead of the defaults.
@@ -36,7 +36,7 @@ struct Outcome {
 
 /// Parses `stream` in chunks of `chunk_len` bytes (all of it at once for 0),
 /// checking the memory bound after every chunk.
-fn run(limits: Limits, stream: &[u8], chunk_len: usize) -> Outcome {
+fn run(limits: ParserLimits, stream: &[u8], chunk_len: usize) -> Outcome {
     let mut parser = Parser::new(limits);
     let mut items = Vec::new();
     let chunk_len = if chunk_len == 0 {
@@ -61,7 +61,7 @@ fn run(limits: Limits, stream: &[u8], chunk_len: usize) -> Outcome {
 
 /// Parses one encoded frame with default limits.
 fn reparse(frame: &[u8]) -> Vec<Item> {
-    run(Limits::default(), frame, 0).items
+    run(ParserLimits::default(), frame, 0).items
 }
 
 fuzz_target!(|input: &[u8]| {
@@ -69,12 +69,12 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let limits = if control & SMALL_LIMITS_BIT != 0 {
-        Limits {
+        ParserLimits {
             max_line_len: usize::from(control & SMALL_LIMIT_MASK),
             max_event_size: usize::from(size_control & SMALL_LIMIT_MASK) * 2,
         }
     } else {
-        Limits::default()
+        ParserLimits::default()
     };
     let chunk_len = 1 + usize::from(*size_control) % MAX_CHUNK_LEN;
 

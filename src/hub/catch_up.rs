@@ -51,7 +51,7 @@ use tokio::sync::watch;
 use super::replay::ReplayWindow;
 use super::topic::Topic;
 use super::upstream::{EventReader, Opened, UpstreamError, UpstreamSource};
-use crate::sse::{Item, Limits};
+use crate::sse::{Item, ParserLimits};
 
 /// One catch-up: the events after one `Last-Event-ID`.
 pub struct CatchUp {
@@ -253,7 +253,7 @@ async fn follow(catch_up: &CatchUp, topic: &Weak<Topic>, source: &UpstreamSource
     };
     let mut reader = EventReader::new(
         session,
-        Limits {
+        ParserLimits {
             max_line_len: settings.max_event_size,
             max_event_size: settings.max_event_size,
         },

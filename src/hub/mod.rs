@@ -36,15 +36,15 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::config::{Config, LimitSettings, TopicConfig};
 use crate::limits::Limit;
-use crate::origin::ConnectSettings;
 use crate::route::{TopicMatch, TopicRoutes};
+use crate::upstream_addr::ConnectSettings;
 use budget::ReplayBudget;
 pub use topic::{CloseReason, Next, Start, Subscription, Topic, TopicSnapshot, UpstreamState};
 use upstream::{UpstreamReader, UpstreamSource};
 
 /// Why a subscription was not opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub enum SubscribeError {
     /// The topic's upstream answered `204`: tell the browser to stop.
     Ended,
     /// The topic instance is full, or its template has all the live
@@ -137,23 +137,23 @@ impl Hub {
         &self,
         route: &TopicMatch,
         last_event_id: Option<String>,
-    ) -> Result<Subscription, Refusal> {
+    ) -> Result<Subscription, SubscribeError> {
         let mut topics = self.shared.topics();
         let topic = match topics.by_key.get(&route.key) {
             Some(topic) => topic.clone(),
             None => {
                 let cap = self.shared.limits.max_topic_instances;
                 if topics.instances[route.index] >= cap {
-                    return Err(Refusal::Full(Limit::Instances));
+                    return Err(SubscribeError::Full(Limit::Instances));
                 }
                 self.shared.create(&mut topics, route)
             }
         };
         if topic.closed() == Some(CloseReason::Ended) {
-            return Err(Refusal::Ended);
+            return Err(SubscribeError::Ended);
         }
         if topic.subscriber_count() >= self.shared.limits.max_subscribers_per_topic {
-            return Err(Refusal::Full(Limit::PerTopic));
+            return Err(SubscribeError::Full(Limit::PerTopic));
         }
         let start = match last_event_id {
             Some(id) if !id.is_empty() => Start::After(id),

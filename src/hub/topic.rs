@@ -793,11 +793,11 @@ mod tests {
 
     fn source() -> Arc<UpstreamSource> {
         Arc::new(UpstreamSource {
-            origin: crate::origin::Origin::parse("127.0.0.1:9").unwrap(),
+            origin: crate::upstream_addr::UpstreamAddr::parse("127.0.0.1:9").unwrap(),
             path: "/t".into(),
             url: "http://127.0.0.1:9/t".into(),
             extra_headers: Vec::new(),
-            connect: crate::origin::ConnectSettings {
+            connect: crate::upstream_addr::ConnectSettings {
                 connect_timeout: Duration::from_secs(1),
                 tls_verify: true,
             },

@@ -37,8 +37,8 @@ use pingora::protocols::TcpKeepalive;
 use tokio::time::Instant;
 
 use super::topic::{CloseReason, Topic, UpstreamState};
-use crate::origin::{ConnectSettings, Origin, ResolveError};
-use crate::sse::{self, Item, Limits, ParseError, Parser};
+use crate::sse::{self, Item, ParseError, Parser, ParserLimits};
+use crate::upstream_addr::{ConnectSettings, ResolveError, UpstreamAddr};
 
 /// Sent as `User-Agent` on upstream requests, so the app can tell us apart.
 const USER_AGENT: &str = concat!("sse-fanout/", env!("CARGO_PKG_VERSION"));
@@ -157,7 +157,7 @@ pub enum Opened {
 /// topic's reader and its catch-ups.
 pub struct UpstreamSource {
     /// The upstream server.
-    pub origin: Origin,
+    pub origin: UpstreamAddr,
     /// Path and query of the stream on that server.
     pub path: String,
     /// The full URL, for logs and stats.
@@ -281,7 +281,11 @@ pub struct EventReader {
 }
 
 impl EventReader {
-    pub fn new(session: Box<HttpSession>, limits: Limits, idle_timeout: Option<Duration>) -> Self {
+    pub fn new(
+        session: Box<HttpSession>,
+        limits: ParserLimits,
+        idle_timeout: Option<Duration>,
+    ) -> Self {
         EventReader {
             session,
             parser: Parser::new(limits),
@@ -518,7 +522,7 @@ impl UpstreamReader {
         let settings = self.topic.settings;
         let mut reader = EventReader::new(
             session,
-            Limits {
+            ParserLimits {
                 max_line_len: settings.max_event_size,
                 max_event_size: settings.max_event_size,
             },

@@ -6,7 +6,7 @@
 //! interprets it exactly as the WHATWG HTML Standard ("Server-sent events",
 //! event stream interpretation and parsing) says a browser would, and yields
 //! [`Item`]s: dispatched [`Event`]s, comments, and the blocks it skipped for
-//! breaking a [`Limits`] bound (a block is discarded whole and the stream
+//! breaking a [`ParserLimits`] bound (a block is discarded whole and the stream
 //! goes on, so one oversized event never stops a topic). Each event is then
 //! encoded once with [`Event::encode`] into a [`bytes::Bytes`] that is stored
 //! in the topic's replay window and handed to every subscriber; cloning it is
@@ -16,7 +16,7 @@
 //! this module.
 //!
 //! The module is pure: no I/O, no async, no global state. Memory held by a
-//! parser is bounded by [`Limits`], so a hostile upstream cannot make the
+//! parser is bounded by [`ParserLimits`], so a hostile upstream cannot make the
 //! proxy grow without bound.
 //!
 //! The submodules refer to each other only through `super::`, so this file can
@@ -31,5 +31,5 @@ pub use self::event::{
     DEFAULT_EVENT_TYPE,
 };
 pub use self::parser::{
-    Item, Limits, ParseError, Parser, DEFAULT_MAX_EVENT_SIZE, DEFAULT_MAX_LINE_LEN,
+    Item, ParseError, Parser, ParserLimits, DEFAULT_MAX_EVENT_SIZE, DEFAULT_MAX_LINE_LEN,
 };

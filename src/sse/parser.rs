@@ -29,8 +29,8 @@
 //! not taken.
 //!
 //! Bounds: a block (the lines up to and including the blank line that ends
-//! it) with a line longer than [`Limits::max_line_len`], or whose event grows
-//! larger than [`Limits::max_event_size`], is skipped. As soon as the limit
+//! it) with a line longer than [`ParserLimits::max_line_len`], or whose event grows
+//! larger than [`ParserLimits::max_event_size`], is skipped. As soon as the limit
 //! is broken (an over-long line at its first excess byte, however small the
 //! chunks; an oversized event at the end of the line that makes it too
 //! large), the parser drops what it holds of the block, reports
@@ -58,10 +58,10 @@ use std::mem;
 
 use super::event::Event;
 
-/// Default for [`Limits::max_line_len`]: 1 MiB, far above any sane line yet
+/// Default for [`ParserLimits::max_line_len`]: 1 MiB, far above any sane line yet
 /// small enough that one connection cannot exhaust memory.
 pub const DEFAULT_MAX_LINE_LEN: usize = 1 << 20;
-/// Default for [`Limits::max_event_size`]: 1 MiB.
+/// Default for [`ParserLimits::max_event_size`]: 1 MiB.
 pub const DEFAULT_MAX_EVENT_SIZE: usize = 1 << 20;
 
 /// The UTF-8 byte order mark, stripped once at the start of a stream.
@@ -92,7 +92,7 @@ const RETRY_FIELD: &[u8] = b"retry";
 /// How much one upstream connection may make the parser hold, so a hostile
 /// or broken upstream cannot grow the proxy's memory without bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Limits {
+pub struct ParserLimits {
     /// The longest line accepted, in bytes, not counting its line end.
     /// Bounds the bytes buffered while waiting for a line to end.
     pub max_line_len: usize,
@@ -102,9 +102,9 @@ pub struct Limits {
     pub max_event_size: usize,
 }
 
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
+impl Default for ParserLimits {
+    fn default() -> ParserLimits {
+        ParserLimits {
             max_line_len: DEFAULT_MAX_LINE_LEN,
             max_event_size: DEFAULT_MAX_EVENT_SIZE,
         }
@@ -136,12 +136,12 @@ pub enum Item {
 /// Why a block was skipped ([`Item::Skipped`]): which limit it broke.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ParseError {
-    /// A line grew past [`Limits::max_line_len`] (the limit, in bytes).
+    /// A line grew past [`ParserLimits::max_line_len`] (the limit, in bytes).
     LineTooLong {
         /// The limit in force.
         limit: usize,
     },
-    /// An event grew past [`Limits::max_event_size`] (the limit, in bytes).
+    /// An event grew past [`ParserLimits::max_event_size`] (the limit, in bytes).
     EventTooLarge {
         /// The limit in force.
         limit: usize,
@@ -215,12 +215,12 @@ impl Violation {
 ///
 /// Feed it chunks with [`Parser::feed`]; call [`Parser::finish`] when the
 /// stream ends. It keeps only the line in progress and the block being
-/// collected, both bounded by [`Limits`]; a block that would break them is
+/// collected, both bounded by [`ParserLimits`]; a block that would break them is
 /// skipped, and the stream goes on.
 #[derive(Clone, Debug)]
 pub struct Parser {
     /// The bounds this parser enforces.
-    limits: Limits,
+    limits: ParserLimits,
     /// Whether a leading BOM may still arrive.
     stream_start: StreamStart,
     /// Whether the block in progress is collected or discarded.
@@ -251,13 +251,13 @@ pub struct Parser {
 
 impl Default for Parser {
     fn default() -> Parser {
-        Parser::new(Limits::default())
+        Parser::new(ParserLimits::default())
     }
 }
 
 impl Parser {
     /// A parser at the start of a stream, enforcing `limits`.
-    pub fn new(limits: Limits) -> Parser {
+    pub fn new(limits: ParserLimits) -> Parser {
         Parser {
             limits,
             stream_start: StreamStart::AwaitingBom { matched: 0 },
@@ -273,7 +273,7 @@ impl Parser {
     }
 
     /// The bounds this parser enforces.
-    pub fn limits(&self) -> Limits {
+    pub fn limits(&self) -> ParserLimits {
         self.limits
     }
 
@@ -589,7 +589,7 @@ impl Parser {
         )));
     }
 
-    /// Size of the block being collected, as [`Limits::max_event_size`]
+    /// Size of the block being collected, as [`ParserLimits::max_event_size`]
     /// counts it.
     fn block_size(&self) -> usize {
         self.data.len() + self.event_type.len() + self.block_id_len()

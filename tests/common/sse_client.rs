@@ -7,7 +7,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::timeout;
 
-use sse_fanout::sse::{Event, Item, Limits, Parser};
+use sse_fanout::sse::{Event, Item, Parser, ParserLimits};
 
 use super::client::Client;
 use super::PATIENCE;
@@ -34,7 +34,7 @@ impl EventStream {
         assert_eq!(content_type.as_deref(), Some("text/event-stream"));
         EventStream {
             body: response.into_body(),
-            parser: Parser::new(Limits::default()),
+            parser: Parser::new(ParserLimits::default()),
             items: VecDeque::new(),
             raw: Vec::new(),
             ended: false,

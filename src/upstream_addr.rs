@@ -31,7 +31,7 @@ pub const DNS_CACHE_ENTRIES: usize = 64;
 
 /// The scheme, host and port of an upstream HTTP server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
+pub struct UpstreamAddr {
     /// Connect with TLS (`https://`).
     pub tls: bool,
     /// Host name or IP address, without brackets for IPv6.
@@ -40,7 +40,7 @@ pub struct Origin {
     pub port: u16,
 }
 
-/// How the proxy connects to an [`Origin`]; from the `[app]` config table.
+/// How the proxy connects to an [`UpstreamAddr`]; from the `[app]` config table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectSettings {
     /// Give up on a TCP (and TLS) connect after this long.
@@ -51,15 +51,15 @@ pub struct ConnectSettings {
 
 /// Why an origin could not be parsed (or, from [`Origin::peer`], resolved).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OriginError(pub String);
+pub struct UpstreamAddrError(pub String);
 
-impl fmt::Display for OriginError {
+impl fmt::Display for UpstreamAddrError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl std::error::Error for OriginError {}
+impl std::error::Error for UpstreamAddrError {}
 
 /// Why a host name gave no address to connect to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,9 +107,9 @@ impl fmt::Display for ResolveError {
 
 impl std::error::Error for ResolveError {}
 
-impl From<ResolveError> for OriginError {
-    fn from(e: ResolveError) -> OriginError {
-        OriginError(e.to_string())
+impl From<ResolveError> for UpstreamAddrError {
+    fn from(e: ResolveError) -> UpstreamAddrError {
+        UpstreamAddrError(e.to_string())
     }
 }
 
@@ -211,13 +211,13 @@ where
 const HTTP_PORT: u16 = 80;
 const HTTPS_PORT: u16 = 443;
 
-impl Origin {
+impl UpstreamAddr {
     /// Parses `host:port`, `http://host[:port]` or `https://host[:port]`, with
     /// no path.
-    pub fn parse(text: &str) -> Result<Origin, OriginError> {
+    pub fn parse(text: &str) -> Result<UpstreamAddr, UpstreamAddrError> {
         let (origin, path) = Self::parse_url(text)?;
         if !path.is_empty() && path != "/" {
-            return Err(OriginError(format!(
+            return Err(UpstreamAddrError(format!(
                 "{text:?} must be an origin without a path, like \"127.0.0.1:8080\" or \"https://app.internal\""
             )));
         }
@@ -226,13 +226,13 @@ impl Origin {
 
     /// Parses an origin followed by an optional path: `https://host:port/path?q`.
     /// Returns the origin and the path-and-query (empty when there is none).
-    pub fn parse_url(text: &str) -> Result<(Origin, &str), OriginError> {
+    pub fn parse_url(text: &str) -> Result<(UpstreamAddr, &str), UpstreamAddrError> {
         let (tls, rest, scheme_given) = if let Some(rest) = text.strip_prefix("https://") {
             (true, rest, true)
         } else if let Some(rest) = text.strip_prefix("http://") {
             (false, rest, true)
         } else if text.contains("://") {
-            return Err(OriginError(format!(
+            return Err(UpstreamAddrError(format!(
                 "{text:?}: only http:// and https:// are supported"
             )));
         } else {
@@ -243,7 +243,7 @@ impl Origin {
             None => (rest, ""),
         };
         let (host, port) = split_host_port(authority).ok_or_else(|| {
-            OriginError(format!(
+            UpstreamAddrError(format!(
                 "{text:?} is not host:port, http://host[:port] or https://host[:port]"
             ))
         })?;
@@ -257,13 +257,13 @@ impl Origin {
                 }
             }
             None => {
-                return Err(OriginError(format!(
+                return Err(UpstreamAddrError(format!(
                     "{text:?} needs a port, like \"127.0.0.1:8080\" (or give a scheme: \"http://{text}\")"
                 )))
             }
         };
         Ok((
-            Origin {
+            UpstreamAddr {
                 tls,
                 host: host.to_string(),
                 port,
@@ -290,7 +290,7 @@ impl Origin {
 
     /// Whether two origins are the same server: same scheme and port, host
     /// names equal ignoring case.
-    pub fn same_as(&self, other: &Origin) -> bool {
+    pub fn same_as(&self, other: &UpstreamAddr) -> bool {
         self.tls == other.tls
             && self.port == other.port
             && self.host.eq_ignore_ascii_case(&other.host)
@@ -330,12 +330,12 @@ impl Origin {
 
     /// [`http_peer`](Self::http_peer), with the error as text for callers
     /// that only report it.
-    pub async fn peer(&self, settings: &ConnectSettings) -> Result<HttpPeer, OriginError> {
+    pub async fn peer(&self, settings: &ConnectSettings) -> Result<HttpPeer, UpstreamAddrError> {
         Ok(self.http_peer(settings).await?)
     }
 }
 
-impl fmt::Display for Origin {
+impl fmt::Display for UpstreamAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let scheme = if self.tls { "https" } else { "http" };
         write!(f, "{scheme}://{}", self.authority())
@@ -378,27 +378,27 @@ mod tests {
 
     #[test]
     fn bare_host_port_is_plain_http() {
-        let o = Origin::parse("127.0.0.1:8080").unwrap();
+        let o = UpstreamAddr::parse("127.0.0.1:8080").unwrap();
         assert_eq!((o.tls, o.host.as_str(), o.port), (false, "127.0.0.1", 8080));
     }
 
     #[test]
     fn https_defaults_to_port_443() {
-        let o = Origin::parse("https://app.internal").unwrap();
+        let o = UpstreamAddr::parse("https://app.internal").unwrap();
         assert_eq!((o.tls, o.port), (true, 443));
         assert_eq!(o.authority(), "app.internal");
     }
 
     #[test]
     fn ipv6_literals_keep_brackets_in_authority() {
-        let o = Origin::parse("http://[::1]:9000").unwrap();
+        let o = UpstreamAddr::parse("http://[::1]:9000").unwrap();
         assert_eq!(o.host, "::1");
         assert_eq!(o.authority(), "[::1]:9000");
     }
 
     #[test]
     fn url_splits_origin_and_path() {
-        let (o, path) = Origin::parse_url("http://127.0.0.1:9/s/{id}?x=1").unwrap();
+        let (o, path) = UpstreamAddr::parse_url("http://127.0.0.1:9/s/{id}?x=1").unwrap();
         assert_eq!(o.port, 9);
         assert_eq!(path, "/s/{id}?x=1");
     }
@@ -492,10 +492,10 @@ mod tests {
 
     #[test]
     fn same_origin_ignores_host_case_but_not_scheme_or_port() {
-        let app = Origin::parse("http://App.Internal:8080").unwrap();
-        assert!(app.same_as(&Origin::parse("app.internal:8080").unwrap()));
-        assert!(!app.same_as(&Origin::parse("https://app.internal:8080").unwrap()));
-        assert!(!app.same_as(&Origin::parse("app.internal:8081").unwrap()));
+        let app = UpstreamAddr::parse("http://App.Internal:8080").unwrap();
+        assert!(app.same_as(&UpstreamAddr::parse("app.internal:8080").unwrap()));
+        assert!(!app.same_as(&UpstreamAddr::parse("https://app.internal:8080").unwrap()));
+        assert!(!app.same_as(&UpstreamAddr::parse("app.internal:8081").unwrap()));
     }
 
     #[test]
@@ -509,7 +509,7 @@ mod tests {
             "x y:1",
             "http://x:1/path",
         ] {
-            assert!(Origin::parse(bad).is_err(), "{bad} was accepted");
+            assert!(UpstreamAddr::parse(bad).is_err(), "{bad} was accepted");
         }
     }
 }
