@@ -37,11 +37,10 @@ use tokio::time::Instant;
 use crate::auth::{self, AuthRequest, Authorizer, Decision, Denial, Unavailable};
 use crate::client;
 use crate::config::{OverLimit, TopicConfig};
-use crate::hub::upstream::last_event_id_header;
+use crate::event_stream::{self, last_event_id_header};
 use crate::limits::{Admitted, Limit, Limits};
 use crate::route::TopicMatch;
 use crate::sse;
-use crate::subscriber;
 
 /// An admitted subscription request.
 pub struct Ticket {
@@ -83,7 +82,7 @@ impl Admission {
         route
             .check_params(limits.max_param_len)
             .map_err(|e| Rejection::BadRequest(e.0))?;
-        let last_event_id = subscriber::last_event_id(session, limits.max_last_event_id);
+        let last_event_id = event_stream::resume_point(session, limits.max_last_event_id);
         let place = self
             .limits
             .admit(client::ip(session))
@@ -436,7 +435,7 @@ async fn retry_later(
 ) -> pingora::Result<()> {
     let base = retry.as_millis().max(1) as u64;
     let jittered = base + fastrand::u64(0..=base);
-    let mut response = subscriber::stream_header(session)?;
+    let mut response = event_stream::response_head(session)?;
     for (name, value) in cors {
         response.insert_header(name.clone(), value)?;
     }

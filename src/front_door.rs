@@ -1,7 +1,7 @@
 //! The front door: the Pingora app every listener hands its connections to.
 //!
 //! It decides, per request, whether a request is a topic subscription (served
-//! right here by [`subscriber::serve`] from the [`Hub`]) or an ordinary request
+//! by [`TopicRequests`] from the [`Hub`]) or an ordinary request
 //! (handed to the reverse proxy, [`Proxy`] inside Pingora's `HttpProxy`). It
 //! decides *before* the proxy pipeline starts, so a subscriber costs only its
 //! session and its subscription, not the state of Pingora's proxy pipeline
@@ -14,7 +14,7 @@
 //!   ├─ TLS handshake, within tls_handshake_timeout   (listeners)
 //!   ├─ first bytes: HTTP/2 or HTTP/1.x               (greeting)
 //!   ├─ HTTP/2 (ALPN h2, or h2c preface) ─▶ frames watched (h2_watch) ─▶ Pingora's h2 accept loop ─▶ RequestSorter, per stream
-//!   └─ HTTP/1.1 ─▶ read the request head (head) ─┬─ GET on a topic ─▶ subscriber::serve
+//!   └─ HTTP/1.1 ─▶ read the request head (head) ─┬─ GET/OPTIONS on a topic ─▶ TopicRequests
 //!                    (kept, and replayed         └─ anything else  ─▶ HttpProxy, one request at a time (pipelining)
 //!                     to the session)
 //! ```
@@ -33,8 +33,8 @@
 //! request on it, and an HTTP/2 connection with no open stream
 //! (`idle_timeout`), a request head or a preface (`header_timeout`).
 //!
-//! A topic request is admitted (or refused) by [`Admission`] before the hub
-//! sees it; `OPTIONS` on a topic path is a CORS preflight, answered here.
+//! What happens to a request on a topic path (admission, the subscription,
+//! a CORS preflight) is `topic_request.rs`'s business.
 
 mod connections;
 mod greeting;
@@ -46,15 +46,13 @@ mod pipelining;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
-use http::header::HeaderName;
 use pingora::apps::{
     HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp,
 };
-use pingora::http::ResponseHeader;
 use pingora::protocols::http::v2::server::H2Options;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
@@ -62,16 +60,12 @@ use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::access_log::{self, AccessRecord};
-use crate::admission::{self, Admission, Rejection};
-use crate::client;
+use crate::admission::Admission;
 use crate::config::{Config, ConnectionLimits};
-use crate::cors;
-use crate::hub::{Hub, SubscribeError, Subscription};
-use crate::limits::Admitted;
+use crate::hub::Hub;
 use crate::proxy::Proxy;
 use crate::route::TopicMatch;
-use crate::subscriber;
+use crate::topic_request::{TopicMethod, TopicRequests};
 
 pub use connections::{ConnectionCounts, Connections, EarlyClose};
 pub use listeners::{Listeners, Transport};
@@ -88,14 +82,13 @@ const LINGER_ON_REFUSAL: Duration = Duration::from_secs(1);
 const HEADER_TOO_LARGE: &[u8] =
     b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
-/// Routes one request: a `GET` on a topic path to the hub, the rest to the proxy.
+/// Sorts one request: a `GET` or `OPTIONS` on a topic path to the topic
+/// flow ([`TopicRequests`]), everything else to the reverse proxy.
 pub struct RequestSorter {
     /// The reverse proxy for ordinary requests.
     proxy: Arc<HttpProxy<Proxy>>,
-    /// The topics.
-    hub: Hub,
-    /// Inputs, caps and auth for subscription requests.
-    admission: Admission,
+    /// The flow of requests on topic paths.
+    topics: TopicRequests,
 }
 
 /// The listeners' app: sorts connections by protocol and HTTP/1.1 requests by
@@ -125,8 +118,7 @@ impl FrontDoor {
         FrontDoor {
             sorter: Arc::new(RequestSorter {
                 proxy: Arc::new(proxy),
-                hub,
-                admission,
+                topics: TopicRequests { hub, admission },
             }),
             listeners,
             connections,
@@ -217,7 +209,7 @@ impl FrontDoor {
         mut deadline: tokio::time::Instant,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let limits = *self.sorter.admission.limits.settings();
+        let limits = *self.sorter.topics.admission.limits.settings();
         let mut settings: Option<HttpPersistentSettings> = None;
         loop {
             let head = tokio::select! {
@@ -237,12 +229,16 @@ impl FrontDoor {
                 }
                 Head::Gone => return None,
             };
-            if let Some((method, route)) = topic_request(&self.sorter.hub, &head[..head_len]) {
+            if let Some((method, route)) = topic_request(&self.sorter.topics.hub, &head[..head_len])
+            {
                 // A subscription (or a preflight) is the connection's last
                 // request: it is not reused after it.
                 let mut session = self.http1_session(stream, settings.take(), shutdown);
                 session.set_pipelined_prefix(head);
-                self.sorter.serve_http1_topic(session, method, &route).await;
+                self.sorter
+                    .topics
+                    .serve_http1(session, method, &route)
+                    .await;
                 return None;
             }
             // Pingora gets this request alone (see `pipelining`).
@@ -326,15 +322,6 @@ async fn wait_for_shutdown(mut shutdown: ShutdownWatch) {
     }
 }
 
-/// What a request to a topic path asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TopicMethod {
-    /// A subscription.
-    Get,
-    /// A CORS preflight.
-    Options,
-}
-
 /// The topic an HTTP/1.1 request head (`GET /events/news?x HTTP/1.1 ...`)
 /// asks for, and how; `None` for anything the proxy handles.
 fn topic_request(hub: &Hub, head: &[u8]) -> Option<(TopicMethod, TopicMatch)> {
@@ -353,106 +340,6 @@ fn topic_request(hub: &Hub, head: &[u8]) -> Option<(TopicMethod, TopicMatch)> {
     Some((method, hub.find(path)?))
 }
 
-impl RequestSorter {
-    /// Admits (or refuses) and serves a subscription, and writes its
-    /// access-log line.
-    async fn serve_topic(&self, session: &mut ServerSession, route: &TopicMatch) {
-        let started = Instant::now();
-        let cors = cors::response_headers(
-            &self.hub.config(route).access.cors,
-            client::header(session, http::header::ORIGIN).as_deref(),
-        );
-        // Admission (with its auth request) and refusals are short-lived and
-        // boxed: inline, their futures would enlarge this one, which every
-        // open subscription keeps for its whole life.
-        if let Some((subscription, place)) =
-            Box::pin(self.open_subscription(session, route, &cors)).await
-        {
-            match subscriber::serve(session, subscription, &cors).await {
-                Ok(ending) => log::debug!("subscription to {} ended: {ending:?}", route.key),
-                Err(e) => log::debug!("subscription to {} failed: {e}", route.key),
-            }
-            drop(place);
-        }
-        access_log::record(AccessRecord {
-            session,
-            status: session.response_written().map_or(0, |r| r.status.as_u16()),
-            duration: started.elapsed(),
-        });
-    }
-
-    /// Admits the request and subscribes it, or answers the refusal (and
-    /// returns `None`).
-    async fn open_subscription(
-        &self,
-        session: &mut ServerSession,
-        route: &TopicMatch,
-        cors: &[(HeaderName, String)],
-    ) -> Option<(Subscription, Admitted)> {
-        let topic = self.hub.config(route);
-        let refused = match self.admission.check(session, route, topic).await {
-            Err(refused) => refused,
-            Ok(ticket) => match self.hub.subscribe(route, ticket.last_event_id) {
-                Ok(subscription) => return Some((subscription, ticket.place)),
-                Err(SubscribeError::Full(limit)) => Rejection::OverLimit(limit),
-                Err(SubscribeError::Ended) => {
-                    if let Err(e) = subscriber::respond_ended(session, cors).await {
-                        log::debug!("answering 204 for {} failed: {e}", route.key);
-                    }
-                    return None;
-                }
-            },
-        };
-        let over_limit = self.admission.limits.settings().over_limit;
-        if let Err(e) =
-            admission::respond(session, refused, topic.settings.retry, over_limit, cors).await
-        {
-            log::debug!("refusing a subscription to {} failed: {e}", route.key);
-        }
-        None
-    }
-
-    /// Answers a CORS preflight on a topic path.
-    async fn serve_preflight(&self, session: &mut ServerSession, route: &TopicMatch) {
-        let topic = self.hub.config(route);
-        let origin = client::header(session, http::header::ORIGIN);
-        let headers = cors::preflight_headers(&topic.access.cors, origin.as_deref());
-        let answer = async {
-            let mut response = ResponseHeader::build(204, Some(headers.len()))?;
-            for (name, value) in headers {
-                response.insert_header(name, value)?;
-            }
-            session.set_keepalive(None);
-            session.write_response_header(Box::new(response)).await?;
-            session.finish_body().await
-        };
-        if let Err(e) = answer.await {
-            log::debug!("preflight for {} failed: {e}", route.key);
-        }
-    }
-
-    /// Reads the (replayed) request and serves it; the connection is not
-    /// reused afterwards.
-    async fn serve_http1_topic(
-        &self,
-        mut session: ServerSession,
-        method: TopicMethod,
-        route: &TopicMatch,
-    ) {
-        match session.read_request().await {
-            Ok(true) => match method {
-                TopicMethod::Get => self.serve_topic(&mut session, route).await,
-                TopicMethod::Options => Box::pin(self.serve_preflight(&mut session, route)).await,
-            },
-            Ok(false) => {}
-            Err(e) => {
-                log::debug!("bad request on a topic path: {e}");
-                let _ = session.respond_error(400).await;
-            }
-        }
-    }
-}
-
 #[async_trait]
 impl HttpServerApp for RequestSorter {
     /// One HTTP/2 stream, its header already read.
@@ -461,17 +348,11 @@ impl HttpServerApp for RequestSorter {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        let method = match session.req_header().method {
-            http::Method::GET => Some(TopicMethod::Get),
-            http::Method::OPTIONS => Some(TopicMethod::Options),
-            _ => None,
-        };
-        let route = method.and_then(|m| Some((m, self.hub.find(session.req_header().uri.path())?)));
+        let request = session.req_header();
+        let route = TopicMethod::of(&request.method)
+            .and_then(|m| Some((m, self.topics.hub.find(request.uri.path())?)));
         match route {
-            Some((TopicMethod::Get, route)) => self.serve_topic(&mut session, &route).await,
-            Some((TopicMethod::Options, route)) => {
-                Box::pin(self.serve_preflight(&mut session, &route)).await
-            }
+            Some((method, route)) => self.topics.serve(&mut session, method, &route).await,
             None => return self.proxy.process_new_http(session, shutdown).await,
         }
         // Dropping the session ends the stream if it is not ended yet.
@@ -503,7 +384,7 @@ impl ServerApp for FrontDoor {
         let _place = self.connections.open(peer)?;
         let mut stream = self.open_transport(stream).await?;
         let expect = self.expect(&stream);
-        let limits = self.sorter.admission.limits.settings();
+        let limits = self.sorter.topics.admission.limits.settings();
         let greeting = tokio::select! {
             greeting = greeting::read_greeting(&mut stream, expect, self.limits.idle_timeout, limits.header_timeout) => greeting,
             _ = wait_for_shutdown(shutdown.clone()) => return None,

@@ -14,16 +14,13 @@
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http::header::{self, HeaderName};
+use http::header::HeaderName;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::{Error, ErrorType};
 
-use crate::hub::upstream::LAST_EVENT_ID;
+use crate::event_stream;
 use crate::hub::{CloseReason, Next, Subscription};
-
-/// The query parameter a client that cannot set headers resumes with.
-const LAST_EVENT_ID_PARAM: &str = "lastEventId";
 
 /// How a subscription ended, for logs and the access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,70 +34,6 @@ pub enum Ending {
     Resume,
     /// The topic closed (upstream `204`, or shutdown).
     Closed(CloseReason),
-}
-
-/// The resume point a subscriber asked for: the `Last-Event-ID` header, or
-/// the `lastEventId` query parameter. Values longer than `max_len`, empty, or
-/// that could never have been an id (CR, LF, NUL) count as absent. What is
-/// left is only ever looked up in a topic's window, or sent to the app in
-/// that subscriber's own catch-up after a stricter check (a header value);
-/// it never reaches the topic's shared upstream request.
-pub fn last_event_id(session: &ServerSession, max_len: usize) -> Option<String> {
-    let request = session.req_header();
-    let from_header = request
-        .headers
-        .get(LAST_EVENT_ID)
-        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-        .map(str::to_string);
-    let from_query = || {
-        request.uri.query()?.split('&').find_map(|pair| {
-            let (name, value) = pair.split_once('=')?;
-            (name == LAST_EVENT_ID_PARAM).then(|| percent_decode(value))?
-        })
-    };
-    from_header
-        .or_else(from_query)
-        .filter(|id| !id.is_empty() && id.len() <= max_len && !id.contains(['\r', '\n', '\0']))
-}
-
-/// Decodes `%XX` escapes and `+` (as a query string writes a space);
-/// `None` when the result is not UTF-8 or an escape is malformed.
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = text.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            byte => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// The response head of an event stream.
-pub fn stream_header(session: &ServerSession) -> pingora::Result<ResponseHeader> {
-    let mut response = ResponseHeader::build(200, Some(4))?;
-    response.insert_header(header::CONTENT_TYPE, "text/event-stream")?;
-    response.insert_header(header::CACHE_CONTROL, "no-cache")?;
-    response.insert_header("x-accel-buffering", "no")?;
-    if !session.is_http2() && session.req_header().version == http::Version::HTTP_11 {
-        // Chunked keeps an HTTP/1.1 stream framed; the connection is not
-        // reused after it (keepalive is off), so nothing waits on its end.
-        response.insert_header(header::TRANSFER_ENCODING, "chunked")?;
-    }
-    Ok(response)
 }
 
 /// Answers `204 No Content`: the browser's signal to stop reconnecting, for
@@ -130,7 +63,7 @@ pub async fn serve(
     // Notice a closed HTTP/1.1 connection while idle instead of waiting
     // for the next write to fail.
     session.set_abort_on_close(true);
-    let mut head = stream_header(session)?;
+    let mut head = event_stream::response_head(session)?;
     for (name, value) in cors {
         head.insert_header(name.clone(), value)?;
     }
@@ -242,17 +175,4 @@ async fn write_frames(
     }
     subscription.delivered();
     Ok(Written::All)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percent_decoding_handles_escapes_and_plus() {
-        assert_eq!(percent_decode("a%20b+c").as_deref(), Some("a b c"));
-        assert_eq!(percent_decode("%E2%9C%93").as_deref(), Some("✓"));
-        assert_eq!(percent_decode("%zz"), None);
-        assert_eq!(percent_decode("%4"), None);
-    }
 }

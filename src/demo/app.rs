@@ -36,7 +36,7 @@ use tokio::sync::watch;
 use super::feed::{self, Schedule, Start, CLOCK_PERIOD, QUIET_PERIOD};
 use super::jobs::{JobBoard, JobError};
 use sse_fanout::admin;
-use sse_fanout::hub::upstream::LAST_EVENT_ID;
+use sse_fanout::event_stream::LAST_EVENT_ID;
 use sse_fanout::hub::Hub;
 use sse_fanout::sse::{Event, EventError};
 

@@ -22,7 +22,9 @@
 
 mod budget;
 mod catch_up;
+mod driver;
 mod replay;
+mod subscription;
 pub mod topic;
 pub mod upstream;
 
@@ -32,14 +34,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use pingora::connectors::http::Connector;
 use tokio::task::JoinSet;
-use tokio::time::{sleep_until, Instant};
 
 use crate::config::{Config, LimitSettings, TopicConfig};
 use crate::limits::Limit;
 use crate::route::{TopicMatch, TopicRoutes};
 use crate::upstream_addr::ConnectSettings;
 use budget::ReplayBudget;
-pub use topic::{CloseReason, Next, Start, Subscription, Topic, TopicSnapshot, UpstreamState};
+use driver::{Driver, Registration};
+pub use subscription::{Next, Subscription};
+pub use topic::{CloseReason, Start, Topic, TopicSnapshot, UpstreamState};
 use upstream::{UpstreamReader, UpstreamSource};
 
 /// Why a subscription was not opened.
@@ -183,14 +186,17 @@ impl Hub {
         }
     }
 
-    /// Ends every subscriber's stream cleanly (they reconnect elsewhere) and
-    /// ends new subscriptions at once from now on.
+    /// Ends every subscriber's stream cleanly (they reconnect elsewhere),
+    /// ends new subscriptions at once from now on, and ends every task the
+    /// hub owns: the drivers (and with them the upstream readers and
+    /// catch-ups), the replay trimmer.
     pub fn shut_down(&self) {
         self.shared.shutting_down.store(true, Ordering::Release);
         let topics: Vec<Arc<Topic>> = self.shared.topics().by_key.values().cloned().collect();
         for topic in topics {
             topic.close(CloseReason::ShuttingDown);
         }
+        self.shared.drivers().abort_all();
     }
 
     /// A snapshot of every live topic, sorted by key.
@@ -316,100 +322,11 @@ impl Shared {
     }
 }
 
-/// A topic's place in the hub, for as long as its driver runs: dropping it
-/// (the driver returned, panicked or was aborted) takes the topic out of the
-/// map, so new subscribers get a fresh instance rather than a dead one, and
-/// ends the streams of any subscribers left so they reconnect to it.
-struct Registration {
-    shared: Arc<Shared>,
-    topic: Arc<Topic>,
-    index: usize,
-}
-
-impl Registration {
-    /// Removes the topic if it still has no subscribers; true when removed.
-    /// Subscribing happens under the same lock, so no one can join between
-    /// the check and the removal.
-    fn remove_if_idle(&self) -> bool {
-        let topics = self.shared.topics();
-        self.topic.subscriber_count() == 0 && self.remove(topics)
-    }
-
-    fn remove(&self, mut topics: MutexGuard<'_, Live>) -> bool {
-        let is_this_topic = topics
-            .by_key
-            .get(&self.topic.key)
-            .is_some_and(|t| Arc::ptr_eq(t, &self.topic));
-        if is_this_topic {
-            topics.by_key.remove(&self.topic.key);
-            topics.instances[self.index] -= 1;
-        }
-        is_this_topic
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let topics = self.shared.topics();
-        if self.remove(topics) {
-            log::error!(
-                "topic {}: its driver stopped unexpectedly; the topic was closed and its subscribers reconnect to a new instance",
-                self.topic.key
-            );
-            self.topic.close(CloseReason::Failed);
-        }
-    }
-}
-
-/// A topic's life: its upstream reader, heartbeats while it lives, and its
-/// reclaiming after `linger` without subscribers.
-struct Driver {
-    registration: Registration,
-    reader: UpstreamReader,
-    /// Kept open with no subscribers; reopened after `linger` if it ended.
-    eager: bool,
-}
-
-impl Driver {
-    async fn run(self) {
-        let topic = self.registration.topic.clone();
-        let _reader = AbortOnDrop(tokio::spawn(self.reader.run()).abort_handle());
-        loop {
-            let heartbeat_at = topic.heartbeat_due();
-            // An eager topic lingers only once its upstream ended (`204`):
-            // then it is reclaimed and opened afresh, so the app is asked
-            // again rather than never.
-            let ended = topic.closed() == Some(CloseReason::Ended);
-            let linger_until = if self.eager && !ended {
-                None
-            } else {
-                topic
-                    .idle_since()
-                    .map(|since| since + topic.settings.linger)
-            };
-            tokio::select! {
-                _ = sleep_until(heartbeat_at) => topic.heartbeat_if_due(),
-                _ = sleep_until(linger_until.unwrap_or(heartbeat_at)), if linger_until.is_some() => {
-                    if linger_until.is_some_and(|until| until <= Instant::now()) && self.registration.remove_if_idle() {
-                        log::info!("topic {}: no subscribers for {:?}; upstream closed", topic.key, topic.settings.linger);
-                        if self.eager {
-                            let shared = self.registration.shared.clone();
-                            let mut topics = shared.topics();
-                            shared.open_eager(&mut topics, self.registration.index);
-                        }
-                        return;
-                    }
-                }
-                _ = topic.subscribers_changed.notified() => {}
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+    use tokio::time::Instant;
 
     fn hub(extra: &str) -> Hub {
         let config = Config::from_text(
@@ -477,6 +394,53 @@ mod tests {
         let published = Instant::now();
         let third = next_heartbeat(&mut sub).await;
         assert_eq!(third - published, Duration::from_secs(15));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_topic_is_reclaimed_after_its_linger_without_subscribers_and_not_before() {
+        let hub = hub("[sse]\nlinger = \"30s\"\n");
+        let first = hub.subscribe(&route(&hub, "/events/a"), None).unwrap();
+        let topic = first.topic().clone();
+        drop(first);
+        // 29 s idle, then a subscriber comes back: the same instance.
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        let back = hub.subscribe(&route(&hub, "/events/a"), None).unwrap();
+        assert!(
+            Arc::ptr_eq(back.topic(), &topic),
+            "reclaimed before its linger"
+        );
+        drop(back);
+        let left = Instant::now();
+        // Idle again: reclaimed once a full linger has passed since.
+        while hub.snapshot().len() == 1 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(left.elapsed() >= Duration::from_secs(30));
+        assert!(left.elapsed() < Duration::from_secs(31));
+        let fresh = hub.subscribe(&route(&hub, "/events/a"), None).unwrap();
+        assert!(!Arc::ptr_eq(fresh.topic(), &topic));
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_every_stream_and_every_task_the_hub_owns() {
+        let hub = hub("");
+        hub.start();
+        let mut sub = hub.subscribe(&route(&hub, "/events/a"), None).unwrap();
+        let _other = hub.subscribe(&route(&hub, "/events/b"), None).unwrap();
+        hub.shut_down();
+        assert_eq!(
+            sub.next(&mut Vec::new()),
+            Next::Closed(CloseReason::ShuttingDown)
+        );
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !hub.shared.drivers().is_empty() {
+                while hub.shared.drivers().try_join_next().is_some() {}
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("every driver and the trimmer ended");
+        assert!(hub.snapshot().is_empty(), "topics left after shutdown");
     }
 
     #[tokio::test]

@@ -29,16 +29,14 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::budget::ReplayBudget;
-use super::catch_up::{self, CatchUp, CatchUpRead, Outcome};
+use super::catch_up::{self, CatchUp, Outcome};
 use super::replay::ReplayWindow;
-use super::upstream::{last_event_id_header, UpstreamSource};
+use super::subscription::{Catching, Position, Subscription, BATCH_FRAMES};
+use super::upstream::UpstreamSource;
 use super::AbortOnDrop;
 use crate::config::{ResumeLost, TopicSettings};
+use crate::event_stream::last_event_id_header;
 use crate::sse;
-
-/// Frames a subscriber takes from the window per wake-up: bounds the handles
-/// it holds while writing, and lets a fast topic's subscribers take turns.
-const BATCH_FRAMES: usize = 64;
 
 /// Sent to every new subscriber right after `retry:` when nothing else
 /// follows at once, so intermediaries see the stream start.
@@ -174,6 +172,16 @@ struct TopicState {
     /// Catch-ups running, by resume point; each task is aborted if the
     /// topic goes first. At most `catch_up_max`.
     catch_ups: HashMap<Arc<str>, (Arc<CatchUp>, AbortOnDrop)>,
+}
+
+/// What reading the window for one subscriber gave.
+pub(super) enum WindowRead {
+    /// It fell too far behind (counted).
+    TooSlow,
+    /// This many frames were appended.
+    Frames(u64),
+    /// Nothing new.
+    Nothing,
 }
 
 /// Where a new subscriber wants to start.
@@ -363,12 +371,7 @@ impl Topic {
                 Some(position) => position,
                 None => match self.catch_up_for(&mut state, id.as_str()) {
                     Some(catch_up) => {
-                        catching_up = Some(Box::new(Catching {
-                            arrived: head,
-                            cursor: catch_up.first(),
-                            changed: catch_up.subscribe(),
-                            catch_up,
-                        }));
+                        catching_up = Some(Catching::new(catch_up, head));
                         head
                     }
                     None => self.resume_lost(&state, &id, head, &mut opening),
@@ -388,16 +391,17 @@ impl Topic {
         }
         drop(state);
         self.subscribers_changed.notify_one();
-        Subscription {
-            topic: self.clone(),
-            cursor,
-            replay_until: head,
-            seen_heartbeats: signal.heartbeats,
+        Subscription::new(
+            self.clone(),
+            Position {
+                cursor,
+                replay_until: head,
+                seen_heartbeats: signal.heartbeats,
+            },
             receiver,
             opening,
-            unconfirmed: 0,
             catching_up,
-        }
+        )
     }
 
     /// The running catch-up for `id`, or a new one; `None` when `id` cannot
@@ -478,7 +482,66 @@ impl Topic {
         }
     }
 
-    fn unsubscribe(&self) {
+    /// The lost-resume policy for a subscriber whose catch-up failed: its
+    /// comment goes to `out`; returns where it starts in the window.
+    pub(super) fn resume_lost_after_catch_up(
+        &self,
+        id: &str,
+        arrived: u64,
+        out: &mut Vec<Bytes>,
+    ) -> u64 {
+        let state = self.state();
+        self.resume_lost(&state, id, arrived, out)
+    }
+
+    /// Reads the window for a subscriber at `cursor` (advancing it) whose
+    /// replay runs until `replay_until`: up to [`BATCH_FRAMES`] frames, or
+    /// that it is too slow (counted), or that there is nothing new.
+    pub(super) fn read_window(
+        &self,
+        cursor: &mut u64,
+        replay_until: u64,
+        out: &mut Vec<Bytes>,
+    ) -> WindowRead {
+        let state = self.state();
+        if self.lagging(&state.window, *cursor, replay_until) {
+            drop(state);
+            self.counters.slow_closures.fetch_add(1, Ordering::Relaxed);
+            return WindowRead::TooSlow;
+        }
+        if *cursor < state.window.head() {
+            let from = *cursor;
+            *cursor = state.window.read_from(from, BATCH_FRAMES, out);
+            return WindowRead::Frames(*cursor - from);
+        }
+        WindowRead::Nothing
+    }
+
+    /// Whether a subscriber at `cursor` is too far behind (counted when it
+    /// is): see [`lagging`](Self::lagging).
+    pub(super) fn too_slow(&self, cursor: u64, replay_until: u64) -> bool {
+        let slow = self.lagging(&self.state().window, cursor, replay_until);
+        if slow {
+            self.counters.slow_closures.fetch_add(1, Ordering::Relaxed);
+        }
+        slow
+    }
+
+    /// Whether a subscriber at `cursor` is too far behind: frames published
+    /// since `replay_until` and not yet read exceed `max_lag` or
+    /// `max_lag_bytes`, or frames it still needs were evicted. Its replay
+    /// (frames before `replay_until`) does not count.
+    fn lagging(&self, window: &ReplayWindow, cursor: u64, replay_until: u64) -> bool {
+        match (window.lag(cursor), window.lag(cursor.max(replay_until))) {
+            (Some(_), Some(live)) => {
+                live.frames > self.settings.max_lag as u64
+                    || live.bytes > self.settings.max_lag_bytes as u64
+            }
+            _ => true,
+        }
+    }
+
+    pub(super) fn unsubscribe(&self) {
         {
             let mut state = self.state();
             state.subscribers -= 1;
@@ -536,242 +599,10 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// What a subscriber should do next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Next {
-    /// Write the frames just appended to the buffer.
-    Write,
-    /// Nothing to write: wait for [`Subscription::changed`].
-    Wait,
-    /// The subscriber fell too far behind: end its stream (it will resume).
-    TooSlow,
-    /// Its catch-up stopped part way: end its stream cleanly so it resumes
-    /// from the last event it got.
-    Resume,
-    /// The topic closed: end the stream.
-    Closed(CloseReason),
-}
-
-/// A subscriber reading a catch-up before it joins the topic's window.
-struct Catching {
-    catch_up: Arc<CatchUp>,
-    /// The topic's head when the subscriber arrived.
-    arrived: u64,
-    /// The next frame to read in the catch-up.
-    cursor: u64,
-    /// Wakes the subscriber when the catch-up reads or ends.
-    changed: watch::Receiver<u64>,
-}
-
-/// One subscriber's place in a topic. Dropping it unsubscribes.
-pub struct Subscription {
-    topic: Arc<Topic>,
-    /// Sequence number of the next frame to deliver.
-    cursor: u64,
-    /// The head when the subscription started (or joined the window after a
-    /// catch-up): frames before it are the subscriber's replay, which does
-    /// not count as lag.
-    replay_until: u64,
-    /// Heartbeats already accounted for.
-    seen_heartbeats: u64,
-    /// Wakes the subscriber.
-    receiver: watch::Receiver<Signal>,
-    /// Frames to write before any event: `retry:`, priming, comments.
-    opening: Vec<Bytes>,
-    /// Events handed out by `next` and not yet confirmed written.
-    unconfirmed: usize,
-    /// The catch-up it reads before joining the window, if any (boxed: most
-    /// subscriptions never have one, and all of them live long).
-    catching_up: Option<Box<Catching>>,
-}
-
-impl Subscription {
-    /// The topic subscribed to.
-    pub fn topic(&self) -> &Arc<Topic> {
-        &self.topic
-    }
-
-    /// Moves the opening frames (`retry:`, priming id, comments) into `out`.
-    pub fn take_opening(&mut self, out: &mut Vec<Bytes>) {
-        // `take`, not `append`: the emptied vector's buffer is freed, not
-        // kept for the subscription's whole life.
-        out.extend(std::mem::take(&mut self.opening));
-    }
-
-    /// Appends the next frames to write to `out` and says what to do.
-    pub fn next(&mut self, out: &mut Vec<Bytes>) -> Next {
-        let signal = *self.receiver.borrow_and_update();
-        if self.catching_up.is_some() {
-            if let Some(reason) = signal.close {
-                return Next::Closed(reason);
-            }
-            match self.read_catch_up(out) {
-                Some(Next::Wait) => {}
-                Some(next) => {
-                    if next == Next::Write {
-                        self.seen_heartbeats = signal.heartbeats;
-                    }
-                    return next;
-                }
-                // Joined the window: read it below.
-                None => {}
-            }
-        }
-        if self.catching_up.is_none() {
-            let state = self.topic.state();
-            if self.lagging(&state.window) {
-                drop(state);
-                self.topic
-                    .counters
-                    .slow_closures
-                    .fetch_add(1, Ordering::Relaxed);
-                return Next::TooSlow;
-            }
-            if self.cursor < state.window.head() {
-                // Frames published before a close are still delivered.
-                let from = self.cursor;
-                self.cursor = state.window.read_from(from, BATCH_FRAMES, out);
-                self.unconfirmed += (self.cursor - from) as usize;
-                // frames keep the stream alive as well as a heartbeat would
-                self.seen_heartbeats = signal.heartbeats;
-                return Next::Write;
-            }
-        }
-        if let Some(reason) = signal.close {
-            return Next::Closed(reason);
-        }
-        if signal.heartbeats != self.seen_heartbeats {
-            self.seen_heartbeats = signal.heartbeats;
-            out.push(sse::heartbeat_frame());
-            return Next::Write;
-        }
-        Next::Wait
-    }
-
-    /// Reads the catch-up; `None` once the subscriber joined the window.
-    fn read_catch_up(&mut self, out: &mut Vec<Bytes>) -> Option<Next> {
-        let catching = self.catching_up.as_mut()?;
-        catching.changed.borrow_and_update();
-        let read = catching
-            .catch_up
-            .read(&mut catching.cursor, BATCH_FRAMES, out);
-        let join_at = match read {
-            CatchUpRead::Frames(n) => {
-                self.unconfirmed += n as usize;
-                return Some(Next::Write);
-            }
-            CatchUpRead::Pending => return Some(Next::Wait),
-            CatchUpRead::TooSlow => {
-                self.topic
-                    .counters
-                    .slow_closures
-                    .fetch_add(1, Ordering::Relaxed);
-                return Some(Next::TooSlow);
-            }
-            CatchUpRead::Reconnect => return Some(Next::Resume),
-            CatchUpRead::Join(at) => Some(at),
-            CatchUpRead::Live => None,
-            CatchUpRead::Lost => {
-                let id = catching.catch_up.id.clone();
-                let state = self.topic.state();
-                let mut opening = Vec::new();
-                let at = self
-                    .topic
-                    .resume_lost(&state, &id, catching.arrived, &mut opening);
-                drop(state);
-                out.extend(opening);
-                Some(at)
-            }
-        };
-        self.catching_up = None;
-        let head = self.topic.head();
-        self.cursor = join_at.unwrap_or(head);
-        self.replay_until = head;
-        if out.is_empty() {
-            None
-        } else {
-            Some(Next::Write)
-        }
-    }
-
-    /// Whether this subscriber is too far behind: frames published since it
-    /// subscribed and not yet read exceed `max_lag` or `max_lag_bytes`, or
-    /// frames it still needs were evicted. Its initial replay does not count.
-    fn lagging(&self, window: &ReplayWindow) -> bool {
-        let settings = &self.topic.settings;
-        match (
-            window.lag(self.cursor),
-            window.lag(self.cursor.max(self.replay_until)),
-        ) {
-            (Some(_), Some(live)) => {
-                live.frames > settings.max_lag as u64 || live.bytes > settings.max_lag_bytes as u64
-            }
-            _ => true,
-        }
-    }
-
-    /// Checks the lag bound while a write is stuck; counts the closure when
-    /// the subscriber has to go.
-    pub fn is_too_slow(&self) -> bool {
-        if self.catching_up.is_some() {
-            return false;
-        }
-        let slow = self.lagging(&self.topic.state().window);
-        if slow {
-            self.topic
-                .counters
-                .slow_closures
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        slow
-    }
-
-    /// Counts a subscriber cut off because a write made no progress.
-    pub fn write_timed_out(&self) {
-        self.topic
-            .counters
-            .write_timeouts
-            .fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Waits until there may be something new for [`next`](Self::next).
-    pub async fn changed(&mut self) {
-        // The senders live in the topic and the catch-up this subscription
-        // keeps alive, so the channels cannot close under us.
-        match &mut self.catching_up {
-            None => {
-                let _ = self.receiver.changed().await;
-            }
-            Some(catching) => {
-                tokio::select! {
-                    _ = self.receiver.changed() => {}
-                    _ = catching.changed.changed() => {}
-                }
-            }
-        }
-    }
-
-    /// Confirms that the events [`next`](Self::next) handed out were written.
-    pub fn delivered(&mut self) {
-        if self.unconfirmed > 0 {
-            self.topic
-                .counters
-                .deliveries
-                .fetch_add(self.unconfirmed as u64, Ordering::Relaxed);
-            self.unconfirmed = 0;
-        }
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.topic.unsubscribe();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::Next;
 
     fn settings() -> TopicSettings {
         TopicSettings {

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
@@ -37,14 +37,12 @@ use pingora::protocols::TcpKeepalive;
 use tokio::time::Instant;
 
 use super::topic::{CloseReason, Topic, UpstreamState};
+use crate::event_stream::{is_event_stream, last_event_id_header, LAST_EVENT_ID};
 use crate::sse::{self, Item, ParseError, Parser, ParserLimits};
 use crate::upstream_addr::{ConnectSettings, ResolveError, UpstreamAddr};
 
 /// Sent as `User-Agent` on upstream requests, so the app can tell us apart.
 const USER_AGENT: &str = concat!("sse-fanout/", env!("CARGO_PKG_VERSION"));
-
-/// `Last-Event-ID`, the header a resuming SSE client sends.
-pub const LAST_EVENT_ID: &str = "last-event-id";
 
 /// TCP keepalive on upstream connections: a NAT or balancer that silently
 /// drops the app's stream is noticed within about two minutes even when
@@ -259,17 +257,6 @@ impl UpstreamSource {
         }
         Ok(Box::new(request))
     }
-}
-
-/// `id` as a `Last-Event-ID` value, when it can be sent as one unchanged:
-/// no control characters (a header value cannot carry them, and HTTP would
-/// trim the white space at its ends, changing the id).
-pub fn last_event_id_header(id: &str) -> Option<HeaderValue> {
-    let unchanged =
-        !id.is_empty() && !id.chars().any(char::is_control) && id.trim_matches([' ', '\t']) == id;
-    unchanged
-        .then(|| HeaderValue::from_bytes(id.as_bytes()).ok())
-        .flatten()
 }
 
 /// Reads an open stream's body through the SSE parser.
@@ -581,25 +568,9 @@ impl UpstreamReader {
     }
 }
 
-/// `text/event-stream`, with or without parameters, in any letter case.
-fn is_event_stream(content_type: &str) -> bool {
-    content_type
-        .split(';')
-        .next()
-        .is_some_and(|media| media.trim().eq_ignore_ascii_case("text/event-stream"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn event_stream_content_type_allows_parameters_and_case() {
-        assert!(is_event_stream("text/event-stream"));
-        assert!(is_event_stream("Text/Event-Stream; charset=utf-8"));
-        assert!(!is_event_stream("text/plain"));
-        assert!(!is_event_stream(""));
-    }
 
     #[test]
     fn reconnects_are_quick_for_the_first_seconds_of_an_outage() {
@@ -649,14 +620,5 @@ mod tests {
         assert_eq!(UpstreamError::Status(404).retry(), Retry::Persistent);
         assert_eq!(UpstreamError::Status(503).retry(), Retry::Transient);
         assert_eq!(UpstreamError::Ended.retry(), Retry::Transient);
-    }
-
-    #[test]
-    fn only_ids_a_header_carries_unchanged_are_sent_upstream() {
-        assert!(last_event_id_header("42").is_some());
-        assert!(last_event_id_header("été-7").is_some());
-        for bad in ["", "\u{1}", "a\tb", " 1", "1 ", "a\u{7f}"] {
-            assert!(last_event_id_header(bad).is_none(), "{bad:?} accepted");
-        }
     }
 }

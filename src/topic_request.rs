@@ -1,0 +1,171 @@
+//! The flow of one request on a topic path, once the front door has sorted
+//! it there: a `GET` is admitted (inputs, caps, auth), subscribed to its
+//! topic instance and served until it ends; an `OPTIONS` is a CORS
+//! preflight, answered here. Either way one access-log line records it.
+//!
+//! ```text
+//!  GET /events/news ─▶ Admission::check ─▶ Hub::subscribe ─▶ subscriber::serve ─▶ access log
+//!                        │ rejected          │ 204 / full
+//!                        ▼                   ▼
+//!                      admission::respond  subscriber::respond_ended / admission::respond
+//!  OPTIONS /events/news ─▶ cors::preflight_headers ─▶ 204
+//! ```
+//!
+//! The front door (`front_door.rs`) decides that a request is one of these;
+//! this module decides what the subscriber gets.
+
+use std::time::Instant;
+
+use http::header::HeaderName;
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+
+use crate::access_log::{self, AccessRecord};
+use crate::admission::{self, Admission, Rejection};
+use crate::client;
+use crate::cors;
+use crate::hub::{Hub, SubscribeError, Subscription};
+use crate::limits::Admitted;
+use crate::route::TopicMatch;
+use crate::subscriber;
+
+/// What a request to a topic path asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicMethod {
+    /// A subscription.
+    Get,
+    /// A CORS preflight.
+    Options,
+}
+
+impl TopicMethod {
+    /// The topic method `method` is, if any (other methods are proxied, and
+    /// the proxy answers `405` on topic paths).
+    pub fn of(method: &http::Method) -> Option<TopicMethod> {
+        match *method {
+            http::Method::GET => Some(TopicMethod::Get),
+            http::Method::OPTIONS => Some(TopicMethod::Options),
+            _ => None,
+        }
+    }
+}
+
+/// Serves requests on topic paths: the topics, and who may subscribe.
+pub struct TopicRequests {
+    /// The topics.
+    pub hub: Hub,
+    /// Inputs, caps and auth for subscription requests.
+    pub admission: Admission,
+}
+
+impl TopicRequests {
+    /// Serves one request whose header has been read.
+    pub async fn serve(
+        &self,
+        session: &mut ServerSession,
+        method: TopicMethod,
+        route: &TopicMatch,
+    ) {
+        match method {
+            TopicMethod::Get => self.serve_subscription(session, route).await,
+            // Boxed: a preflight is rare and short-lived; inline, its future
+            // would enlarge every subscription's.
+            TopicMethod::Options => Box::pin(self.serve_preflight(session, route)).await,
+        }
+    }
+
+    /// Reads an HTTP/1.1 request (replayed by the front door) and serves it;
+    /// the connection is not reused afterwards.
+    pub async fn serve_http1(
+        &self,
+        mut session: ServerSession,
+        method: TopicMethod,
+        route: &TopicMatch,
+    ) {
+        match session.read_request().await {
+            Ok(true) => self.serve(&mut session, method, route).await,
+            Ok(false) => {}
+            Err(e) => {
+                log::debug!("bad request on a topic path: {e}");
+                let _ = session.respond_error(400).await;
+            }
+        }
+    }
+
+    /// Admits (or refuses) and serves a subscription, and writes its
+    /// access-log line.
+    async fn serve_subscription(&self, session: &mut ServerSession, route: &TopicMatch) {
+        let started = Instant::now();
+        let cors = cors::response_headers(
+            &self.hub.config(route).access.cors,
+            client::header(session, http::header::ORIGIN).as_deref(),
+        );
+        // Admission (with its auth request) and refusals are short-lived and
+        // boxed: inline, their futures would enlarge this one, which every
+        // open subscription keeps for its whole life.
+        if let Some((subscription, place)) =
+            Box::pin(self.open_subscription(session, route, &cors)).await
+        {
+            match subscriber::serve(session, subscription, &cors).await {
+                Ok(ending) => log::debug!("subscription to {} ended: {ending:?}", route.key),
+                Err(e) => log::debug!("subscription to {} failed: {e}", route.key),
+            }
+            drop(place);
+        }
+        access_log::record(AccessRecord {
+            session,
+            status: session.response_written().map_or(0, |r| r.status.as_u16()),
+            duration: started.elapsed(),
+        });
+    }
+
+    /// Admits the request and subscribes it, or answers the rejection (and
+    /// returns `None`).
+    async fn open_subscription(
+        &self,
+        session: &mut ServerSession,
+        route: &TopicMatch,
+        cors: &[(HeaderName, String)],
+    ) -> Option<(Subscription, Admitted)> {
+        let topic = self.hub.config(route);
+        let rejection = match self.admission.check(session, route, topic).await {
+            Err(rejection) => rejection,
+            Ok(ticket) => match self.hub.subscribe(route, ticket.last_event_id) {
+                Ok(subscription) => return Some((subscription, ticket.place)),
+                Err(SubscribeError::Full(limit)) => Rejection::OverLimit(limit),
+                Err(SubscribeError::Ended) => {
+                    if let Err(e) = subscriber::respond_ended(session, cors).await {
+                        log::debug!("answering 204 for {} failed: {e}", route.key);
+                    }
+                    return None;
+                }
+            },
+        };
+        let over_limit = self.admission.limits.settings().over_limit;
+        if let Err(e) =
+            admission::respond(session, rejection, topic.settings.retry, over_limit, cors).await
+        {
+            log::debug!("refusing a subscription to {} failed: {e}", route.key);
+        }
+        None
+    }
+
+    /// Answers a CORS preflight on a topic path.
+    async fn serve_preflight(&self, session: &mut ServerSession, route: &TopicMatch) {
+        let topic = self.hub.config(route);
+        let origin = client::header(session, http::header::ORIGIN);
+        let headers = cors::preflight_headers(&topic.access.cors, origin.as_deref());
+        let answer = async {
+            let mut response = ResponseHeader::build(204, Some(headers.len()))?;
+            for (name, value) in headers {
+                response.insert_header(name, value)?;
+            }
+            session.set_keepalive(None);
+            session.write_response_header(Box::new(response)).await?;
+            session.finish_body().await
+        };
+        if let Err(e) = answer.await {
+            log::debug!("preflight for {} failed: {e}", route.key);
+        }
+    }
+}
