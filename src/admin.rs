@@ -46,7 +46,7 @@ fn topic_json(topic: &TopicSnapshot) -> Value {
         UpstreamState::Connecting { attempt } => ("connecting", *attempt, None),
         UpstreamState::Connected => ("connected", 0, None),
         UpstreamState::BackingOff { attempt, error } => {
-            ("backing_off", *attempt, Some(error.clone()))
+            ("backing_off", *attempt, Some(error.to_string()))
         }
         UpstreamState::Ended => ("ended", 0, None),
     };

@@ -39,7 +39,7 @@ use crate::client;
 use crate::config::{OverLimit, TopicConfig};
 use crate::event_stream::{self, last_event_id_header};
 use crate::limits::{Admitted, Limit, Limits};
-use crate::route::TopicMatch;
+use crate::route::{ParamError, TopicMatch};
 use crate::sse;
 
 /// An admitted subscription request.
@@ -54,7 +54,7 @@ pub struct Ticket {
 #[derive(Debug)]
 pub enum Rejection {
     /// Malformed input (a template parameter): `400`.
-    BadRequest(String),
+    BadRequest(ParamError),
     /// The auth endpoint said no: its `401`/`403`, passed on.
     Denied(Denial),
     /// The auth endpoint could not be asked: `503`.
@@ -81,7 +81,7 @@ impl Admission {
         let limits = self.limits.settings();
         route
             .check_params(limits.max_param_len)
-            .map_err(|e| Rejection::BadRequest(e.0))?;
+            .map_err(Rejection::BadRequest)?;
         let last_event_id = event_stream::resume_point(session, limits.max_last_event_id);
         let place = self
             .limits

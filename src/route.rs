@@ -463,25 +463,58 @@ pub struct TopicMatch {
     pub params: Vec<(String, String)>,
 }
 
+/// Why a request's template parameter cannot go into an upstream path (the
+/// request is answered `400`; nothing reaches the app).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamError {
+    /// Longer than `max_param_len` bytes.
+    TooLong {
+        /// The placeholder's name.
+        name: String,
+        /// The bound.
+        max_len: usize,
+    },
+    /// A character outside `A-Z a-z 0-9 - _ . ~`, or `.`/`..`.
+    Unsafe {
+        /// The placeholder's name.
+        name: String,
+    },
+}
+
+impl fmt::Display for ParamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParamError::TooLong { name, max_len } => {
+                write!(f, "{{{name}}} is longer than {max_len} bytes")
+            }
+            ParamError::Unsafe { name } => write!(
+                f,
+                "{{{name}}} may hold only letters, digits, '-', '_', '.' and '~'"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ParamError {}
+
 impl TopicMatch {
     /// Checks every bound parameter: at most `max_len` bytes of letters,
     /// digits, `-`, `_`, `.` and `~`, and not `.` or `..`. Anything else
     /// (`%2F`, `..`, control characters) could reach the app's upstream path
     /// as something it did not mean, so it is refused before it gets there.
-    pub fn check_params(&self, max_len: usize) -> Result<(), TemplateError> {
+    pub fn check_params(&self, max_len: usize) -> Result<(), ParamError> {
         for (name, value) in &self.params {
             if value.len() > max_len {
-                return Err(TemplateError(format!(
-                    "{{{name}}} is longer than {max_len} bytes"
-                )));
+                return Err(ParamError::TooLong {
+                    name: name.clone(),
+                    max_len,
+                });
             }
             let allowed = value
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'));
             if !allowed || value == "." || value == ".." {
-                return Err(TemplateError(format!(
-                    "{{{name}}} may hold only letters, digits, '-', '_', '.' and '~'"
-                )));
+                return Err(ParamError::Unsafe { name: name.clone() });
             }
         }
         Ok(())

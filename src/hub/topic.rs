@@ -32,7 +32,7 @@ use super::budget::ReplayBudget;
 use super::catch_up::{self, CatchUp, Outcome};
 use super::replay::ReplayWindow;
 use super::subscription::{Catching, Position, Subscription, BATCH_FRAMES};
-use super::upstream::UpstreamSource;
+use super::upstream::{UpstreamError, UpstreamSource};
 use super::AbortOnDrop;
 use crate::config::{ResumeLost, TopicSettings};
 use crate::event_stream::last_event_id_header;
@@ -73,7 +73,7 @@ pub enum UpstreamState {
     /// Reading the stream.
     Connected,
     /// Waiting before the next attempt.
-    BackingOff { attempt: u32, error: String },
+    BackingOff { attempt: u32, error: UpstreamError },
     /// The upstream answered `204`: nothing more will come.
     Ended,
 }

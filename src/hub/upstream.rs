@@ -453,10 +453,8 @@ impl UpstreamReader {
                 Retry::Transient
             };
             let delay = backoff.next_delay(retry, Instant::now());
-            self.topic.set_upstream(UpstreamState::BackingOff {
-                attempt,
-                error: error.to_string(),
-            });
+            self.topic
+                .set_upstream(UpstreamState::BackingOff { attempt, error });
             tokio::time::sleep(delay).await;
             attempt = attempt.saturating_add(1);
         }
