@@ -116,7 +116,12 @@ impl ServeHttp for AdminApp {
         let (status, content_type, body) = match session.req_header().uri.path() {
             "/stats" => {
                 let mut document = stats(&self.hub);
-                document["connections"] = connections_json(&self.connections.counts());
+                if let Some(fields) = document.as_object_mut() {
+                    fields.insert(
+                        "connections".into(),
+                        connections_json(&self.connections.counts()),
+                    );
+                }
                 (
                     StatusCode::OK,
                     "application/json",

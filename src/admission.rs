@@ -256,6 +256,14 @@ impl Refusals {
         }
     }
 
+    /// The episodes of `limit` binding.
+    fn cap(&self, limit: Limit) -> &Episode {
+        // In bounds: `caps` has one entry per `Limit::ALL`, and `index` is a
+        // limit's place there.
+        #[allow(clippy::indexing_slicing)]
+        &self.caps[limit.index()]
+    }
+
     /// Counts a refusal; logs a cap that starts binding.
     fn count(&self, refused: &Rejection, over_limit: OverLimit) {
         let counter = match refused {
@@ -263,7 +271,7 @@ impl Refusals {
             Rejection::Denied(_) => &self.denied,
             Rejection::AuthUnavailable(_) => &self.auth_unavailable,
             Rejection::OverLimit(limit) => {
-                if self.caps[limit.index()].occur(Instant::now()) {
+                if self.cap(*limit).occur(Instant::now()) {
                     let answer = match over_limit {
                         OverLimit::Retry => "200 and a retry: later",
                         OverLimit::TooManyRequests => "429",
@@ -302,7 +310,7 @@ impl AdmissionStats {
     /// Logs the end of every episode that has been quiet long enough.
     pub fn settle(&self, now: Instant) {
         for limit in Limit::ALL {
-            if let Some(ended) = self.refusals.caps[limit.index()].settle(now, CAP_QUIET) {
+            if let Some(ended) = self.refusals.cap(limit).settle(now, CAP_QUIET) {
                 log::info!(
                     "{} no longer reached: {} subscriptions refused in {:.1}s",
                     limit.key(),
@@ -332,14 +340,11 @@ impl AdmissionStats {
             load(&refusals.auth_unavailable).into(),
         );
         for limit in Limit::ALL {
-            refused.insert(
-                limit.key().into(),
-                refusals.caps[limit.index()].total().into(),
-            );
+            refused.insert(limit.key().into(), refusals.cap(limit).total().into());
         }
         let binding: Vec<&str> = Limit::ALL
             .into_iter()
-            .filter(|l| refusals.caps[l.index()].ongoing())
+            .filter(|l| refusals.cap(*l).ongoing())
             .map(Limit::key)
             .collect();
         let counts = &auth::COUNTS;

@@ -69,8 +69,8 @@ fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
+    while let Some(&byte) = bytes.get(i) {
+        match byte {
             b'%' => {
                 let hex = text.get(i + 1..i + 3)?;
                 out.push(u8::from_str_radix(hex, 16).ok()?);
@@ -80,7 +80,7 @@ fn percent_decode(text: &str) -> Option<String> {
                 out.push(b' ');
                 i += 1;
             }
-            byte => {
+            _ => {
                 out.push(byte);
                 i += 1;
             }

@@ -229,8 +229,8 @@ impl FrontDoor {
                 }
                 Head::Gone => return None,
             };
-            if let Some((method, route)) = topic_request(&self.sorter.topics.hub, &head[..head_len])
-            {
+            let request_head = head.get(..head_len).unwrap_or_default();
+            if let Some((method, route)) = topic_request(&self.sorter.topics.hub, request_head) {
                 // A subscription (or a preflight) is the connection's last
                 // request: it is not reused after it.
                 let mut session = self.http1_session(stream, settings.take(), shutdown);
@@ -242,7 +242,7 @@ impl FrontDoor {
                 return None;
             }
             // Pingora gets this request alone (see `pipelining`).
-            let extent = pipelining::extent_of(&head[..head_len]).await;
+            let extent = pipelining::extent_of(head.get(..head_len).unwrap_or_default()).await;
             let (first, one_request) =
                 OneRequest::split(stream, head, head_len, extent, limits.max_header_bytes);
             let mut session = self.http1_session(Box::new(one_request), settings.take(), shutdown);

@@ -105,8 +105,8 @@ fn decode(path: &str, spelling: Spelling) -> Cow<'_, str> {
     let bytes = path.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
+    while let Some(&byte) = bytes.get(i) {
+        let escaped = (byte == b'%')
             .then(|| {
                 Some((
                     hex_value(*bytes.get(i + 1)?)?,
@@ -121,12 +121,13 @@ fn decode(path: &str, spelling: Spelling) -> Cow<'_, str> {
                     out.push(byte);
                 } else {
                     out.push(b'%');
-                    out.extend(bytes[i + 1..i + 3].iter().map(u8::to_ascii_uppercase));
+                    let digits = bytes.get(i + 1..i + 3).unwrap_or_default();
+                    out.extend(digits.iter().map(u8::to_ascii_uppercase));
                 }
                 i += 3;
             }
             None => {
-                out.push(bytes[i]);
+                out.push(byte);
                 i += 1;
             }
         }
@@ -608,7 +609,7 @@ impl SegmentPattern {
             return false;
         }
         let mut rest = &text[first.len()..text.len() - last.len()];
-        for middle in &pieces[1..pieces.len() - 1] {
+        for middle in pieces.get(1..pieces.len() - 1).unwrap_or_default() {
             match rest.find(middle.as_str()) {
                 Some(at) => rest = &rest[at + middle.len()..],
                 None => return false,

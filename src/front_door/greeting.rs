@@ -63,7 +63,7 @@ enum Decision {
 
 fn decide(read: &[u8], expect: Expect) -> Decision {
     let common = read.len().min(H2_PREFACE.len());
-    let prefix_matches = read[..common] == H2_PREFACE[..common];
+    let prefix_matches = read.get(..common) == H2_PREFACE.get(..common);
     match expect {
         Expect::Http1 => Decision::Http1,
         Expect::Either if !prefix_matches => Decision::Http1,

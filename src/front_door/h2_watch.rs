@@ -100,13 +100,13 @@ impl FrameScanner {
             if self.preface_left > 0 {
                 let n = self.preface_left.min(bytes.len());
                 self.preface_left -= n;
-                bytes = &bytes[n..];
+                split_off(&mut bytes, n);
             } else if self.payload_left > 0 {
                 let n = self.payload_left.min(bytes.len());
+                let payload = split_off(&mut bytes, n);
                 if self.kind == GOAWAY && self.goaway_len < GOAWAY_FIXED_LEN {
                     let take = n.min(GOAWAY_FIXED_LEN - self.goaway_len);
-                    self.goaway[self.goaway_len..self.goaway_len + take]
-                        .copy_from_slice(&bytes[..take]);
+                    fill(&mut self.goaway, self.goaway_len, payload, take);
                     self.goaway_len += take;
                     if self.goaway_len == GOAWAY_FIXED_LEN {
                         let error = u32::from_be_bytes([
@@ -119,12 +119,11 @@ impl FrameScanner {
                     }
                 }
                 self.payload_left -= n;
-                bytes = &bytes[n..];
             } else {
                 let n = (FRAME_HEADER_LEN - self.header_len).min(bytes.len());
-                self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
+                let part = split_off(&mut bytes, n);
+                fill(&mut self.header, self.header_len, part, n);
                 self.header_len += n;
-                bytes = &bytes[n..];
                 if self.header_len == FRAME_HEADER_LEN {
                     let h = self.header;
                     self.header_len = 0;
@@ -140,6 +139,23 @@ impl FrameScanner {
                 }
             }
         }
+    }
+}
+
+/// Takes the first `n` bytes off `bytes` (all of them if there are fewer).
+fn split_off<'a>(bytes: &mut &'a [u8], n: usize) -> &'a [u8] {
+    let (head, tail) = bytes.split_at_checked(n).unwrap_or((bytes, &[]));
+    *bytes = tail;
+    head
+}
+
+/// Copies the first `n` bytes of `from` into `into` at `at`, as far as both
+/// reach (the callers keep them in bounds: a frame header, a `GOAWAY`'s
+/// fixed part).
+fn fill(into: &mut [u8], at: usize, from: &[u8], n: usize) {
+    let from = from.get(..n).unwrap_or(from);
+    if let Some(into) = into.get_mut(at..at + from.len()) {
+        into.copy_from_slice(from);
     }
 }
 
@@ -285,7 +301,8 @@ impl WatchedH2 {
             goaway[9..13].copy_from_slice(&self.last_stream.to_be_bytes());
             goaway[13..17].copy_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
             if let Poll::Ready(Ok(n)) = Pin::new(&mut self.inner).poll_write(cx, &goaway) {
-                self.outgoing.scan(&goaway[..n], |_| {});
+                self.outgoing
+                    .scan(goaway.get(..n).unwrap_or(&goaway), |_| {});
                 let _ = Pin::new(&mut self.inner).poll_flush(cx);
             }
         }
@@ -337,7 +354,7 @@ impl AsyncRead for WatchedH2 {
         let before = buf.filled().len();
         if !this.replay.is_empty() {
             let n = this.replay.len().min(buf.remaining());
-            buf.put_slice(&this.replay[..n]);
+            buf.put_slice(this.replay.get(..n).unwrap_or_default());
             this.replay.advance(n);
             if this.replay.is_empty() {
                 // Give its memory back: the connection may live for hours.
@@ -346,7 +363,7 @@ impl AsyncRead for WatchedH2 {
         } else {
             ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         }
-        if !this.client_sent(&buf.filled()[before..]) {
+        if !this.client_sent(buf.filled().get(before..).unwrap_or_default()) {
             return Poll::Ready(Err(this.close_for_resets(cx)));
         }
         Poll::Ready(Ok(()))
@@ -363,7 +380,7 @@ impl AsyncWrite for WatchedH2 {
             return Poll::Ready(Err(abuse_error()));
         }
         let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
-        self.proxy_sent(&buf[..n]);
+        self.proxy_sent(buf.get(..n).unwrap_or(buf));
         Poll::Ready(Ok(n))
     }
 
@@ -382,7 +399,7 @@ impl AsyncWrite for WatchedH2 {
                 break;
             }
             let take = left.min(slice.len());
-            self.proxy_sent(&slice[..take]);
+            self.proxy_sent(slice.get(..take).unwrap_or(slice));
             left -= take;
         }
         Poll::Ready(Ok(n))

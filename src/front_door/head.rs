@@ -56,10 +56,10 @@ impl HeadScanner {
     /// between calls) and returns the length of the head, blank line
     /// included, once it is complete.
     pub(super) fn scan(&mut self, buf: &[u8]) -> Option<usize> {
-        while self.examined < buf.len() {
+        while let Some(rest) = buf.get(self.examined..).filter(|r| !r.is_empty()) {
             if self.position == Position::InLine {
                 // Most bytes are inside lines: jump to the next LF.
-                match memchr::memchr(b'\n', &buf[self.examined..]) {
+                match memchr::memchr(b'\n', rest) {
                     Some(at) => {
                         self.examined += at + 1;
                         self.position = Position::LineStart;
@@ -71,7 +71,7 @@ impl HeadScanner {
                     }
                 }
             }
-            let byte = buf[self.examined];
+            let &byte = rest.first()?;
             self.examined += 1;
             self.position = match (self.position, byte) {
                 (Position::Leading, b'\r' | b'\n') => Position::Leading,

@@ -156,7 +156,10 @@ impl OneRequest {
             }
             let mut scratch = [0u8; NEXT_READ];
             let room = NEXT_READ.min(self.next_limit - self.next.len());
-            let mut read = ReadBuf::new(&mut scratch[..room]);
+            let Some(room) = scratch.get_mut(..room) else {
+                return Poll::Pending;
+            };
+            let mut read = ReadBuf::new(room);
             ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
             if read.filled().is_empty() {
                 if self.next.is_empty() {
@@ -188,7 +191,8 @@ impl AsyncRead for OneRequest {
                 if got > left {
                     // The rest is the next request's: keep it for then.
                     let end = before + left as usize;
-                    this.next.extend_from_slice(&buf.filled()[end..]);
+                    this.next
+                        .extend_from_slice(buf.filled().get(end..).unwrap_or_default());
                     buf.set_filled(end);
                     this.body_left = Some(0);
                 } else {

@@ -47,7 +47,7 @@ impl Registration {
             .is_some_and(|t| Arc::ptr_eq(t, &self.topic));
         if is_this_topic {
             topics.by_key.remove(&self.topic.key);
-            topics.instances[self.index] -= 1;
+            topics.add(self.index, -1);
         }
         is_this_topic
     }

@@ -69,6 +69,20 @@ struct Live {
     instances: Vec<usize>,
 }
 
+impl Live {
+    /// Live instances of the configured topic `index`.
+    fn count(&self, index: usize) -> usize {
+        self.instances.get(index).copied().unwrap_or(0)
+    }
+
+    /// Counts `delta` more (or fewer) live instances of topic `index`.
+    fn add(&mut self, index: usize, delta: isize) {
+        if let Some(count) = self.instances.get_mut(index) {
+            *count = count.saturating_add_signed(delta);
+        }
+    }
+}
+
 /// State shared by the hub's handles and its drivers.
 struct Shared {
     /// The configured topics, by index as [`TopicRoutes`] reports them.
@@ -125,6 +139,9 @@ impl Hub {
 
     /// The configuration of the topic a route names.
     pub fn config(&self, route: &TopicMatch) -> &TopicConfig {
+        // In bounds: a route's index is its topic's place in `configs`
+        // (`TopicRoutes` is built from the same list, in order).
+        #[allow(clippy::indexing_slicing)]
         &self.shared.configs[route.index]
     }
 
@@ -146,7 +163,7 @@ impl Hub {
             Some(topic) => topic.clone(),
             None => {
                 let cap = self.shared.limits.max_topic_instances;
-                if topics.instances[route.index] >= cap {
+                if topics.count(route.index) >= cap {
                     return Err(SubscribeError::Full(Limit::Instances));
                 }
                 self.shared.create(&mut topics, route)
@@ -230,6 +247,8 @@ impl Shared {
 
     /// Creates a topic instance, registers it and starts its driver.
     fn create(self: &Arc<Self>, topics: &mut Live, route: &TopicMatch) -> Arc<Topic> {
+        // In bounds: see `Hub::config`.
+        #[allow(clippy::indexing_slicing)]
         let config = &self.configs[route.index];
         let path = config.upstream.path.fill(&route.param_pairs());
         let source = Arc::new(UpstreamSource {
@@ -247,7 +266,7 @@ impl Shared {
             self.budget.clone(),
         );
         topics.by_key.insert(route.key.clone(), topic.clone());
-        topics.instances[route.index] += 1;
+        topics.add(route.index, 1);
         let driver = Driver {
             registration: Registration {
                 shared: self.clone(),
@@ -269,7 +288,10 @@ impl Shared {
 
     /// Opens the eager topic `index` unless it is live.
     fn open_eager(self: &Arc<Self>, topics: &mut Live, index: usize) {
-        let key = self.configs[index].path.as_str().to_string();
+        let Some(config) = self.configs.get(index) else {
+            return;
+        };
+        let key = config.path.as_str().to_string();
         if !topics.by_key.contains_key(&key) && !self.shutting_down.load(Ordering::Acquire) {
             let route = TopicMatch {
                 index,
@@ -305,10 +327,13 @@ impl Shared {
             let Some(std::cmp::Reverse((_, i))) = oldest.pop() else {
                 break;
             };
-            if topics[i].evict_for_budget() {
+            let Some(topic) = topics.get(i) else {
+                continue;
+            };
+            if topic.evict_for_budget() {
                 evicted += 1;
             }
-            if let Some(stamp) = topics[i].oldest_evictable() {
+            if let Some(stamp) = topic.oldest_evictable() {
                 oldest.push(std::cmp::Reverse((stamp, i)));
             }
         }

@@ -117,7 +117,10 @@ impl ReplayWindow {
     /// When the oldest frame was published, if the window holds more than
     /// its newest frame (which is never evicted).
     pub fn oldest_evictable(&self) -> Option<u64> {
-        (self.entries.len() > 1).then(|| self.entries[0].stamp)
+        self.entries
+            .front()
+            .filter(|_| self.entries.len() > 1)
+            .map(|e| e.stamp)
     }
 
     /// Evicts the oldest frame, unless it is the newest; returns the bytes
