@@ -113,7 +113,7 @@ impl Event {
     /// it never sees CR or LF inside a line, ignores an `id` containing NUL,
     /// passes an empty event type as `None`, and dispatches only blocks with
     /// something observable. Checked in debug builds.
-    pub(super) fn from_parsed_block(
+    pub(crate) fn from_parsed_block(
         id: Option<String>,
         event_type: Option<String>,
         data: Option<String>,

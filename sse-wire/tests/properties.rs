@@ -16,9 +16,7 @@
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use sse_fanout::sse::{
-    comment_frame, heartbeat_frame, Event, Item, ParseError, Parser, ParserLimits,
-};
+use sse_wire::{comment_frame, heartbeat_frame, Event, Item, ParseError, Parser, ParserLimits};
 
 /// The UTF-8 byte order mark, stripped once at the start of a stream.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
