@@ -309,11 +309,11 @@ impl Parser {
     /// line that ends it, and parsing goes on after that.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<Item>) {
         let mut rest = self.strip_bom(chunk);
-        let Some(&first) = rest.first() else {
+        if rest.is_empty() {
             return;
-        };
-        if mem::take(&mut self.skip_lf) && first == LF {
-            rest = &rest[1..];
+        }
+        if mem::take(&mut self.skip_lf) {
+            rest = rest.strip_prefix(&[LF]).unwrap_or(rest);
         }
         loop {
             if let Block::Discarding { at_line_start } = self.block {
@@ -360,7 +360,8 @@ impl Parser {
             };
             self.check_line_len(self.partial_line.len() + end)
                 .map_err(Violation::at(end))?;
-            self.partial_line.extend_from_slice(&rest[..end]);
+            self.partial_line
+                .extend_from_slice(rest.get(..end).unwrap_or_default());
             let line = mem::take(&mut self.partial_line);
             let processed = self.process_line(Line::Raw(&line), out);
             self.partial_line = line;
@@ -448,7 +449,7 @@ impl Parser {
         let StreamStart::AwaitingBom { matched } = self.stream_start else {
             return chunk;
         };
-        let expected = &BOM[matched..];
+        let expected = BOM.get(matched..).unwrap_or_default();
         let agreeing = expected
             .iter()
             .zip(chunk)
@@ -456,7 +457,7 @@ impl Parser {
             .count();
         if agreeing == expected.len() {
             self.stream_start = StreamStart::Past;
-            &chunk[agreeing..]
+            chunk.get(agreeing..).unwrap_or_default()
         } else if agreeing == chunk.len() {
             self.stream_start = StreamStart::AwaitingBom {
                 matched: matched + agreeing,
@@ -464,7 +465,8 @@ impl Parser {
             &[]
         } else {
             self.stream_start = StreamStart::Past;
-            self.partial_line.extend_from_slice(&BOM[..matched]);
+            self.partial_line
+                .extend_from_slice(BOM.get(..matched).unwrap_or_default());
             chunk
         }
     }
@@ -508,7 +510,8 @@ impl Parser {
                         Some(&SPACE) => value_start + 1,
                         _ => value_start,
                     };
-                    self.process_field(&bytes[..colon], line, value_start)
+                    let name = bytes.get(..colon).unwrap_or_default();
+                    self.process_field(name, line, value_start)
                 }
                 None => self.process_field(bytes, line, bytes.len()),
             },
