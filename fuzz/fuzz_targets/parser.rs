@@ -1,21 +1,17 @@
-//! Fuzz target for the SSE parser (`src/sse/`), run with cargo-fuzz (see
-//! docs/fuzzing.md).
+//! Fuzz target for the SSE parser (the `sse-wire` crate), run with cargo-fuzz
+//! (see docs/fuzzing.md).
 //!
 //! The proxy feeds whatever its upstream sends to this parser, so it must
 //! never panic, must keep its memory within its limits (skipping the blocks
 //! that break them), and must give the same result, skipped blocks included,
 //! however the bytes are chunked. Every event it yields must survive the
 //! encoder the proxy fans out with. This target checks all of that on each
-//! input. The module source is compiled in directly so that fuzzing does not
-//! build the whole proxy.
+//! input. It depends on the `sse-wire` crate alone, so fuzzing does not build
+//! the whole proxy.
 #![no_main]
 
-#[allow(dead_code, unused_imports)]
-#[path = "../../src/sse/mod.rs"]
-mod sse;
-
 use libfuzzer_sys::fuzz_target;
-use sse::{comment_frame, Item, ParserLimits, Parser};
+use sse_wire::{comment_frame, Item, Parser, ParserLimits};
 
 /// Control-byte bit: use tiny limits (derived from the control bytes) so the
 /// skipping paths are reached, instead of the defaults.

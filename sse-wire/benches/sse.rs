@@ -8,13 +8,13 @@
 //! fed in network-sized chunks, and the items are dropped after every chunk,
 //! as the proxy does once it has handed them on.
 //!
-//! Run with `cargo bench --bench sse`.
+//! Run with `cargo bench -p sse-wire --bench sse`.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use sse_fanout::sse::{Event, Item, Parser, ParserLimits};
+use sse_wire::{Event, Item, Parser, ParserLimits};
 
 /// Events in the generated stream (about 2.1 MB of it).
 const EVENT_COUNT: usize = 10_000;

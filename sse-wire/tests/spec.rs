@@ -5,7 +5,10 @@
 //! the spec text. The encoder cases pin down the wire format the proxy sends
 //! to every subscriber.
 
-use sse_fanout::sse::{
+// Test helpers build events from literals known to be valid.
+#![allow(clippy::expect_used)]
+
+use sse_wire::{
     comment_frame, heartbeat_frame, id_frame, retry_frame, Event, EventError, Item, ParseError,
     Parser, ParserLimits, DEFAULT_EVENT_TYPE, DEFAULT_MAX_EVENT_SIZE, DEFAULT_MAX_LINE_LEN,
 };

@@ -13,15 +13,13 @@
 //! a reference-count increment, so fan-out never copies or re-encodes. The other
 //! frames the proxy originates itself (heartbeats, `retry:` hints and id-only
 //! priming frames for resuming subscribers) come from the free functions in
-//! this module.
+//! this crate.
 //!
-//! The module is pure: no I/O, no async, no global state. Memory held by a
+//! The crate is pure: no I/O, no async, no global state. Memory held by a
 //! parser is bounded by [`ParserLimits`], so a hostile upstream cannot make the
-//! proxy grow without bound.
-//!
-//! The submodules refer to each other only through `super::`, so this file can
-//! be compiled on its own with `#[path = ".../src/sse/mod.rs"] mod sse;` (the
-//! fuzz target does that to avoid building the whole proxy).
+//! proxy grow without bound. It is a crate of its own, depending on `bytes` and
+//! `memchr` alone, so that the fuzz target (`fuzz/`) builds it without the
+//! proxy and Pingora; the proxy re-exports it as `sse_fanout::sse`.
 
 mod event;
 mod parser;

@@ -113,7 +113,7 @@ impl Event {
     /// it never sees CR or LF inside a line, ignores an `id` containing NUL,
     /// passes an empty event type as `None`, and dispatches only blocks with
     /// something observable. Checked in debug builds.
-    pub(super) fn from_parsed_block(
+    pub(crate) fn from_parsed_block(
         id: Option<String>,
         event_type: Option<String>,
         data: Option<String>,
@@ -218,11 +218,19 @@ impl Event {
         }
         if let Some(data) = &self.data {
             let data = data.as_bytes();
+            // Indexing rather than `get`, which costs measurably on this hot
+            // path (once per data line of every event). In bounds:
+            // `memchr_iter` yields the positions of the LFs in `data` in
+            // ascending order, each below `data.len()`, and `line_start` is 0
+            // or one past the previous LF, so `line_start <= line_end <
+            // data.len()` in the loop and `line_start <= data.len()` after it.
             let mut line_start = 0;
             for line_end in memchr::memchr_iter(LINE_END, data) {
+                #[allow(clippy::indexing_slicing)] // in bounds: see above
                 put_field_line(buf, DATA_FIELD, &data[line_start..line_end]);
                 line_start = line_end + 1;
             }
+            #[allow(clippy::indexing_slicing)] // in bounds: see above
             put_field_line(buf, DATA_FIELD, &data[line_start..]);
         }
         buf.put(&[LINE_END]);
@@ -387,17 +395,20 @@ pub fn comment_frame(text: &str) -> Bytes {
     // Each line costs its `:` and LF, plus one blank line. Exact when `text`
     // has no CRLF (which counts as two breaks but makes one line).
     let mut buf = Vec::with_capacity(text.len() + 2 * (line_breaks + 1) + 1);
-    let mut line_start = 0;
-    while let Some(offset) = memchr::memchr2(CARRIAGE_RETURN, LINE_END, &text[line_start..]) {
-        let line_end = line_start + offset;
+    let mut rest = text;
+    while let Some(line_len) = memchr::memchr2(CARRIAGE_RETURN, LINE_END, rest) {
         buf.push(COMMENT_PREFIX);
-        buf.extend_from_slice(&text[line_start..line_end]);
+        buf.extend_from_slice(rest.get(..line_len).unwrap_or_default());
         buf.push(LINE_END);
-        let crlf = text[line_end] == CARRIAGE_RETURN && text.get(line_end + 1) == Some(&LINE_END);
-        line_start = line_end + if crlf { 2 } else { 1 };
+        // Step over the line end, CRLF as one. (What follows `line_len` is
+        // never empty: it starts with the CR or LF just found.)
+        rest = match rest.get(line_len..).unwrap_or_default() {
+            [CARRIAGE_RETURN, LINE_END, after @ ..] | [_, after @ ..] => after,
+            [] => &[],
+        };
     }
     buf.push(COMMENT_PREFIX);
-    buf.extend_from_slice(&text[line_start..]);
+    buf.extend_from_slice(rest);
     buf.push(LINE_END);
     buf.push(LINE_END);
     Bytes::from(buf)
@@ -442,16 +453,21 @@ fn put_retry_line(buf: &mut impl WireSink, retry_ms: u64) {
     let mut digits = [0u8; MAX_U64_DECIMAL_DIGITS];
     let mut start = digits.len();
     let mut rest = retry_ms;
+    // Digits are written from the right, one per turn; a u64 has at most as
+    // many as `digits` holds, so `start` never leaves it (`get` is as cheap
+    // as indexing here).
     loop {
         start -= 1;
         // `rest % 10` is a single decimal digit, so the cast cannot truncate.
-        digits[start] = b'0' + (rest % DECIMAL_RADIX) as u8;
+        if let Some(digit) = digits.get_mut(start) {
+            *digit = b'0' + (rest % DECIMAL_RADIX) as u8;
+        }
         rest /= DECIMAL_RADIX;
         if rest == 0 {
             break;
         }
     }
-    put_field_line(buf, RETRY_FIELD, &digits[start..]);
+    put_field_line(buf, RETRY_FIELD, digits.get(start..).unwrap_or_default());
 }
 
 /// A buffer frames are written into: a `Vec` for a frame of its own (turned

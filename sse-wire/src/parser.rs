@@ -56,7 +56,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::mem;
 
-use super::event::Event;
+use crate::event::Event;
 
 /// Default for [`ParserLimits::max_line_len`]: 1 MiB, far above any sane line yet
 /// small enough that one connection cannot exhaust memory.
@@ -120,7 +120,7 @@ pub enum Item {
     /// A comment line's text: everything after the leading `:`, kept exactly
     /// as sent (a leading space is NOT stripped, so `: ping` gives `" ping"`),
     /// which lets the proxy forward it byte for byte with
-    /// [`comment_frame`](super::comment_frame). Comments never affect
+    /// [`comment_frame`](crate::comment_frame). Comments never affect
     /// dispatch; upstreams use them as heartbeats.
     Comment(String),
     /// A block broke a limit and was discarded whole, so that the stream can
@@ -309,11 +309,11 @@ impl Parser {
     /// line that ends it, and parsing goes on after that.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<Item>) {
         let mut rest = self.strip_bom(chunk);
-        let Some(&first) = rest.first() else {
+        if rest.is_empty() {
             return;
-        };
-        if mem::take(&mut self.skip_lf) && first == LF {
-            rest = &rest[1..];
+        }
+        if mem::take(&mut self.skip_lf) {
+            rest = rest.strip_prefix(&[LF]).unwrap_or(rest);
         }
         loop {
             if let Block::Discarding { at_line_start } = self.block {
@@ -360,7 +360,8 @@ impl Parser {
             };
             self.check_line_len(self.partial_line.len() + end)
                 .map_err(Violation::at(end))?;
-            self.partial_line.extend_from_slice(&rest[..end]);
+            self.partial_line
+                .extend_from_slice(rest.get(..end).unwrap_or_default());
             let line = mem::take(&mut self.partial_line);
             let processed = self.process_line(Line::Raw(&line), out);
             self.partial_line = line;
@@ -448,7 +449,7 @@ impl Parser {
         let StreamStart::AwaitingBom { matched } = self.stream_start else {
             return chunk;
         };
-        let expected = &BOM[matched..];
+        let expected = BOM.get(matched..).unwrap_or_default();
         let agreeing = expected
             .iter()
             .zip(chunk)
@@ -456,7 +457,7 @@ impl Parser {
             .count();
         if agreeing == expected.len() {
             self.stream_start = StreamStart::Past;
-            &chunk[agreeing..]
+            chunk.get(agreeing..).unwrap_or_default()
         } else if agreeing == chunk.len() {
             self.stream_start = StreamStart::AwaitingBom {
                 matched: matched + agreeing,
@@ -464,7 +465,8 @@ impl Parser {
             &[]
         } else {
             self.stream_start = StreamStart::Past;
-            self.partial_line.extend_from_slice(&BOM[..matched]);
+            self.partial_line
+                .extend_from_slice(BOM.get(..matched).unwrap_or_default());
             chunk
         }
     }
@@ -508,7 +510,8 @@ impl Parser {
                         Some(&SPACE) => value_start + 1,
                         _ => value_start,
                     };
-                    self.process_field(&bytes[..colon], line, value_start)
+                    let name = bytes.get(..colon).unwrap_or_default();
+                    self.process_field(name, line, value_start)
                 }
                 None => self.process_field(bytes, line, bytes.len()),
             },
