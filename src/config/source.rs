@@ -1,0 +1,123 @@
+//! Where a value came from: the config file, and the one-line error that
+//! points into it (`file:line:col: key: message`).
+//!
+//! Validation knows the key it is checking and holds the value's byte span
+//! ([`toml::Spanned`]); [`Source`] turns the span into a line and column.
+//! An error from the serde layer has a span but no key; [`Source::key_at`]
+//! reads it from the text around the span.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// A config problem, reported as one line: `file:line:col: key: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The config file.
+    pub file: PathBuf,
+    /// 1-based line and column, when the problem has a place in the file.
+    pub position: Option<(usize, usize)>,
+    /// The dotted key at fault (`topic[1].path`), when known.
+    pub key: Option<String>,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, column)) = self.position {
+            write!(f, ":{line}:{column}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The file being loaded: its name for messages, its text for positions.
+pub(super) struct Source<'a> {
+    /// The file, as given; also the base of relative certificate paths.
+    pub(super) path: &'a Path,
+    /// Its whole text, which every span points into.
+    pub(super) text: &'a str,
+}
+
+impl Source<'_> {
+    /// An error at `span` (its start), naming `key`.
+    pub(super) fn error(
+        &self,
+        span: Option<Range<usize>>,
+        key: Option<String>,
+        message: String,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.path.to_path_buf(),
+            position: span.map(|s| self.line_column(s.start)),
+            key,
+            message,
+        }
+    }
+
+    /// The 1-based line and column (in characters) of a byte offset.
+    pub(super) fn line_column(&self, offset: usize) -> (usize, usize) {
+        // Parser spans stand on character boundaries, so `get` finds them.
+        let before = self
+            .text
+            .get(..offset.min(self.text.len()))
+            .unwrap_or(self.text);
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, column)
+    }
+
+    /// Names the key whose value (or name) starts at `offset`, e.g.
+    /// `topic[1].heartbeat` or `listen[0].tls.cert`, by reading the table
+    /// headers above it and the `key =` text before it on its line.
+    pub(super) fn key_at(&self, offset: usize) -> Option<String> {
+        let offset = offset.min(self.text.len());
+        let line_start = self.text[..offset].rfind('\n').map_or(0, |i| i + 1);
+        let mut table = None::<String>;
+        let mut array_counts: HashMap<&str, usize> = HashMap::new();
+        for line in self.text[..line_start].lines() {
+            let line = line.trim();
+            if let Some(name) = line.strip_prefix("[[").and_then(|l| l.split("]]").next()) {
+                let name = name.trim();
+                let count = array_counts.entry(name).or_insert(0);
+                table = Some(format!("{name}[{count}]"));
+                *count += 1;
+            } else if let Some(name) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+                table = Some(name.trim().to_string());
+            }
+        }
+        let line_end = self.text[offset..]
+            .find('\n')
+            .map_or(self.text.len(), |i| offset + i);
+        let before = &self.text[line_start..offset];
+        let after = &self.text[offset..line_end];
+        let mut keys: Vec<String> = before
+            .split('{')
+            .filter_map(|part| {
+                let assignment = part.rsplit(',').next()?;
+                let (key, _) = assignment.split_once('=')?;
+                Some(key.trim().trim_matches('"').to_string())
+            })
+            .filter(|k| !k.is_empty())
+            .collect();
+        // The span may sit on the key itself (unknown keys are reported there).
+        let bare_key: String = after
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+            .collect();
+        if !bare_key.is_empty() && after[bare_key.len()..].trim_start().starts_with('=') {
+            keys.push(bare_key);
+        }
+        let mut path: Vec<String> = table.into_iter().collect();
+        path.extend(keys);
+        (!path.is_empty()).then(|| path.join("."))
+    }
+}
