@@ -17,8 +17,8 @@
 //! Every failure of either stage becomes one [`ConfigError`] line naming the
 //! file, the line, the key and what to do, so `sse-fanout --check` reads like
 //! `nginx -t`. A validation rule names its key itself and holds the value's
-//! span; an error of the first stage has a span but no key, so the key is
-//! read from the text around it.
+//! span; an error of the first stage has a span but no key, so the TOML
+//! parser is asked which key stands there.
 //!
 //! | file | holds |
 //! |---|---|
@@ -33,8 +33,10 @@
 //! | `validate/topics.rs` | `[[topic]]` paths and upstreams, and the warnings about topics |
 //! | `validate/limits.rs` | `[limits]` |
 //! | `validate/admin.rs` | `[admin]` |
-//! | `source.rs` | [`ConfigError`], and byte spans turned into `line:column` and key names |
+//! | `source.rs` | [`ConfigError`], and byte spans turned into `line:column` |
+//! | `key_path.rs` | the dotted key (`topic[1].heartbeat`) at a byte offset, from the TOML parser |
 
+mod key_path;
 mod model;
 mod raw;
 mod source;

@@ -4,12 +4,13 @@
 //! Validation knows the key it is checking and holds the value's byte span
 //! ([`toml::Spanned`]); [`Source`] turns the span into a line and column.
 //! An error from the serde layer has a span but no key; [`Source::key_at`]
-//! reads it from the text around the span.
+//! asks [`super::key_path`] which key stands there.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+
+use super::key_path::KeyMap;
 
 /// A config problem, reported as one line: `file:line:col: key: message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,49 +76,9 @@ impl Source<'_> {
         (line, column)
     }
 
-    /// Names the key whose value (or name) starts at `offset`, e.g.
-    /// `topic[1].heartbeat` or `listen[0].tls.cert`, by reading the table
-    /// headers above it and the `key =` text before it on its line.
+    /// Names the key whose value (or name) stands at byte `offset`, e.g.
+    /// `topic[1].heartbeat` or `listen[0].tls.cert`.
     pub(super) fn key_at(&self, offset: usize) -> Option<String> {
-        let offset = offset.min(self.text.len());
-        let line_start = self.text[..offset].rfind('\n').map_or(0, |i| i + 1);
-        let mut table = None::<String>;
-        let mut array_counts: HashMap<&str, usize> = HashMap::new();
-        for line in self.text[..line_start].lines() {
-            let line = line.trim();
-            if let Some(name) = line.strip_prefix("[[").and_then(|l| l.split("]]").next()) {
-                let name = name.trim();
-                let count = array_counts.entry(name).or_insert(0);
-                table = Some(format!("{name}[{count}]"));
-                *count += 1;
-            } else if let Some(name) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
-                table = Some(name.trim().to_string());
-            }
-        }
-        let line_end = self.text[offset..]
-            .find('\n')
-            .map_or(self.text.len(), |i| offset + i);
-        let before = &self.text[line_start..offset];
-        let after = &self.text[offset..line_end];
-        let mut keys: Vec<String> = before
-            .split('{')
-            .filter_map(|part| {
-                let assignment = part.rsplit(',').next()?;
-                let (key, _) = assignment.split_once('=')?;
-                Some(key.trim().trim_matches('"').to_string())
-            })
-            .filter(|k| !k.is_empty())
-            .collect();
-        // The span may sit on the key itself (unknown keys are reported there).
-        let bare_key: String = after
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
-            .collect();
-        if !bare_key.is_empty() && after[bare_key.len()..].trim_start().starts_with('=') {
-            keys.push(bare_key);
-        }
-        let mut path: Vec<String> = table.into_iter().collect();
-        path.extend(keys);
-        (!path.is_empty()).then(|| path.join("."))
+        KeyMap::of(self.text).key_at(offset)
     }
 }

@@ -251,3 +251,29 @@ fn auth_decisions_are_cached_briefly_unless_configured() {
     assert_eq!(config.topics[0].access.auth_cache, DEFAULT_AUTH_CACHE);
     assert_eq!(config.topics[1].access.auth_cache, Duration::ZERO);
 }
+
+#[test]
+fn a_missing_key_names_the_array_element_it_is_missing_from() {
+    let topic = "\n[[topic]]\npath = \"/a\"\nupstream = \"/b\"\n";
+    let e = load(&format!("{MINIMAL}{topic}\n[[topic]]\npath = \"/c\"\n")).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("topic[1]"), "{e}");
+    assert!(e.message.contains("missing field `upstream`"), "{e}");
+}
+
+#[test]
+fn an_unquoted_duration_is_a_syntax_error_naming_its_key() {
+    let e = load(&format!("{MINIMAL}\n[sse]\nheartbeat = 15s\n")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "test.toml:9:15: sse.heartbeat: expected newline, `#`"
+    );
+}
+
+#[test]
+fn a_header_inside_a_string_does_not_count_as_a_topic() {
+    let text = format!(
+        "{MINIMAL}\n[[topic]]\npath = \"/a\"\nupstream = \"/b\"\nauth = \"\"\"\n[[topic]]\n\"\"\"\nreplay = \"x\"\n"
+    );
+    let e = load(&text).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("topic[0].replay"), "{e}");
+}
