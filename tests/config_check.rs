@@ -205,3 +205,15 @@ fn upstream_header_the_proxy_sets_itself_is_refused() {
     let config = format!("{VALID}upstream_headers = {{ Host = \"other\" }}\n");
     assert_refused(check(&config), "topic[0].upstream_headers", "sets itself");
 }
+
+#[test]
+fn unquoted_duration_is_refused_naming_the_key() {
+    let output = check(&format!("{VALID}\n[sse]\nheartbeat = 15s\n"));
+    assert_refused(output, "sse.heartbeat", "expected newline");
+}
+
+#[test]
+fn key_missing_from_a_later_topic_names_that_topic() {
+    let config = format!("{VALID}\n[[topic]]\npath = \"/events/other\"\n");
+    assert_refused(check(&config), "topic[1]", "missing field `upstream`");
+}

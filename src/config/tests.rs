@@ -1,0 +1,279 @@
+//! Loading whole config texts: defaults, overrides, and the key each refusal names.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[[listen]]
+addr = "127.0.0.1:8080"
+
+[app]
+upstream = "127.0.0.1:3000"
+"#;
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    Config::from_text(Path::new("test.toml"), text)
+}
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let config = load(MINIMAL).unwrap();
+    assert_eq!(config.server.grace_period, DEFAULT_GRACE_PERIOD);
+    assert_eq!(
+        config.server.max_concurrent_streams,
+        DEFAULT_MAX_CONCURRENT_STREAMS
+    );
+    assert!(config.server.threads >= 1);
+    assert_eq!(config.app.origin.port, 3000);
+    assert!(config.topics.is_empty());
+}
+
+#[test]
+fn a_silent_upstream_is_reopened_by_default_and_0s_turns_that_off() {
+    let topic = "\n[[topic]]\npath = \"/e\"\nupstream = \"/s\"\n";
+    let config = load(&format!("{MINIMAL}{topic}")).unwrap();
+    assert_eq!(
+        config.topics[0].settings.upstream_idle_timeout,
+        Some(DEFAULT_UPSTREAM_IDLE_TIMEOUT)
+    );
+    let off = load(&format!(
+        "{MINIMAL}\n[sse]\nupstream_idle_timeout = \"0s\"\n{topic}"
+    ))
+    .unwrap();
+    assert_eq!(off.topics[0].settings.upstream_idle_timeout, None);
+}
+
+#[test]
+fn durations_past_a_day_are_refused_before_they_can_overflow_a_deadline() {
+    let error = load(&format!("{MINIMAL}\n[sse]\nlinger = \"400000000h\"\n")).unwrap_err();
+    assert_eq!(error.key.as_deref(), Some("sse.linger"));
+    assert!(
+        error
+            .message
+            .contains("longer than the longest allowed, 1day"),
+        "{error}"
+    );
+    assert!(load(&format!("{MINIMAL}\n[sse]\nlinger = \"24h\"\n")).is_ok());
+}
+
+#[test]
+fn defaults_never_cap_one_address_or_a_templates_users_below_the_process_cap() {
+    let limits = load(MINIMAL).unwrap().limits;
+    assert_eq!(limits.max_topic_instances, limits.max_subscribers);
+    assert_eq!(limits.max_subscribers_per_ip, None);
+    assert_eq!(limits.subscribe_rate_per_ip, None);
+}
+
+#[test]
+fn topic_overrides_sse_defaults() {
+    let text = format!(
+        "{MINIMAL}\n[sse]\nheartbeat = \"20s\"\nreplay = 10\n\n[[topic]]\npath = \"/e/{{id}}\"\nupstream = \"/s/{{id}}\"\nheartbeat = \"5s\"\n"
+    );
+    let config = load(&text).unwrap();
+    let settings = config.topics[0].settings;
+    assert_eq!(settings.heartbeat, Duration::from_secs(5));
+    assert_eq!(settings.replay, 10);
+    assert_eq!(settings.retry, DEFAULT_RETRY);
+}
+
+#[test]
+fn unknown_key_is_named_with_its_line() {
+    let text = format!("{MINIMAL}\n[sse]\nheartbeet = \"5s\"\n");
+    let e = load(&text).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("sse.heartbeet"));
+    assert_eq!(e.position.map(|p| p.0), Some(9));
+    assert!(e.message.contains("unknown field"), "{e}");
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    let text =
+        format!("{MINIMAL}\n[[topic]]\npath = \"/a\"\nupstream = \"/b\"\nreplay = \"many\"\n");
+    let e = load(&text).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("topic[0].replay"), "{e}");
+}
+
+#[test]
+fn integer_duration_asks_for_a_unit() {
+    let text = format!("{MINIMAL}\n[sse]\nheartbeat = 15\n");
+    let e = load(&text).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("sse.heartbeat"));
+    assert!(e.message.contains("\"15s\""), "{e}");
+}
+
+#[test]
+fn key_inside_inline_table_is_named() {
+    let text = "[[listen]]\naddr = \"127.0.0.1:1\"\ntls = { cert = \"a\", key = 5 }\n[app]\nupstream = \"127.0.0.1:2\"\n";
+    let e = load(text).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("listen[0].tls.key"), "{e}");
+}
+
+#[test]
+fn same_shape_templates_are_refused() {
+    let text = format!(
+        "{MINIMAL}\n[[topic]]\npath = \"/j/{{a}}\"\nupstream = \"/s/{{a}}\"\n[[topic]]\npath = \"/j/{{b}}\"\nupstream = \"/s/{{b}}\"\n"
+    );
+    let e = load(&text).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("topic[1].path"));
+}
+
+#[test]
+fn full_url_upstream_keeps_its_own_origin() {
+    let text =
+        format!("{MINIMAL}\n[[topic]]\npath = \"/a\"\nupstream = \"https://feeds.internal/s\"\n");
+    let config = load(&text).unwrap();
+    assert!(config.topics[0].upstream.origin.tls);
+    assert_eq!(config.topics[0].upstream.path.as_str(), "/s");
+}
+
+#[test]
+fn missing_app_table_is_explained() {
+    let e = load("[[listen]]\naddr = \"127.0.0.1:1\"\n").unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("app"));
+}
+
+#[test]
+fn sizes_take_units_or_plain_bytes() {
+    let text = format!("{MINIMAL}\n[sse]\nreplay_bytes = \"2MiB\"\nmax_event_size = 1000\n");
+    let config = load(&format!(
+        "{text}[[topic]]\npath = \"/a\"\nupstream = \"/b\"\n"
+    ))
+    .unwrap();
+    let topic = config.topics[0].settings;
+    assert_eq!(topic.replay_bytes, 2 * 1024 * 1024);
+    assert_eq!(topic.max_event_size, 1000);
+    assert_eq!(
+        topic.max_lag_bytes,
+        1024 * 1024,
+        "unset lag bound follows the window"
+    );
+}
+
+#[test]
+fn bad_size_is_refused_with_an_example() {
+    let e = load(&format!("{MINIMAL}\n[sse]\nreplay_bytes = \"lots\"\n")).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("sse.replay_bytes"));
+    assert!(e.message.contains("\"4MiB\""), "{e}");
+}
+
+#[test]
+fn max_lag_beyond_the_window_is_refused() {
+    let e = load(&format!("{MINIMAL}\n[sse]\nreplay = 10\nmax_lag = 11\n")).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("sse.max_lag"));
+}
+
+#[test]
+fn lag_bytes_below_the_event_size_is_refused() {
+    let e = load(&format!(
+        "{MINIMAL}\n[sse]\nmax_lag_bytes = \"1KiB\"\nmax_event_size = \"2KiB\"\n"
+    ))
+    .unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("sse.max_lag_bytes"));
+}
+
+#[test]
+fn unknown_resume_policy_is_refused() {
+    let e = load(&format!("{MINIMAL}\n[sse]\nresume_lost = \"guess\"\n")).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("sse.resume_lost"));
+}
+
+#[test]
+fn eager_template_topic_is_refused() {
+    let text = format!(
+        "{MINIMAL}\n[[topic]]\npath = \"/j/{{id}}\"\nupstream = \"/s/{{id}}\"\neager = true\n"
+    );
+    let e = load(&text).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("topic[0].eager"));
+}
+
+#[test]
+fn connection_limits_default_to_documented_values_and_no_address_cap() {
+    let config = load(MINIMAL).unwrap();
+    assert_eq!(config.connections.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+    assert_eq!(
+        config.connections.tls_handshake_timeout,
+        DEFAULT_TLS_HANDSHAKE_TIMEOUT
+    );
+    assert_eq!(config.connections.max_connections_per_ip, None);
+    let capped = load(&format!(
+        "{MINIMAL}\n[limits]\nmax_connections_per_ip = 3\nidle_timeout = \"5s\"\n"
+    ))
+    .unwrap();
+    assert_eq!(capped.connections.max_connections_per_ip, Some(3));
+    assert_eq!(capped.connections.idle_timeout, Duration::from_secs(5));
+    let zero = load(&format!(
+        "{MINIMAL}\n[limits]\nmax_connections_per_ip = 0\n"
+    ))
+    .unwrap_err();
+    assert_eq!(zero.key.as_deref(), Some("limits.max_connections_per_ip"));
+}
+
+#[test]
+fn admin_table_defaults_to_loopback() {
+    let config = load(&format!("{MINIMAL}\n[admin]\n")).unwrap();
+    assert_eq!(config.admin.unwrap().addr.to_string(), DEFAULT_ADMIN_ADDR);
+    assert!(load(MINIMAL).unwrap().admin.is_none());
+}
+
+#[test]
+fn error_line_reads_file_line_column_key_message() {
+    let e = ConfigError {
+        file: "c.toml".into(),
+        position: Some((3, 7)),
+        key: Some("sse.retry".into()),
+        message: "bad".into(),
+    };
+    assert_eq!(e.to_string(), "c.toml:3:7: sse.retry: bad");
+}
+
+#[test]
+fn per_address_caps_are_off_unless_configured() {
+    let limits = load(MINIMAL).unwrap().limits;
+    assert_eq!(limits.max_subscribers_per_ip, None);
+    assert_eq!(limits.subscribe_rate_per_ip, None);
+    let text =
+        format!("[limits]\nmax_subscribers_per_ip = 1000\nsubscribe_rate_per_ip = 100\n{MINIMAL}");
+    let limits = load(&text).unwrap().limits;
+    assert_eq!(limits.max_subscribers_per_ip, Some(1000));
+    assert_eq!(limits.subscribe_rate_per_ip, Some(100));
+    let e = load(&format!("[limits]\nsubscribe_rate_per_ip = 0\n{MINIMAL}")).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("limits.subscribe_rate_per_ip"));
+}
+
+#[test]
+fn auth_decisions_are_cached_briefly_unless_configured() {
+    let text = format!(
+        "{MINIMAL}\n[[topic]]\npath = \"/a\"\nupstream = \"/b\"\nauth = \"/auth\"\n\n[[topic]]\npath = \"/c\"\nupstream = \"/d\"\nauth = \"/auth\"\nauth_cache = \"0s\"\n"
+    );
+    let config = load(&text).unwrap();
+    assert_eq!(config.topics[0].access.auth_cache, DEFAULT_AUTH_CACHE);
+    assert_eq!(config.topics[1].access.auth_cache, Duration::ZERO);
+}
+
+#[test]
+fn a_missing_key_names_the_array_element_it_is_missing_from() {
+    let topic = "\n[[topic]]\npath = \"/a\"\nupstream = \"/b\"\n";
+    let e = load(&format!("{MINIMAL}{topic}\n[[topic]]\npath = \"/c\"\n")).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("topic[1]"), "{e}");
+    assert!(e.message.contains("missing field `upstream`"), "{e}");
+}
+
+#[test]
+fn an_unquoted_duration_is_a_syntax_error_naming_its_key() {
+    let e = load(&format!("{MINIMAL}\n[sse]\nheartbeat = 15s\n")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "test.toml:9:15: sse.heartbeat: expected newline, `#`"
+    );
+}
+
+#[test]
+fn a_header_inside_a_string_does_not_count_as_a_topic() {
+    let text = format!(
+        "{MINIMAL}\n[[topic]]\npath = \"/a\"\nupstream = \"/b\"\nauth = \"\"\"\n[[topic]]\n\"\"\"\nreplay = \"x\"\n"
+    );
+    let e = load(&text).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("topic[0].replay"), "{e}");
+}

@@ -1,0 +1,92 @@
+//! `[server]`: threads, shutdown, daemon mode, and the sockets of accepted
+//! connections (HTTP/2 streams, keepalive, user timeout, read buffer).
+
+use super::Validator;
+use crate::config::model::{
+    KeepaliveSettings, ServerSettings, DEFAULT_GRACE_PERIOD, DEFAULT_KEEPALIVE_COUNT,
+    DEFAULT_KEEPALIVE_IDLE, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_MAX_CONCURRENT_STREAMS,
+    DEFAULT_PID_FILE, DEFAULT_READ_BUFFER, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TCP_USER_TIMEOUT,
+    DEFAULT_UPGRADE_SOCK, MIN_READ_BUFFER,
+};
+use crate::config::raw;
+use crate::config::source::ConfigError;
+
+impl Validator<'_> {
+    /// `[server]`, with its defaults.
+    pub(super) fn server(&self, raw: raw::Server) -> Result<ServerSettings, ConfigError> {
+        let threads = match raw.threads {
+            Some(t) if *t.get_ref() == 0 => {
+                return Err(self.at(
+                    &t,
+                    "server.threads",
+                    "must be at least 1 (leave it out to use one per core)".into(),
+                ))
+            }
+            Some(t) => t.into_inner(),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let max_concurrent_streams = match raw.max_concurrent_streams {
+            Some(m) if *m.get_ref() == 0 => {
+                return Err(self.at(
+                    &m,
+                    "server.max_concurrent_streams",
+                    "must be at least 1; browsers open up to ~100 streams per connection".into(),
+                ))
+            }
+            Some(m) => m.into_inner(),
+            None => DEFAULT_MAX_CONCURRENT_STREAMS,
+        };
+        let keepalive = raw.tcp_keepalive.unwrap_or_default();
+        let tcp_keepalive = KeepaliveSettings {
+            idle: self
+                .positive(keepalive.idle, "server.tcp_keepalive.idle")?
+                .unwrap_or(DEFAULT_KEEPALIVE_IDLE),
+            interval: self
+                .positive(keepalive.interval, "server.tcp_keepalive.interval")?
+                .unwrap_or(DEFAULT_KEEPALIVE_INTERVAL),
+            count: match keepalive.count {
+                Some(c) if *c.get_ref() == 0 => {
+                    return Err(self.at(
+                        &c,
+                        "server.tcp_keepalive.count",
+                        "must be at least 1".into(),
+                    ))
+                }
+                Some(c) => c.into_inner(),
+                None => DEFAULT_KEEPALIVE_COUNT,
+            },
+        };
+        Ok(ServerSettings {
+            threads,
+            grace_period: raw
+                .grace_period
+                .map_or(DEFAULT_GRACE_PERIOD, |d| d.into_inner().0),
+            shutdown_timeout: raw
+                .shutdown_timeout
+                .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.into_inner().0),
+            daemon: raw.daemon.unwrap_or(false),
+            pid_file: raw.pid_file.unwrap_or_else(|| DEFAULT_PID_FILE.into()),
+            upgrade_sock: raw
+                .upgrade_sock
+                .unwrap_or_else(|| DEFAULT_UPGRADE_SOCK.into()),
+            user: raw.user,
+            group: raw.group,
+            max_concurrent_streams,
+            tcp_keepalive,
+            tcp_user_timeout: raw
+                .tcp_user_timeout
+                .map_or(DEFAULT_TCP_USER_TIMEOUT, |d| d.into_inner().0),
+            read_buffer: match raw.read_buffer {
+                Some(size) if size.get_ref().0 < MIN_READ_BUFFER => {
+                    return Err(self.at(
+                        &size,
+                        "server.read_buffer",
+                        format!("must be at least {MIN_READ_BUFFER} bytes, e.g. \"4KiB\""),
+                    ))
+                }
+                Some(size) => size.into_inner().0,
+                None => DEFAULT_READ_BUFFER,
+            },
+        })
+    }
+}
