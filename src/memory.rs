@@ -69,20 +69,10 @@ impl BackgroundService for Trimmer {
     }
 }
 
-/// Returns the allocator's whole free pages to the kernel; true when any
-/// were released.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// Returns the allocator's whole free pages to the kernel (see the
+/// `malloc-trim` crate); true when any were released.
 pub fn give_back_free_memory() -> bool {
-    // SAFETY: malloc_trim takes no pointer and only walks glibc's own free
-    // lists, under the arena locks every malloc and free also take.
-    unsafe { libc::malloc_trim(0) == 1 }
-}
-
-/// Returns the allocator's whole free pages to the kernel; without glibc
-/// there is no `malloc_trim`, so nothing is done.
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn give_back_free_memory() -> bool {
-    false
+    malloc_trim::trim()
 }
 
 #[cfg(test)]

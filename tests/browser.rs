@@ -16,6 +16,9 @@
 //! (`apt-get install chromium && (cd tests/browser && npm ci)`). Without
 //! them the tests pass with a loud notice, unless `CI` is set: then they fail.
 
+// Test code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::io::Write;

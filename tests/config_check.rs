@@ -1,6 +1,9 @@
 //! `sse-fanout --check`: bad configs exit 2 with one line naming the key;
 //! the shipped example config is valid.
 
+// Test code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use common::{run_cli, temp_file, TestCerts};

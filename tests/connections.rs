@@ -3,6 +3,9 @@
 //! hold, and the signals the process takes, over real sockets against the
 //! real binary.
 
+// Test code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::sync::Arc;

@@ -2,6 +2,9 @@
 //! failures, slow and departing subscribers, over real TLS h2 and h1 against
 //! the real binary and a scripted upstream app.
 
+// Test code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::time::Duration;

@@ -1,6 +1,9 @@
 //! The front door: HTTPS with ALPN, h2c, and the reverse proxy to the app,
 //! over real sockets on 127.0.0.1 against the real `sse-fanout` binary.
 
+// Test code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::sync::atomic::Ordering;

@@ -3,6 +3,9 @@
 //! header the proxy alone may set. Real proxy process, real HTTP/1.1 and
 //! HTTP/2, a scripted app that records every request.
 
+// Test code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use http_body_util::Full;

@@ -5,6 +5,9 @@
 //! spliced into the topic with nothing lost and nothing doubled, whatever the
 //! order in which resumers and events arrive.
 
+// Test code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use common::sse_app::SseApp;
