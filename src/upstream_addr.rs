@@ -49,7 +49,7 @@ pub struct ConnectSettings {
     pub tls_verify: bool,
 }
 
-/// Why an origin could not be parsed (or, from [`Origin::peer`], resolved).
+/// Why an origin could not be parsed (or, from [`UpstreamAddr::peer`], resolved).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamAddrError(pub String);
 

@@ -1,7 +1,7 @@
 //! A topic: one upstream stream's frames, shared by all its subscribers.
 //!
 //! The topic's upstream reader [`publish`](Topic::publish)es each encoded
-//! frame once into the [`ReplayWindow`]; subscribers hold a [`Subscription`],
+//! frame once into the `ReplayWindow`; subscribers hold a [`Subscription`],
 //! a cursor into that window plus a `watch` receiver that wakes them when the
 //! head moves, a heartbeat is due or the topic closes. Waking reads the new
 //! frames as `Bytes` handles under a short lock and writes them outside it, so
@@ -9,7 +9,7 @@
 //! per subscriber.
 //!
 //! A subscriber resuming from an id the window does not hold is handed to a
-//! [`CatchUp`] (see `catch_up.rs`) that fetches what it missed from the app
+//! `CatchUp` (see `catch_up.rs`) that fetches what it missed from the app
 //! for that id alone; it joins the window where the catch-up splices in.
 //! Nothing a subscriber sends ever changes what the others get: the topic's
 //! last event id, which late joiners are primed with and the upstream resumes
