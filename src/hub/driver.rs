@@ -18,6 +18,7 @@ use std::sync::Arc;
 use tokio::time::{sleep_until, Instant};
 
 use super::topic::{CloseReason, Topic};
+use super::totals::TopicTotals;
 use super::upstream::UpstreamReader;
 use super::{AbortOnDrop, Live, Shared};
 
@@ -48,6 +49,13 @@ impl Registration {
         if is_this_topic {
             topics.by_key.remove(&self.topic.key);
             topics.add(self.index, -1);
+            // Under the `topics` lock: a metrics reader sees its figures
+            // either live or retired, never both, never neither.
+            self.shared
+                .retired()
+                .entry(self.topic.config_path.clone())
+                .or_default()
+                .add(&TopicTotals::of(&self.topic));
         }
         is_this_topic
     }

@@ -26,6 +26,7 @@ mod driver;
 mod replay;
 mod subscription;
 pub mod topic;
+mod totals;
 pub mod upstream;
 
 use std::collections::{BinaryHeap, HashMap};
@@ -43,6 +44,7 @@ use budget::ReplayBudget;
 use driver::{Driver, Registration};
 pub use subscription::{Next, Subscription};
 pub use topic::{CloseReason, Start, Topic, TopicSnapshot, UpstreamState};
+pub use totals::{TopicMetrics, TopicTotals};
 use upstream::{UpstreamReader, UpstreamSource};
 
 /// Why a subscription was not opened.
@@ -102,6 +104,10 @@ struct Shared {
     connect: ConnectSettings,
     /// What every replay window may hold together.
     budget: Arc<ReplayBudget>,
+    /// What reclaimed instances counted, by configured path. Written under
+    /// the `topics` lock (when an instance leaves), so a reader holding that
+    /// lock sees every figure exactly once.
+    retired: Mutex<HashMap<Arc<str>, TopicTotals>>,
     /// Set once shutdown began: new subscribers are ended at once.
     shutting_down: AtomicBool,
 }
@@ -132,6 +138,7 @@ impl Hub {
                 connector: Arc::new(Connector::new(None)),
                 connect: config.app.connect.clone(),
                 budget: Arc::new(ReplayBudget::new(config.limits.replay_memory)),
+                retired: Mutex::new(HashMap::new()),
                 shutting_down: AtomicBool::new(false),
             }),
         }
@@ -224,6 +231,34 @@ impl Hub {
         snapshots
     }
 
+    /// Every configured topic's figures, in config order: gauges over its
+    /// live instances, totals over every instance it had (see `totals.rs`).
+    pub fn metrics(&self) -> Vec<TopicMetrics> {
+        let topics = self.shared.topics();
+        let retired = self.shared.retired();
+        let mut metrics: Vec<TopicMetrics> = self
+            .shared
+            .configs
+            .iter()
+            .map(|config| {
+                let path = config.path.as_str();
+                TopicMetrics::new(path.into(), retired.get(path).copied().unwrap_or_default())
+            })
+            .collect();
+        drop(retired);
+        for topic in topics.by_key.values() {
+            if let Some(entry) = metrics.iter_mut().find(|m| *m.topic == *topic.config_path) {
+                entry.add_instance(topic);
+            }
+        }
+        metrics
+    }
+
+    /// Whether new subscriptions are served (false once draining began).
+    pub fn accepting(&self) -> bool {
+        !self.shared.shutting_down.load(Ordering::Acquire)
+    }
+
     /// Process-wide replay memory: bytes held, the budget, frames evicted
     /// to stay within it.
     pub fn replay_memory(&self) -> (usize, usize, u64) {
@@ -239,6 +274,10 @@ impl Hub {
 impl Shared {
     fn topics(&self) -> MutexGuard<'_, Live> {
         self.topics.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn retired(&self) -> MutexGuard<'_, HashMap<Arc<str>, TopicTotals>> {
+        self.retired.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn drivers(&self) -> MutexGuard<'_, JoinSet<()>> {
@@ -261,6 +300,7 @@ impl Shared {
         });
         let topic = Topic::new(
             route.key.clone(),
+            Arc::from(config.path.as_str()),
             source.clone(),
             config.settings,
             self.budget.clone(),
@@ -466,6 +506,29 @@ mod tests {
         .await
         .expect("every driver and the trimmer ended");
         assert!(hub.snapshot().is_empty(), "topics left after shutdown");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn metrics_count_per_configured_topic_and_never_go_back_when_instances_are_reclaimed() {
+        let hub = hub("[sse]\nlinger = \"1s\"\n");
+        for path in ["/events/a", "/events/b"] {
+            let sub = hub.subscribe(&route(&hub, path), None).unwrap();
+            sub.topic()
+                .publish(bytes::Bytes::from_static(b"data: x\n\n"), None);
+        }
+        let live = hub.metrics();
+        assert_eq!(live.len(), 1, "one configured topic: {live:?}");
+        assert_eq!(live[0].topic, "/events/{name}");
+        assert_eq!(live[0].totals.subscriptions, 2);
+        assert_eq!(live[0].totals.events, 2);
+        // Both instances are idle (their subscriptions were dropped): reclaimed.
+        while !hub.snapshot().is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let after = hub.metrics();
+        assert_eq!(after[0].instances, 0);
+        assert_eq!(after[0].subscribers, 0);
+        assert_eq!(after[0].totals, live[0].totals, "a counter went back");
     }
 
     #[tokio::test]

@@ -196,8 +196,20 @@ impl Subscription {
                 return Some(Next::TooSlow);
             }
             CatchUpRead::Reconnect => return Some(Next::Resume),
-            CatchUpRead::Join(at) => Some(at),
-            CatchUpRead::Live => None,
+            CatchUpRead::Join(at) => {
+                self.topic
+                    .counters
+                    .resumes_caught_up
+                    .fetch_add(1, Ordering::Relaxed);
+                Some(at)
+            }
+            CatchUpRead::Live => {
+                self.topic
+                    .counters
+                    .resumes_caught_up
+                    .fetch_add(1, Ordering::Relaxed);
+                None
+            }
             CatchUpRead::Lost => Some(self.topic.resume_lost_after_catch_up(
                 &catching.catch_up.id,
                 catching.arrived,

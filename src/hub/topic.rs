@@ -86,6 +86,13 @@ pub struct TopicCounters {
     /// Events written to subscribers, summed over subscribers (opening
     /// frames and heartbeats not counted).
     pub deliveries: AtomicU64,
+    /// Subscriptions opened.
+    pub subscriptions: AtomicU64,
+    /// Subscribers that resumed from the window.
+    pub resumes_replayed: AtomicU64,
+    /// Subscribers that resumed through a catch-up (joined the window after
+    /// it, or found they had missed nothing).
+    pub resumes_caught_up: AtomicU64,
     /// Subscribers disconnected for falling too far behind.
     pub slow_closures: AtomicU64,
     /// Subscribers disconnected because a write made no progress for two
@@ -131,6 +138,9 @@ pub struct TopicSnapshot {
 pub struct Topic {
     /// The request path that names it: `/events/news`, `/events/jobs/42`.
     pub key: String,
+    /// The path as configured (`/events/jobs/{id}`): what metrics are
+    /// labelled with, so their number is bounded by the config.
+    pub config_path: Arc<str>,
     /// Where its upstream stream comes from (also asked by catch-ups).
     pub source: Arc<UpstreamSource>,
     /// Heartbeat, replay and lag settings.
@@ -197,6 +207,7 @@ impl Topic {
     /// A new topic with an empty window and no last event id.
     pub fn new(
         key: String,
+        config_path: Arc<str>,
         source: Arc<UpstreamSource>,
         settings: TopicSettings,
         budget: Arc<ReplayBudget>,
@@ -204,6 +215,7 @@ impl Topic {
         let (signal, _) = watch::channel(Signal::default());
         Arc::new(Topic {
             key,
+            config_path,
             source,
             state: Mutex::new(TopicState {
                 window: ReplayWindow::new(settings.replay, settings.replay_bytes),
@@ -365,10 +377,16 @@ impl Topic {
         let mut opening = vec![state.retry_frame.clone()];
         let head = state.window.head();
         let mut catching_up = None;
+        self.counters.subscriptions.fetch_add(1, Ordering::Relaxed);
         let cursor = match start {
             Start::Live => head,
             Start::After(id) => match state.window.position_after(&id) {
-                Some(position) => position,
+                Some(position) => {
+                    self.counters
+                        .resumes_replayed
+                        .fetch_add(1, Ordering::Relaxed);
+                    position
+                }
                 None => match self.catch_up_for(&mut state, id.as_str()) {
                     Some(catch_up) => {
                         catching_up = Some(Catching::new(catch_up, head));
@@ -639,6 +657,7 @@ mod tests {
     fn topic() -> Arc<Topic> {
         Topic::new(
             "/t".into(),
+            Arc::from("/t"),
             source(),
             settings(),
             Arc::new(ReplayBudget::new(usize::MAX)),
