@@ -61,6 +61,10 @@ pub enum Rejection {
     AuthUnavailable(Unavailable),
     /// A cap was reached.
     OverLimit(Limit),
+    /// The process is draining: `200`, a jittered `retry:` and a clean end,
+    /// so the EventSource comes back (to another instance, or to this one's
+    /// successor) spread out.
+    Draining,
 }
 
 /// Decides on subscription requests.
@@ -236,6 +240,8 @@ pub struct Refusals {
     denied: AtomicU64,
     /// `503`: the auth endpoint could not be asked.
     auth_unavailable: AtomicU64,
+    /// Told to come back: the process was draining.
+    draining: AtomicU64,
     /// Each cap, by [`Limit::index`].
     caps: [Episode; Limit::ALL.len()],
 }
@@ -246,6 +252,7 @@ impl Refusals {
             bad_request: AtomicU64::new(0),
             denied: AtomicU64::new(0),
             auth_unavailable: AtomicU64::new(0),
+            draining: AtomicU64::new(0),
             caps: [
                 Episode::new(),
                 Episode::new(),
@@ -270,6 +277,7 @@ impl Refusals {
             Rejection::BadRequest(_) => &self.bad_request,
             Rejection::Denied(_) => &self.denied,
             Rejection::AuthUnavailable(_) => &self.auth_unavailable,
+            Rejection::Draining => &self.draining,
             Rejection::OverLimit(limit) => {
                 if self.cap(*limit).occur(Instant::now()) {
                     let answer = match over_limit {
@@ -339,6 +347,7 @@ impl AdmissionStats {
             "auth_unavailable".into(),
             load(&refusals.auth_unavailable).into(),
         );
+        refused.insert("draining".into(), load(&refusals.draining).into());
         for limit in Limit::ALL {
             refused.insert(limit.key().into(), refusals.cap(limit).total().into());
         }
@@ -400,8 +409,15 @@ pub async fn respond(
             vec![(header::RETRY_AFTER, retry_after(retry))],
             Bytes::from_static(b"503 Service Unavailable: cannot check this subscription now\n"),
         ),
+        Rejection::Draining => {
+            let why = " this instance is stopping; come back (elsewhere) in a moment";
+            return retry_later(session, why, retry, cors).await;
+        }
         Rejection::OverLimit(limit) => match over_limit {
-            OverLimit::Retry => return retry_later(session, limit, retry, cors).await,
+            OverLimit::Retry => {
+                let why = format!(" over limit: {}; come back later", limit.key());
+                return retry_later(session, &why, retry, cors).await;
+            }
             OverLimit::TooManyRequests => (
                 429,
                 vec![(header::RETRY_AFTER, retry_after(retry))],
@@ -434,7 +450,7 @@ pub async fn respond(
 /// a crowd does not return at once) and ends cleanly.
 async fn retry_later(
     session: &mut ServerSession,
-    limit: Limit,
+    why: &str,
     retry: Duration,
     cors: &[(HeaderName, String)],
 ) -> pingora::Result<()> {
@@ -449,10 +465,7 @@ async fn retry_later(
         .write_response_body(sse::retry_frame(jittered), false)
         .await?;
     session
-        .write_response_body(
-            sse::comment_frame(&format!(" over limit: {}; come back later", limit.key())),
-            false,
-        )
+        .write_response_body(sse::comment_frame(why), false)
         .await?;
     session.finish_body().await
 }

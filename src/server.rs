@@ -60,17 +60,28 @@ pub struct StartOptions {
 }
 
 /// Runs the hub's process-wide duties: opens `eager` topics at start, and on
-/// shutdown ends every subscriber's stream cleanly so browsers reconnect
-/// (to another instance, or to this one's successor) within the grace period.
-struct HubLifecycle(Hub);
+/// shutdown (`SIGTERM`, or an upgrade once the listeners were handed over)
+/// drains it: every subscriber's stream ends cleanly at its own moment within
+/// `[server] drain`, so browsers reconnect spread out (to another instance,
+/// or to this one's successor), then the hub's tasks end. All of it happens
+/// within Pingora's grace period, which the config keeps at least as long.
+struct HubLifecycle {
+    hub: Hub,
+    drain: Duration,
+}
 
 #[async_trait]
 impl BackgroundService for HubLifecycle {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        self.0.start();
+        self.hub.start();
         let _ = shutdown.changed().await;
-        log::info!("shutting down: ending every subscriber's stream");
-        self.0.shut_down();
+        log::info!(
+            "shutting down: ending every subscriber's stream within {}",
+            humantime::format_duration(self.drain)
+        );
+        self.hub.drain(self.drain);
+        tokio::time::sleep(self.drain).await;
+        self.hub.stop_tasks();
     }
 }
 
@@ -203,7 +214,13 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<(Server, H
         server.add_service(admin::service(hub.clone(), connections, settings));
         log::info!("admin listener on {} (GET /stats)", settings.addr);
     }
-    server.add_service(background_service("sse hub", HubLifecycle(hub.clone())));
+    server.add_service(background_service(
+        "sse hub",
+        HubLifecycle {
+            hub: hub.clone(),
+            drain: config.server.drain,
+        },
+    ));
     // Freed memory goes back to the system as load leaves (see memory.rs).
     server.add_service(crate::memory::trimmer());
     Ok((server, hub))

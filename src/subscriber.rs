@@ -21,6 +21,7 @@ use pingora::{Error, ErrorType};
 
 use crate::event_stream;
 use crate::hub::{CloseReason, Next, Subscription};
+use crate::sse;
 
 /// How a subscription ended, for logs and the access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +98,7 @@ pub async fn serve(
             }
         }
     };
-    let clean_end_within = subscription.topic().settings.heartbeat;
+    let settings = subscription.topic().settings;
     drop(subscription);
     if ending != Ending::ClientGone {
         // A clean end: the browser reconnects after `retry` (with
@@ -105,12 +106,16 @@ pub async fn serve(
         // take these last bytes within a heartbeat interval is not waited for.
         // Boxed: needed once per subscription, it should not enlarge the
         // state every open subscription keeps.
-        match Box::pin(tokio::time::timeout(
-            clean_end_within,
-            session.finish_body(),
-        ))
-        .await
-        {
+        let last_words = async {
+            if let Ending::Closed(CloseReason::ShuttingDown | CloseReason::Removed) = ending {
+                // Come back later, and not all at the same moment.
+                session
+                    .write_response_body(jittered_retry(settings.retry), false)
+                    .await?;
+            }
+            session.finish_body().await
+        };
+        match Box::pin(tokio::time::timeout(settings.heartbeat, last_words)).await {
             Ok(result) => result?,
             Err(_) => {
                 return Err(Error::explain(
@@ -122,6 +127,13 @@ pub async fn serve(
         }
     }
     Ok(ending)
+}
+
+/// A `retry:` between one and two times the topic's, drawn per subscriber,
+/// so the browsers of a drained topic come back spread out.
+fn jittered_retry(retry: std::time::Duration) -> Bytes {
+    let base = u64::try_from(retry.as_millis()).unwrap_or(u64::MAX).max(1);
+    sse::retry_frame(base.saturating_add(fastrand::u64(0..=base)))
 }
 
 /// Whether [`write_frames`] wrote everything.

@@ -133,6 +133,7 @@ impl TopicRequests {
             Ok(ticket) => match self.hub.subscribe(route, ticket.last_event_id) {
                 Ok(subscription) => return Some((subscription, ticket.place)),
                 Err(SubscribeError::Full(limit)) => Rejection::OverLimit(limit),
+                Err(SubscribeError::Draining) => Rejection::Draining,
                 Err(SubscribeError::Ended) => {
                     if let Err(e) = subscriber::respond_ended(session, cors).await {
                         log::debug!("answering 204 for {} failed: {e}", route.key);

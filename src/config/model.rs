@@ -17,8 +17,13 @@ use crate::upstream_addr::{ConnectSettings, UpstreamAddr};
 /// Where `sse-fanout` looks for its config when `-c` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "conf/sse-fanout.toml";
 
-/// `[server] grace_period`: how long a stopping server keeps serving.
-pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
+/// `[server] drain`: on `SIGTERM` or an upgrade, subscriptions end spread
+/// over this long, so browsers come back spread out, not all at once.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
+/// `[server] grace_period`: how long a stopping server keeps serving after
+/// `SIGTERM` (or after handing its listeners over on an upgrade). It holds
+/// the drain and a few seconds for the last ordinary requests.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(35);
 /// `[server] shutdown_timeout`: how long runtimes get to finish after the grace period.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// `[server] max_concurrent_streams`: browsers use up to ~100 per connection.
@@ -141,6 +146,10 @@ pub struct ServerSettings {
     pub threads: usize,
     /// After SIGTERM, how long to keep serving before stopping.
     pub grace_period: Duration,
+    /// How long subscriptions take to end on SIGTERM or an upgrade: each
+    /// ends at its own moment in this window (zero: all at once). Never
+    /// longer than `grace_period` (it is shortened to fit, with a warning).
+    pub drain: Duration,
     /// After the grace period, how long runtimes get to finish.
     pub shutdown_timeout: Duration,
     /// Run in the background (Pingora's daemon mode).

@@ -81,6 +81,7 @@ pub struct Admin {
 pub struct Server {
     pub threads: Option<Spanned<usize>>,
     pub grace_period: Option<Spanned<DurationValue>>,
+    pub drain: Option<Spanned<DurationValue>>,
     pub shutdown_timeout: Option<Spanned<DurationValue>>,
     pub daemon: Option<bool>,
     pub pid_file: Option<String>,

@@ -34,7 +34,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use pingora::connectors::http::Connector;
+use std::time::Duration;
+
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::config::{Config, LimitSettings, TopicConfig};
 use crate::limits::Limit;
@@ -55,6 +58,9 @@ pub enum SubscribeError {
     /// The topic instance is full, or its template has all the live
     /// instances it may (`max_subscribers_per_topic`, `max_topic_instances`).
     Full(Limit),
+    /// The process is draining: come back (to another instance, or to this
+    /// one's successor).
+    Draining,
 }
 
 /// The topics of one process. Cheap to clone (an `Arc`).
@@ -108,7 +114,7 @@ struct Shared {
     /// the `topics` lock (when an instance leaves), so a reader holding that
     /// lock sees every figure exactly once.
     retired: Mutex<HashMap<Arc<str>, TopicTotals>>,
-    /// Set once shutdown began: new subscribers are ended at once.
+    /// Set once shutdown (the drain) began: new subscriptions are refused.
     shutting_down: AtomicBool,
 }
 
@@ -176,6 +182,9 @@ impl Hub {
                 self.shared.create(&mut topics, route)
             }
         };
+        if self.shared.shutting_down.load(Ordering::Acquire) {
+            return Err(SubscribeError::Draining);
+        }
         if topic.closed() == Some(CloseReason::Ended) {
             return Err(SubscribeError::Ended);
         }
@@ -188,9 +197,6 @@ impl Hub {
         };
         let subscription = topic.subscribe(start);
         drop(topics);
-        if self.shared.shutting_down.load(Ordering::Acquire) {
-            topic.close(CloseReason::ShuttingDown);
-        }
         Ok(subscription)
     }
 
@@ -210,17 +216,33 @@ impl Hub {
         }
     }
 
-    /// Ends every subscriber's stream cleanly (they reconnect elsewhere),
-    /// ends new subscriptions at once from now on, and ends every task the
-    /// hub owns: the drivers (and with them the upstream readers and
-    /// catch-ups), the replay trimmer.
-    pub fn shut_down(&self) {
+    /// Begins the end: from now on new subscriptions are refused (told to
+    /// come back later), and every subscriber's stream ends cleanly at its
+    /// own moment within `window`, so browsers come back spread out (to
+    /// another instance, or to this one's successor) rather than all at once.
+    pub fn drain(&self, window: Duration) {
         self.shared.shutting_down.store(true, Ordering::Release);
+        let until = Instant::now() + window;
         let topics: Vec<Arc<Topic>> = self.shared.topics().by_key.values().cloned().collect();
         for topic in topics {
-            topic.close(CloseReason::ShuttingDown);
+            if window.is_zero() {
+                topic.close(CloseReason::ShuttingDown);
+            } else {
+                topic.drain(CloseReason::ShuttingDown, until);
+            }
         }
+    }
+
+    /// Ends every task the hub owns: the drivers (and with them the upstream
+    /// readers and catch-ups), the replay trimmer. For the end of a drain.
+    pub fn stop_tasks(&self) {
         self.shared.drivers().abort_all();
+    }
+
+    /// Ends every subscriber's stream at once, and every task the hub owns.
+    pub fn shut_down(&self) {
+        self.drain(Duration::ZERO);
+        self.stop_tasks();
     }
 
     /// A snapshot of every live topic, sorted by key.
@@ -484,6 +506,45 @@ mod tests {
         assert!(left.elapsed() < Duration::from_secs(31));
         let fresh = hub.subscribe(&route(&hub, "/events/a"), None).unwrap();
         assert!(!Arc::ptr_eq(fresh.topic(), &topic));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_ends_each_subscription_at_its_own_moment_within_the_window() {
+        let hub = hub("");
+        let mut subs: Vec<Subscription> = (0..100)
+            .map(|_| hub.subscribe(&route(&hub, "/events/a"), None).unwrap())
+            .collect();
+        for sub in &mut subs {
+            sub.take_opening(&mut Vec::new());
+        }
+        let start = Instant::now();
+        hub.drain(Duration::from_secs(10));
+        assert_eq!(
+            hub.subscribe(&route(&hub, "/events/a"), None).err(),
+            Some(SubscribeError::Draining),
+            "a newcomer is told to come back"
+        );
+        let mut per_second = [0usize; 10];
+        let ends = subs.into_iter().map(|mut sub| async move {
+            loop {
+                match sub.next(&mut Vec::new()) {
+                    Next::Closed(CloseReason::ShuttingDown) => return Instant::now(),
+                    Next::Wait => sub.changed().await,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        });
+        for ended in futures_util::future::join_all(ends).await {
+            let after = ended.duration_since(start);
+            assert!(after <= Duration::from_secs(10), "ended after {after:?}");
+            per_second[(after.as_secs() as usize).min(9)] += 1;
+        }
+        // Uniform over ten seconds: about ten a second, never a crowd.
+        assert!(per_second.iter().all(|n| *n <= 33), "{per_second:?}");
+        assert!(
+            per_second.iter().filter(|n| **n > 0).count() >= 5,
+            "{per_second:?}"
+        );
     }
 
     #[tokio::test]

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::watch;
+use tokio::time::{sleep_until, Instant};
 
 use super::catch_up::{CatchUp, CatchUpRead};
 use super::topic::{CloseReason, Signal, Topic, WindowRead};
@@ -95,6 +96,10 @@ pub struct Subscription {
     /// The catch-up it reads before joining the window, if any (boxed: most
     /// subscriptions never have one, and all of them live long).
     catching_up: Option<Box<Catching>>,
+    /// When its stream ends in a drain: a moment drawn once, uniformly
+    /// before the drain's end, so a drained topic's subscribers leave (and
+    /// come back) spread out.
+    closing_at: Option<Instant>,
 }
 
 impl Subscription {
@@ -113,6 +118,7 @@ impl Subscription {
             opening,
             unconfirmed: 0,
             catching_up,
+            closing_at: None,
         }
     }
 
@@ -128,11 +134,28 @@ impl Subscription {
         out.extend(std::mem::take(&mut self.opening));
     }
 
+    /// Why the stream must end now, if it must: at once when the topic
+    /// closed, or at this subscriber's moment when it drains.
+    fn closing(&mut self, signal: &Signal) -> Option<CloseReason> {
+        let reason = signal.close?;
+        let Some(until) = signal.close_by else {
+            return Some(reason);
+        };
+        let now = Instant::now();
+        let at = *self.closing_at.get_or_insert_with(|| {
+            now + until
+                .saturating_duration_since(now)
+                .mul_f64(fastrand::f64())
+        });
+        (now >= at).then_some(reason)
+    }
+
     /// Appends the next frames to write to `out` and says what to do.
     pub fn next(&mut self, out: &mut Vec<Bytes>) -> Next {
         let signal = *self.receiver.borrow_and_update();
+        let closing = self.closing(&signal);
         if self.catching_up.is_some() {
-            if let Some(reason) = signal.close {
+            if let Some(reason) = closing {
                 return Next::Closed(reason);
             }
             match self.read_catch_up(out) {
@@ -164,7 +187,7 @@ impl Subscription {
                 WindowRead::Nothing => {}
             }
         }
-        if let Some(reason) = signal.close {
+        if let Some(reason) = closing {
             return Next::Closed(reason);
         }
         if signal.heartbeats != self.position.seen_heartbeats {
@@ -248,14 +271,25 @@ impl Subscription {
     pub async fn changed(&mut self) {
         // The senders live in the topic and the catch-up this subscription
         // keeps alive, so the channels cannot close under us.
+        // A drained subscription also wakes at its moment to leave.
+        let leave = async {
+            match self.closing_at {
+                Some(at) => sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         match &mut self.catching_up {
             None => {
-                let _ = self.receiver.changed().await;
+                tokio::select! {
+                    _ = self.receiver.changed() => {}
+                    _ = leave => {}
+                }
             }
             Some(catching) => {
                 tokio::select! {
                     _ = self.receiver.changed() => {}
                     _ = catching.changed.changed() => {}
+                    _ = leave => {}
                 }
             }
         }

@@ -51,6 +51,9 @@ pub struct Signal {
     pub heartbeats: u64,
     /// Set when every subscriber must end its stream.
     pub close: Option<CloseReason>,
+    /// When set with `close`, each subscriber ends at its own moment before
+    /// this instant (a drain), not all at once.
+    pub close_by: Option<Instant>,
 }
 
 /// Why a topic ends its subscribers' streams.
@@ -60,6 +63,8 @@ pub enum CloseReason {
     Ended,
     /// The process is stopping; browsers reconnect elsewhere.
     ShuttingDown,
+    /// A reload removed the topic from the config.
+    Removed,
     /// The topic's driver stopped unexpectedly; browsers reconnect and get
     /// a fresh instance of the topic.
     Failed,
@@ -342,6 +347,19 @@ impl Topic {
         }
         self.signal.send_modify(|signal| {
             signal.close.get_or_insert(reason);
+        });
+        self.subscribers_changed.notify_one();
+    }
+
+    /// Ends every subscriber's stream, each at its own moment before
+    /// `until` (spread, so they do not all come back at once); new
+    /// subscribers are refused.
+    pub fn drain(&self, reason: CloseReason, until: Instant) {
+        self.signal.send_modify(|signal| {
+            if signal.close.is_none() {
+                signal.close = Some(reason);
+                signal.close_by = Some(until);
+            }
         });
         self.subscribers_changed.notify_one();
     }

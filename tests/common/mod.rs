@@ -156,6 +156,13 @@ impl Proxy {
     /// Starts the proxy in front of `app` with `extra` appended to its config
     /// (topics, `[sse]` settings, ...).
     pub fn start(app: SocketAddr, extra: &str) -> Proxy {
+        Proxy::start_with_server(app, "grace_period = \"1s\"", extra)
+    }
+
+    /// [`start`](Self::start), with `server` as the `[server]` table's keys
+    /// besides the threads, the shutdown timeout and the files (give a
+    /// `grace_period` there; `start` uses 1 s).
+    pub fn start_with_server(app: SocketAddr, server: &str, extra: &str) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let certs = TestCerts::generate();
         std::fs::write(dir.path().join("chain.pem"), &certs.chain_pem).unwrap();
@@ -167,8 +174,8 @@ impl Proxy {
             r#"
 [server]
 threads = 1
-grace_period = "1s"
 shutdown_timeout = "1s"
+{server}
 pid_file = "{dir}/sse-fanout.pid"
 upgrade_sock = "{dir}/upgrade.sock"
 

@@ -63,6 +63,7 @@ impl Validator<'_> {
 
     /// The whole file, section by section.
     pub(super) fn config(&self, raw: raw::Config) -> Result<Config, ConfigError> {
+        let requested_drain = raw.server.drain.as_ref().map(|d| d.get_ref().0);
         let server = self.server(raw.server)?;
         let listeners = self.listeners(raw.listen)?;
         let Some(raw_app) = raw.app else {
@@ -79,7 +80,14 @@ impl Validator<'_> {
         let mut raw_limits = raw.limits.unwrap_or_default();
         let connections = self.connection_limits(&mut raw_limits)?;
         let limits = self.limits(raw_limits)?;
-        let warnings = topics::warnings(&topics, &app);
+        let mut warnings = topics::warnings(&topics, &app);
+        if requested_drain.is_some_and(|drain| drain > server.grace_period) {
+            warnings.push(format!(
+                "server.drain is longer than server.grace_period ({}): subscriptions are ended within {} instead, since the process stops when the grace period ends",
+                humantime::format_duration(server.grace_period),
+                humantime::format_duration(server.drain),
+            ));
+        }
         let admin = raw
             .admin
             .map(|admin| self.admin(admin, &listeners))

@@ -3,10 +3,10 @@
 
 use super::Validator;
 use crate::config::model::{
-    KeepaliveSettings, ServerSettings, DEFAULT_GRACE_PERIOD, DEFAULT_KEEPALIVE_COUNT,
-    DEFAULT_KEEPALIVE_IDLE, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_MAX_CONCURRENT_STREAMS,
-    DEFAULT_PID_FILE, DEFAULT_READ_BUFFER, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TCP_USER_TIMEOUT,
-    DEFAULT_UPGRADE_SOCK, MIN_READ_BUFFER,
+    KeepaliveSettings, ServerSettings, DEFAULT_DRAIN, DEFAULT_GRACE_PERIOD,
+    DEFAULT_KEEPALIVE_COUNT, DEFAULT_KEEPALIVE_IDLE, DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_PID_FILE, DEFAULT_READ_BUFFER,
+    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TCP_USER_TIMEOUT, DEFAULT_UPGRADE_SOCK, MIN_READ_BUFFER,
 };
 use crate::config::raw;
 use crate::config::source::ConfigError;
@@ -56,11 +56,19 @@ impl Validator<'_> {
                 None => DEFAULT_KEEPALIVE_COUNT,
             },
         };
+        let grace_period = raw
+            .grace_period
+            .map_or(DEFAULT_GRACE_PERIOD, |d| d.into_inner().0);
+        // The drain happens within the grace period; Pingora ends the
+        // process when that is over.
+        let drain = raw
+            .drain
+            .map_or(DEFAULT_DRAIN, |d| d.into_inner().0)
+            .min(grace_period);
         Ok(ServerSettings {
             threads,
-            grace_period: raw
-                .grace_period
-                .map_or(DEFAULT_GRACE_PERIOD, |d| d.into_inner().0),
+            grace_period,
+            drain,
             shutdown_timeout: raw
                 .shutdown_timeout
                 .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.into_inner().0),

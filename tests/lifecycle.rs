@@ -1,0 +1,89 @@
+//! Running it like nginx: stopping without a reconnect storm (the drain),
+//! against the real binary with real signals and real sockets.
+
+// Test code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::sse_app::SseApp;
+use common::{Proxy, PATIENCE};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+const TOPICS: &str = r#"
+[sse]
+heartbeat = "30s"
+retry = "2s"
+
+[[topic]]
+path = "/events/news"
+upstream = "/stream/news"
+"#;
+
+/// A plain HTTP/1.1 subscriber on its own connection: reads until the proxy
+/// ends the stream and returns when that was and everything it got.
+async fn subscribe_until_end(proxy_addr: std::net::SocketAddr) -> (Instant, String) {
+    let mut socket = TcpStream::connect(proxy_addr).await.unwrap();
+    socket
+        .write_all(
+            b"GET /events/news HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+    (
+        Instant::now(),
+        String::from_utf8_lossy(&received).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_subscriptions_spread_over_the_drain_each_after_a_jittered_retry() {
+    let app = SseApp::start().await;
+    let mut proxy =
+        Proxy::start_with_server(app.addr, "grace_period = \"6s\"\ndrain = \"5s\"", TOPICS);
+    let subscribers: Vec<_> = (0..300)
+        .map(|_| tokio::spawn(subscribe_until_end(proxy.plain_addr)))
+        .collect();
+    proxy.wait_for_subscribers("/events/news", 300).await;
+
+    let signalled = Instant::now();
+    proxy.terminate();
+
+    let mut per_second = [0usize; 8];
+    for subscriber in subscribers {
+        let (ended, received) = tokio::time::timeout(PATIENCE, subscriber)
+            .await
+            .expect("every stream ended within the drain")
+            .unwrap();
+        let after = ended.duration_since(signalled);
+        assert!(
+            after < Duration::from_secs(7),
+            "ended {after:?} after SIGTERM"
+        );
+        per_second[after.as_secs() as usize] += 1;
+        // The opening retry:, then the jittered one before the clean end.
+        assert_eq!(received.matches("retry:").count(), 2, "{received}");
+        assert!(
+            received.ends_with("0\r\n\r\n"),
+            "not a clean end: {received:?}"
+        );
+    }
+    // Spread out: no second holds more than a third of them.
+    assert!(
+        per_second.iter().all(|n| *n <= 100),
+        "ends per second after SIGTERM: {per_second:?}"
+    );
+    assert!(proxy.wait_exit().success());
+}
