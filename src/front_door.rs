@@ -62,9 +62,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::admission::Admission;
 use crate::config::{Config, ConnectionLimits};
-use crate::hub::Hub;
+use crate::hub::{Hub, TopicRoute};
 use crate::proxy::Proxy;
-use crate::route::TopicMatch;
 use crate::topic_request::{TopicMethod, TopicRequests};
 
 pub use connections::{ConnectionCounts, Connections, EarlyClose};
@@ -324,7 +323,7 @@ async fn wait_for_shutdown(mut shutdown: ShutdownWatch) {
 
 /// The topic an HTTP/1.1 request head (`GET /events/news?x HTTP/1.1 ...`)
 /// asks for, and how; `None` for anything the proxy handles.
-fn topic_request(hub: &Hub, head: &[u8]) -> Option<(TopicMethod, TopicMatch)> {
+fn topic_request(hub: &Hub, head: &[u8]) -> Option<(TopicMethod, TopicRoute)> {
     let line = head
         .split(|b| *b == b'\n')
         .find(|l| !l.is_empty() && *l != b"\r")?;

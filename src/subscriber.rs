@@ -98,7 +98,7 @@ pub async fn serve(
             }
         }
     };
-    let settings = subscription.topic().settings;
+    let settings = subscription.topic().settings();
     drop(subscription);
     if ending != Ending::ClientGone {
         // A clean end: the browser reconnects after `retry` (with
@@ -155,7 +155,7 @@ async fn write_frames(
     subscription: &mut Subscription,
     frames: &mut Vec<Bytes>,
 ) -> pingora::Result<Written> {
-    let write_timeout = subscription.topic().settings.heartbeat.saturating_mul(2);
+    let write_timeout = subscription.topic().settings().heartbeat.saturating_mul(2);
     for frame in frames.drain(..) {
         // Boxed: one small allocation per write, rather than ~550 more bytes
         // in every subscription's state for its whole life (memory per idle

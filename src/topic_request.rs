@@ -24,9 +24,8 @@ use crate::access_log::{self, AccessRecord};
 use crate::admission::{self, Admission, Rejection};
 use crate::client;
 use crate::cors;
-use crate::hub::{Hub, SubscribeError, Subscription};
+use crate::hub::{Hub, SubscribeError, Subscription, TopicRoute};
 use crate::limits::Admitted;
-use crate::route::TopicMatch;
 use crate::subscriber;
 
 /// What a request to a topic path asks for.
@@ -64,7 +63,7 @@ impl TopicRequests {
         &self,
         session: &mut ServerSession,
         method: TopicMethod,
-        route: &TopicMatch,
+        route: &TopicRoute,
     ) {
         match method {
             TopicMethod::Get => self.serve_subscription(session, route).await,
@@ -80,7 +79,7 @@ impl TopicRequests {
         &self,
         mut session: ServerSession,
         method: TopicMethod,
-        route: &TopicMatch,
+        route: &TopicRoute,
     ) {
         match session.read_request().await {
             Ok(true) => self.serve(&mut session, method, route).await,
@@ -94,10 +93,10 @@ impl TopicRequests {
 
     /// Admits (or refuses) and serves a subscription, and writes its
     /// access-log line.
-    async fn serve_subscription(&self, session: &mut ServerSession, route: &TopicMatch) {
+    async fn serve_subscription(&self, session: &mut ServerSession, route: &TopicRoute) {
         let started = Instant::now();
         let cors = cors::response_headers(
-            &self.hub.config(route).access.cors,
+            &route.config.access.cors,
             client::header(session, http::header::ORIGIN).as_deref(),
         );
         // Admission (with its auth request) and refusals are short-lived and
@@ -124,10 +123,10 @@ impl TopicRequests {
     async fn open_subscription(
         &self,
         session: &mut ServerSession,
-        route: &TopicMatch,
+        route: &TopicRoute,
         cors: &[(HeaderName, String)],
     ) -> Option<(Subscription, Admitted)> {
-        let topic = self.hub.config(route);
+        let topic = &route.config;
         let rejection = match self.admission.check(session, route, topic).await {
             Err(rejection) => rejection,
             Ok(ticket) => match self.hub.subscribe(route, ticket.last_event_id) {
@@ -152,8 +151,8 @@ impl TopicRequests {
     }
 
     /// Answers a CORS preflight on a topic path.
-    async fn serve_preflight(&self, session: &mut ServerSession, route: &TopicMatch) {
-        let topic = self.hub.config(route);
+    async fn serve_preflight(&self, session: &mut ServerSession, route: &TopicRoute) {
+        let topic = &route.config;
         let origin = client::header(session, http::header::ORIGIN);
         let headers = cors::preflight_headers(&topic.access.cors, origin.as_deref());
         let answer = async {

@@ -22,8 +22,8 @@ use tokio::sync::Notify;
 /// Shared by the hub and every topic.
 #[derive(Debug)]
 pub struct ReplayBudget {
-    /// Bytes every window may hold together.
-    limit: usize,
+    /// Bytes every window may hold together (a reload may change it).
+    limit: AtomicUsize,
     /// Bytes the windows hold now.
     held: AtomicUsize,
     /// Frames published so far, process-wide: each frame's stamp.
@@ -37,7 +37,7 @@ pub struct ReplayBudget {
 impl ReplayBudget {
     pub fn new(limit: usize) -> ReplayBudget {
         ReplayBudget {
-            limit,
+            limit: AtomicUsize::new(limit),
             held: AtomicUsize::new(0),
             published: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
@@ -57,7 +57,7 @@ impl ReplayBudget {
         } else {
             self.held.fetch_sub(removed - added, Ordering::Relaxed) - (removed - added)
         };
-        if held > self.limit {
+        if held > self.limit() {
             self.over.notify_one();
         }
     }
@@ -69,13 +69,22 @@ impl ReplayBudget {
 
     /// The budget.
     pub fn limit(&self) -> usize {
-        self.limit
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// A new budget (a reload); the trimmer runs if the windows hold more.
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
+        if self.held() > limit {
+            self.over.notify_one();
+        }
     }
 
     /// What the trimmer evicts down to: a tenth below the limit, so it does
     /// not run again after every publish.
     pub fn target(&self) -> usize {
-        self.limit - self.limit / 10
+        let limit = self.limit();
+        limit - limit / 10
     }
 }
 

@@ -200,7 +200,7 @@ impl CatchUp {
 /// catch-up runs takes the catch-up's task down with it) until it ends, and
 /// records how.
 pub async fn run(catch_up: Arc<CatchUp>, topic: Weak<Topic>, source: Arc<UpstreamSource>) {
-    let Some(settings) = topic.upgrade().map(|t| t.settings) else {
+    let Some(settings) = topic.upgrade().map(|t| t.settings()) else {
         return;
     };
     let Some(started_head) = topic.upgrade().map(|t| t.head()) else {
@@ -247,7 +247,7 @@ async fn follow(catch_up: &CatchUp, topic: &Weak<Topic>, source: &UpstreamSource
         Ok(Opened::NoContent) => return Outcome::Failed(UpstreamError::Status(204)),
         Err(error) => return Outcome::Failed(error),
     };
-    let Some((settings, mut topic_changed)) = topic.upgrade().map(|t| (t.settings, t.watch()))
+    let Some((settings, mut topic_changed)) = topic.upgrade().map(|t| (t.settings(), t.watch()))
     else {
         return Outcome::Failed(UpstreamError::Ended);
     };

@@ -14,11 +14,11 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::{sleep_until, Instant};
 
 use super::topic::{CloseReason, Topic};
-use super::totals::TopicTotals;
 use super::upstream::UpstreamReader;
 use super::{AbortOnDrop, Live, Shared};
 
@@ -29,35 +29,24 @@ use super::{AbortOnDrop, Live, Shared};
 pub(super) struct Registration {
     pub(super) shared: Arc<Shared>,
     pub(super) topic: Arc<Topic>,
-    pub(super) index: usize,
 }
 
 impl Registration {
-    /// Removes the topic if it still has no subscribers; true when removed.
-    /// Subscribing happens under the same lock, so no one can join between
-    /// the check and the removal.
-    fn remove_if_idle(&self) -> bool {
+    /// Reclaims the topic if it has no subscribers: takes it out of the
+    /// map (unless a reload already did); true when it is idle. Subscribing
+    /// happens under the same lock, so no one can join between the check
+    /// and the removal.
+    fn reclaim_if_idle(&self) -> bool {
         let topics = self.shared.topics();
-        self.topic.subscriber_count() == 0 && self.remove(topics)
+        if self.topic.subscriber_count() != 0 {
+            return false;
+        }
+        self.remove(topics);
+        true
     }
 
     fn remove(&self, mut topics: std::sync::MutexGuard<'_, Live>) -> bool {
-        let is_this_topic = topics
-            .by_key
-            .get(&self.topic.key)
-            .is_some_and(|t| Arc::ptr_eq(t, &self.topic));
-        if is_this_topic {
-            topics.by_key.remove(&self.topic.key);
-            topics.add(self.index, -1);
-            // Under the `topics` lock: a metrics reader sees its figures
-            // either live or retired, never both, never neither.
-            self.shared
-                .retired()
-                .entry(self.topic.config_path.clone())
-                .or_default()
-                .add(&TopicTotals::of(&self.topic));
-        }
-        is_this_topic
+        self.shared.unregister(&mut topics, &self.topic)
     }
 }
 
@@ -80,36 +69,38 @@ impl Drop for Registration {
 pub(super) struct Driver {
     pub(super) registration: Registration,
     pub(super) reader: UpstreamReader,
-    /// Kept open with no subscribers; reopened after `linger` if it ended.
-    pub(super) eager: bool,
 }
 
 impl Driver {
     pub(super) async fn run(self) {
         let topic = self.registration.topic.clone();
+        let shared = self.registration.shared.clone();
         let _reader = AbortOnDrop(tokio::spawn(self.reader.run()).abort_handle());
         loop {
             let heartbeat_at = topic.heartbeat_due();
             // An eager topic lingers only once its upstream ended (`204`):
             // then it is reclaimed and opened afresh, so the app is asked
             // again rather than never.
-            let ended = topic.closed() == Some(CloseReason::Ended);
-            let linger_until = if self.eager && !ended {
+            let closed = topic.closed();
+            let eager = shared.eager_topic(&topic.config_path).is_some();
+            let linger = match closed {
+                // Removed by a reload: gone as soon as its subscribers are.
+                Some(CloseReason::Removed) => Duration::ZERO,
+                _ => topic.settings().linger,
+            };
+            let linger_until = if eager && closed.is_none() {
                 None
             } else {
-                topic
-                    .idle_since()
-                    .map(|since| since + topic.settings.linger)
+                topic.idle_since().map(|since| since + linger)
             };
             tokio::select! {
                 _ = sleep_until(heartbeat_at) => topic.heartbeat_if_due(),
                 _ = sleep_until(linger_until.unwrap_or(heartbeat_at)), if linger_until.is_some() => {
-                    if linger_until.is_some_and(|until| until <= Instant::now()) && self.registration.remove_if_idle() {
-                        log::info!("topic {}: no subscribers for {:?}; upstream closed", topic.key, topic.settings.linger);
-                        if self.eager {
-                            let shared = self.registration.shared.clone();
+                    if linger_until.is_some_and(|until| until <= Instant::now()) && self.registration.reclaim_if_idle() {
+                        log::info!("topic {}: no subscribers for {linger:?}; upstream closed", topic.key);
+                        if let Some(config) = shared.eager_topic(&topic.config_path) {
                             let mut topics = shared.topics();
-                            shared.open_eager(&mut topics, self.registration.index);
+                            shared.open_eager(&mut topics, &config);
                         }
                         return;
                     }

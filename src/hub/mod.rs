@@ -12,10 +12,19 @@
 //!   │                      │                          (heartbeats, linger)
 //!   │                      ├── Subscription (cursor) × N, one per browser stream
 //!   │                      └── CatchUp task × (≤ catch_up_max), one per resume point
+//!   ├── config: the topics and limits now, swapped whole by a reload
 //!   ├── drivers: JoinSet (the hub owns every driver; a driver that ends
 //!   │   for any reason, a panic included, takes its topic out of the map)
 //!   └── trimmer task: keeps every window together within `replay_memory`
 //! ```
+//!
+//! A reload ([`Hub::reconfigure`]) swaps the configured topics without
+//! ending a stream the change does not concern: a topic left as it was keeps
+//! its upstream stream; a changed one takes its new settings (and, when its
+//! upstream moved, reopens its stream there, subscribers staying); a removed
+//! one ends its subscribers' streams spread over the drain window. A route
+//! carries the topic config it was found with ([`TopicRoute`]), so a request
+//! in flight during a reload is served by one config, whole.
 //!
 //! The hub has no HTTP server code: it hands out subscriptions, and
 //! `subscriber.rs` writes them to sessions.
@@ -30,12 +39,13 @@ mod totals;
 pub mod upstream;
 
 use std::collections::{BinaryHeap, HashMap};
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use pingora::connectors::http::Connector;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use pingora::connectors::http::Connector;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -63,51 +73,121 @@ pub enum SubscribeError {
     Draining,
 }
 
+/// A request path that is a topic, with the topic's config as it was when
+/// the path was found (a reload does not change a request in flight).
+#[derive(Debug, Clone)]
+pub struct TopicRoute {
+    /// The configured topic.
+    pub config: Arc<TopicConfig>,
+    /// The instance: its key and the template's parameters.
+    pub matched: TopicMatch,
+}
+
+impl Deref for TopicRoute {
+    type Target = TopicMatch;
+
+    fn deref(&self) -> &TopicMatch {
+        &self.matched
+    }
+}
+
+/// What a reload changed in the topics, for its log line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicChanges {
+    /// Configured topics that are new.
+    pub added: Vec<String>,
+    /// Configured topics that are gone (their live instances drain).
+    pub removed: Vec<String>,
+    /// Live instances whose upstream moved (they reopen it there).
+    pub moved: Vec<String>,
+    /// Configured topics whose settings changed (applied from now on).
+    pub changed: Vec<String>,
+}
+
 /// The topics of one process. Cheap to clone (an `Arc`).
 #[derive(Clone)]
 pub struct Hub {
     shared: Arc<Shared>,
 }
 
+/// The configured topics and the limits the hub applies: swapped whole by a
+/// reload, read without a lock.
+struct HubConfig {
+    /// The configured topics, by index as [`TopicRoutes`] reports them.
+    topics: Vec<Arc<TopicConfig>>,
+    /// Path matching.
+    routes: TopicRoutes,
+    /// `max_subscribers_per_topic` and `max_topic_instances`.
+    limits: LimitSettings,
+    /// How upstreams are reached (from `[app]`).
+    connect: ConnectSettings,
+}
+
+impl HubConfig {
+    fn new(config: &Config) -> HubConfig {
+        HubConfig {
+            topics: config.topics.iter().cloned().map(Arc::new).collect(),
+            routes: TopicRoutes::new(config.topics.iter().map(|t| &t.path)),
+            limits: config.limits,
+            connect: config.app.connect.clone(),
+        }
+    }
+
+    /// The configured topic with this path, if there is one.
+    fn topic(&self, path: &str) -> Option<&Arc<TopicConfig>> {
+        self.topics.iter().find(|t| t.path.as_str() == path)
+    }
+}
+
 /// The live topic instances.
 struct Live {
     /// By key (the request path that names the instance).
     by_key: HashMap<String, Arc<Topic>>,
-    /// Live instances per configured topic (index into `configs`).
-    instances: Vec<usize>,
+    /// Live instances per configured topic (by its configured path).
+    instances: HashMap<Arc<str>, usize>,
 }
 
 impl Live {
-    /// Live instances of the configured topic `index`.
-    fn count(&self, index: usize) -> usize {
-        self.instances.get(index).copied().unwrap_or(0)
+    /// Live instances of the configured topic `path`.
+    fn count(&self, path: &str) -> usize {
+        self.instances.get(path).copied().unwrap_or(0)
     }
 
-    /// Counts `delta` more (or fewer) live instances of topic `index`.
-    fn add(&mut self, index: usize, delta: isize) {
-        if let Some(count) = self.instances.get_mut(index) {
-            *count = count.saturating_add_signed(delta);
+    /// Counts one more (or one fewer) live instance of topic `path`.
+    fn add(&mut self, path: &Arc<str>, delta: isize) {
+        let count = self.instances.entry(path.clone()).or_insert(0);
+        *count = count.saturating_add_signed(delta);
+        if *count == 0 {
+            self.instances.remove(path);
         }
+    }
+
+    /// Takes `topic` out of the map if it is the instance registered under
+    /// its key; true when it was.
+    fn remove(&mut self, topic: &Arc<Topic>) -> bool {
+        let is_this_topic = self
+            .by_key
+            .get(&topic.key)
+            .is_some_and(|t| Arc::ptr_eq(t, topic));
+        if is_this_topic {
+            self.by_key.remove(&topic.key);
+            self.add(&topic.config_path, -1);
+        }
+        is_this_topic
     }
 }
 
 /// State shared by the hub's handles and its drivers.
 struct Shared {
-    /// The configured topics, by index as [`TopicRoutes`] reports them.
-    configs: Vec<TopicConfig>,
-    /// Path matching.
-    routes: TopicRoutes,
+    /// The configured topics and limits, as the last (re)load left them.
+    config: ArcSwap<HubConfig>,
     /// Live topic instances, and how many each configured topic has.
     topics: Mutex<Live>,
     /// Every topic's driver task. Finished ones are reaped whenever a topic
     /// is created, so the set is as large as the live topics.
     drivers: Mutex<JoinSet<()>>,
-    /// `max_subscribers_per_topic` and `max_topic_instances`.
-    limits: LimitSettings,
     /// Pingora's connector for every upstream stream.
     connector: Arc<Connector>,
-    /// How upstreams are reached (from `[app]`).
-    connect: ConnectSettings,
     /// What every replay window may hold together.
     budget: Arc<ReplayBudget>,
     /// What reclaimed instances counted, by configured path. Written under
@@ -133,16 +213,13 @@ impl Hub {
     pub fn new(config: &Config) -> Hub {
         Hub {
             shared: Arc::new(Shared {
-                configs: config.topics.clone(),
-                routes: TopicRoutes::new(config.topics.iter().map(|t| &t.path)),
+                config: ArcSwap::from_pointee(HubConfig::new(config)),
                 topics: Mutex::new(Live {
                     by_key: HashMap::new(),
-                    instances: vec![0; config.topics.len()],
+                    instances: HashMap::new(),
                 }),
                 drivers: Mutex::new(JoinSet::new()),
-                limits: config.limits,
                 connector: Arc::new(Connector::new(None)),
-                connect: config.app.connect.clone(),
                 budget: Arc::new(ReplayBudget::new(config.limits.replay_memory)),
                 retired: Mutex::new(HashMap::new()),
                 shutting_down: AtomicBool::new(false),
@@ -150,17 +227,16 @@ impl Hub {
         }
     }
 
-    /// The configuration of the topic a route names.
-    pub fn config(&self, route: &TopicMatch) -> &TopicConfig {
-        // In bounds: a route's index is its topic's place in `configs`
-        // (`TopicRoutes` is built from the same list, in order).
-        #[allow(clippy::indexing_slicing)]
-        &self.shared.configs[route.index]
-    }
-
-    /// Whether a request path (without query) is a topic.
-    pub fn find(&self, path: &str) -> Option<TopicMatch> {
-        self.shared.routes.find(path)
+    /// Whether a request path (or target; without query) is a topic, and
+    /// which, with its config as it is now.
+    pub fn find(&self, path: &str) -> Option<TopicRoute> {
+        let config = self.shared.config.load();
+        let matched = config.routes.find(path)?;
+        let topic = config.topics.get(matched.index)?.clone();
+        Some(TopicRoute {
+            config: topic,
+            matched,
+        })
     }
 
     /// Subscribes to a topic instance, creating it (and opening its upstream)
@@ -168,27 +244,27 @@ impl Hub {
     /// it decides where this subscriber starts, and nothing else.
     pub fn subscribe(
         &self,
-        route: &TopicMatch,
+        route: &TopicRoute,
         last_event_id: Option<String>,
     ) -> Result<Subscription, SubscribeError> {
+        if self.shared.shutting_down.load(Ordering::Acquire) {
+            return Err(SubscribeError::Draining);
+        }
+        let limits = self.shared.config.load().limits;
         let mut topics = self.shared.topics();
         let topic = match topics.by_key.get(&route.key) {
             Some(topic) => topic.clone(),
             None => {
-                let cap = self.shared.limits.max_topic_instances;
-                if topics.count(route.index) >= cap {
+                if topics.count(route.config.path.as_str()) >= limits.max_topic_instances {
                     return Err(SubscribeError::Full(Limit::Instances));
                 }
                 self.shared.create(&mut topics, route)
             }
         };
-        if self.shared.shutting_down.load(Ordering::Acquire) {
-            return Err(SubscribeError::Draining);
-        }
         if topic.closed() == Some(CloseReason::Ended) {
             return Err(SubscribeError::Ended);
         }
-        if topic.subscriber_count() >= self.shared.limits.max_subscribers_per_topic {
+        if topic.subscriber_count() >= limits.max_subscribers_per_topic {
             return Err(SubscribeError::Full(Limit::PerTopic));
         }
         let start = match last_event_id {
@@ -208,12 +284,58 @@ impl Hub {
         self.shared
             .drivers()
             .spawn(async move { shared.trim_replay_forever().await });
-        let mut topics = self.shared.topics();
-        for (index, config) in self.shared.configs.iter().enumerate() {
-            if config.eager {
-                self.shared.open_eager(&mut topics, index);
+        self.shared.open_every_eager_topic();
+    }
+
+    /// Applies a reloaded config: the configured topics and the limits
+    /// change from now on, and every live instance is checked against its
+    /// configured topic (see the module doc). Removed topics drain within
+    /// `drain`. Returns what changed.
+    pub fn reconfigure(&self, config: &Config, drain: Duration) -> TopicChanges {
+        let old = self.shared.config.load_full();
+        let new = Arc::new(HubConfig::new(config));
+        let mut changes = TopicChanges::default();
+        for topic in &new.topics {
+            match old.topic(topic.path.as_str()) {
+                None => changes.added.push(topic.path.as_str().into()),
+                Some(before) if **before != **topic => {
+                    changes.changed.push(topic.path.as_str().into())
+                }
+                Some(_) => {}
             }
         }
+        for topic in &old.topics {
+            if new.topic(topic.path.as_str()).is_none() {
+                changes.removed.push(topic.path.as_str().into());
+            }
+        }
+        self.shared.budget.set_limit(config.limits.replay_memory);
+        // From here on, new requests find the new topics.
+        self.shared.config.store(new.clone());
+        let until = Instant::now() + drain;
+        let live: Vec<Arc<Topic>> = self.shared.topics().by_key.values().cloned().collect();
+        for topic in live {
+            match new.topic(&topic.config_path) {
+                None => {
+                    // Gone from the config: no one new joins it, and its
+                    // subscribers leave spread over the drain.
+                    let mut topics = self.shared.topics();
+                    self.shared.unregister(&mut topics, &topic);
+                    drop(topics);
+                    topic.drain(CloseReason::Removed, until);
+                }
+                Some(config) => {
+                    let source = self.shared.source_for(config, &topic);
+                    let moved = !source.same_stream_as(&topic.source());
+                    if moved {
+                        changes.moved.push(topic.key.clone());
+                    }
+                    topic.reconfigure(config.settings, moved.then_some(source));
+                }
+            }
+        }
+        self.shared.open_every_eager_topic();
+        changes
     }
 
     /// Begins the end: from now on new subscriptions are refused (told to
@@ -256,11 +378,11 @@ impl Hub {
     /// Every configured topic's figures, in config order: gauges over its
     /// live instances, totals over every instance it had (see `totals.rs`).
     pub fn metrics(&self) -> Vec<TopicMetrics> {
+        let config = self.shared.config.load();
         let topics = self.shared.topics();
         let retired = self.shared.retired();
-        let mut metrics: Vec<TopicMetrics> = self
-            .shared
-            .configs
+        let mut metrics: Vec<TopicMetrics> = config
+            .topics
             .iter()
             .map(|config| {
                 let path = config.path.as_str();
@@ -306,40 +428,62 @@ impl Shared {
         self.drivers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Creates a topic instance, registers it and starts its driver.
-    fn create(self: &Arc<Self>, topics: &mut Live, route: &TopicMatch) -> Arc<Topic> {
-        // In bounds: see `Hub::config`.
-        #[allow(clippy::indexing_slicing)]
-        let config = &self.configs[route.index];
-        let path = config.upstream.path.fill(&route.param_pairs());
-        let source = Arc::new(UpstreamSource {
+    /// Takes `topic` out of the map if it is still the instance registered
+    /// under its key, and retires its figures (under the `topics` lock, so a
+    /// metrics reader sees them either live or retired, never both, never
+    /// neither); true when it was registered.
+    fn unregister(&self, topics: &mut Live, topic: &Arc<Topic>) -> bool {
+        let removed = topics.remove(topic);
+        if removed {
+            self.retired()
+                .entry(topic.config_path.clone())
+                .or_default()
+                .add(&TopicTotals::of(topic));
+        }
+        removed
+    }
+
+    /// Where the instance `topic` of the configured topic `config` reads
+    /// its stream, by the config as it is now.
+    fn source_for(&self, config: &TopicConfig, topic: &Topic) -> Arc<UpstreamSource> {
+        let params = config.path.matches(&topic.key).unwrap_or_default();
+        self.source(config, &params)
+    }
+
+    fn source(&self, config: &TopicConfig, params: &[(&str, &str)]) -> Arc<UpstreamSource> {
+        let path = config.upstream.path.fill(params);
+        Arc::new(UpstreamSource {
             url: format!("{}{path}", config.upstream.origin),
             origin: config.upstream.origin.clone(),
             path,
             extra_headers: config.access.upstream_headers.clone(),
-            connect: self.connect.clone(),
+            connect: self.config.load().connect.clone(),
             connector: self.connector.clone(),
-        });
+        })
+    }
+
+    /// Creates a topic instance, registers it and starts its driver.
+    fn create(self: &Arc<Self>, topics: &mut Live, route: &TopicRoute) -> Arc<Topic> {
+        let config = &route.config;
+        let source = self.source(config, &route.param_pairs());
+        let config_path: Arc<str> = Arc::from(config.path.as_str());
         let topic = Topic::new(
             route.key.clone(),
-            Arc::from(config.path.as_str()),
-            source.clone(),
+            config_path.clone(),
+            source,
             config.settings,
             self.budget.clone(),
         );
         topics.by_key.insert(route.key.clone(), topic.clone());
-        topics.add(route.index, 1);
+        topics.add(&config_path, 1);
         let driver = Driver {
             registration: Registration {
                 shared: self.clone(),
                 topic: topic.clone(),
-                index: route.index,
             },
             reader: UpstreamReader {
                 topic: topic.clone(),
-                source,
             },
-            eager: config.eager,
         };
         let mut drivers = self.drivers();
         // Reap drivers that ended, so the set stays as large as the topics.
@@ -348,20 +492,34 @@ impl Shared {
         topic
     }
 
-    /// Opens the eager topic `index` unless it is live.
-    fn open_eager(self: &Arc<Self>, topics: &mut Live, index: usize) {
-        let Some(config) = self.configs.get(index) else {
-            return;
-        };
+    /// Opens every `eager` topic of the config now that is not live.
+    fn open_every_eager_topic(self: &Arc<Self>) {
+        let config = self.config.load();
+        let mut topics = self.topics();
+        for topic in config.topics.iter().filter(|t| t.eager) {
+            self.open_eager(&mut topics, topic);
+        }
+    }
+
+    /// Opens the eager topic `config` unless it is live.
+    fn open_eager(self: &Arc<Self>, topics: &mut Live, config: &Arc<TopicConfig>) {
         let key = config.path.as_str().to_string();
         if !topics.by_key.contains_key(&key) && !self.shutting_down.load(Ordering::Acquire) {
-            let route = TopicMatch {
-                index,
-                key,
-                params: Vec::new(),
+            let route = TopicRoute {
+                config: config.clone(),
+                matched: TopicMatch {
+                    index: 0,
+                    key,
+                    params: Vec::new(),
+                },
             };
             self.create(topics, &route);
         }
+    }
+
+    /// Whether the configured topic `path` is eager in the config now.
+    fn eager_topic(&self, path: &str) -> Option<Arc<TopicConfig>> {
+        self.config.load().topic(path).filter(|t| t.eager).cloned()
     }
 
     /// Keeps the replay windows within the budget: woken when they hold
@@ -424,7 +582,7 @@ mod tests {
         Hub::new(&config)
     }
 
-    fn route(hub: &Hub, path: &str) -> TopicMatch {
+    fn route(hub: &Hub, path: &str) -> TopicRoute {
         hub.find(path).unwrap()
     }
 

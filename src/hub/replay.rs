@@ -157,6 +157,20 @@ impl ReplayWindow {
         self.first_seq
     }
 
+    /// Changes the bounds (a reload); returns the bytes the frames evicted
+    /// to fit them held.
+    pub fn set_bounds(&mut self, max_frames: usize, max_bytes: usize) -> usize {
+        self.max_frames = max_frames.max(1);
+        self.max_bytes = max_bytes;
+        let before = self.bytes;
+        while self.entries.len() > self.max_frames
+            || (self.bytes > self.max_bytes && self.entries.len() > 1)
+        {
+            self.evict_oldest();
+        }
+        before - self.bytes
+    }
+
     /// At most this many frames are kept.
     pub fn max_frames(&self) -> usize {
         self.max_frames

@@ -146,10 +146,12 @@ pub struct Topic {
     /// The path as configured (`/events/jobs/{id}`): what metrics are
     /// labelled with, so their number is bounded by the config.
     pub config_path: Arc<str>,
-    /// Where its upstream stream comes from (also asked by catch-ups).
-    pub source: Arc<UpstreamSource>,
-    /// Heartbeat, replay and lag settings.
-    pub settings: TopicSettings,
+    /// Where its upstream stream comes from (also asked by catch-ups); a
+    /// reload may point it elsewhere.
+    source: Mutex<Arc<UpstreamSource>>,
+    /// Tells the upstream reader to reopen its stream now (from the
+    /// topic's last id): its source changed.
+    pub reopen_upstream: Notify,
     /// Everything that changes together, behind one short-lived lock.
     state: Mutex<TopicState>,
     /// Wakes subscribers.
@@ -167,6 +169,8 @@ pub struct Topic {
 
 /// The mutable part of a [`Topic`].
 struct TopicState {
+    /// Heartbeat, replay and lag settings (a reload may change them).
+    settings: TopicSettings,
     /// Recent frames; also the live broadcast ring.
     window: ReplayWindow,
     /// The id of the newest event that set one, for priming late joiners
@@ -221,8 +225,10 @@ impl Topic {
         Arc::new(Topic {
             key,
             config_path,
-            source,
+            source: Mutex::new(source),
+            reopen_upstream: Notify::new(),
             state: Mutex::new(TopicState {
+                settings,
                 window: ReplayWindow::new(settings.replay, settings.replay_bytes),
                 last_event_id: None,
                 priming_frame: None,
@@ -233,7 +239,6 @@ impl Topic {
                 upstream: UpstreamState::Connecting { attempt: 1 },
                 catch_ups: HashMap::new(),
             }),
-            settings,
             signal,
             subscribers_changed: Notify::new(),
             counters: TopicCounters::default(),
@@ -248,6 +253,43 @@ impl Topic {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Heartbeat, replay and lag settings, as they are now.
+    pub fn settings(&self) -> TopicSettings {
+        self.state().settings
+    }
+
+    /// Where the upstream stream comes from, as it is now.
+    pub fn source(&self) -> Arc<UpstreamSource> {
+        self.source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies a reloaded config: new settings from now on (the window's
+    /// bounds, the `retry:` new subscribers get, heartbeats, lag bounds),
+    /// and, when `source` is given, a new upstream: the reader reopens its
+    /// stream there at once, from the topic's last id, and subscribers stay.
+    pub fn reconfigure(&self, settings: TopicSettings, source: Option<Arc<UpstreamSource>>) {
+        let freed = {
+            let mut state = self.state();
+            if state.settings.retry != settings.retry {
+                state.retry_frame = sse::retry_frame(millis(settings.retry));
+            }
+            state.settings = settings;
+            state
+                .window
+                .set_bounds(settings.replay, settings.replay_bytes)
+        };
+        self.budget.adjust(0, freed);
+        if let Some(source) = source {
+            *self.source.lock().unwrap_or_else(|p| p.into_inner()) = source;
+            self.reopen_upstream.notify_one();
+        }
+        // The heartbeat or the linger may have moved.
+        self.subscribers_changed.notify_one();
     }
 
     /// Publishes one encoded frame to every subscriber and the window.
@@ -324,14 +366,15 @@ impl Topic {
 
     /// When the next heartbeat is due if nothing is published before then.
     pub fn heartbeat_due(&self) -> Instant {
-        self.state().last_activity + self.settings.heartbeat
+        let state = self.state();
+        state.last_activity + state.settings.heartbeat
     }
 
     /// Sends a heartbeat if the topic has been silent for its interval.
     pub fn heartbeat_if_due(&self) {
         {
             let mut state = self.state();
-            if state.last_activity + self.settings.heartbeat > Instant::now() {
+            if state.last_activity + state.settings.heartbeat > Instant::now() {
                 return;
             }
             state.last_activity = Instant::now();
@@ -447,22 +490,23 @@ impl Topic {
             return Some(catch_up.clone());
         }
         last_event_id_header(id)?;
-        if state.catch_ups.len() >= self.settings.catch_up_max {
+        let settings = state.settings;
+        if state.catch_ups.len() >= settings.catch_up_max {
             if !self.catch_up_cap_told.swap(true, Ordering::Relaxed) {
                 log::warn!(
                     "topic {}: catch_up_max ({}) catch-ups running; resume points past it get resume_lost (said once; see resumes_lost in /stats)",
                     self.key,
-                    self.settings.catch_up_max
+                    settings.catch_up_max
                 );
             }
             return None;
         }
         let id: Arc<str> = Arc::from(id);
-        let catch_up = CatchUp::new(id.clone(), self.settings.replay, self.settings.replay_bytes);
+        let catch_up = CatchUp::new(id.clone(), settings.replay, settings.replay_bytes);
         let task = tokio::spawn(catch_up::run(
             catch_up.clone(),
             Arc::downgrade(self),
-            self.source.clone(),
+            self.source(),
         ));
         state
             .catch_ups
@@ -505,12 +549,12 @@ impl Topic {
         self.counters.resumes_lost.fetch_add(1, Ordering::Relaxed);
         opening.push(sse::comment_frame(&format!(
             " resume point {id:?} is no longer available; {}",
-            match self.settings.resume_lost {
+            match state.settings.resume_lost {
                 ResumeLost::Replay => "replaying every event still kept",
                 ResumeLost::Live => "continuing with live events",
             }
         )));
-        match self.settings.resume_lost {
+        match state.settings.resume_lost {
             ResumeLost::Replay => state.window.first(),
             // Live from when it arrived: what was published while its
             // catch-up was tried is not withheld.
@@ -540,7 +584,7 @@ impl Topic {
         out: &mut Vec<Bytes>,
     ) -> WindowRead {
         let state = self.state();
-        if self.lagging(&state.window, *cursor, replay_until) {
+        if self.lagging(&state, *cursor, replay_until) {
             drop(state);
             self.counters.slow_closures.fetch_add(1, Ordering::Relaxed);
             return WindowRead::TooSlow;
@@ -556,7 +600,9 @@ impl Topic {
     /// Whether a subscriber at `cursor` is too far behind (counted when it
     /// is): see [`lagging`](Self::lagging).
     pub(super) fn too_slow(&self, cursor: u64, replay_until: u64) -> bool {
-        let slow = self.lagging(&self.state().window, cursor, replay_until);
+        let state = self.state();
+        let slow = self.lagging(&state, cursor, replay_until);
+        drop(state);
         if slow {
             self.counters.slow_closures.fetch_add(1, Ordering::Relaxed);
         }
@@ -567,11 +613,12 @@ impl Topic {
     /// since `replay_until` and not yet read exceed `max_lag` or
     /// `max_lag_bytes`, or frames it still needs were evicted. Its replay
     /// (frames before `replay_until`) does not count.
-    fn lagging(&self, window: &ReplayWindow, cursor: u64, replay_until: u64) -> bool {
+    fn lagging(&self, state: &TopicState, cursor: u64, replay_until: u64) -> bool {
+        let window = &state.window;
         match (window.lag(cursor), window.lag(cursor.max(replay_until))) {
             (Some(_), Some(live)) => {
-                live.frames > self.settings.max_lag as u64
-                    || live.bytes > self.settings.max_lag_bytes as u64
+                live.frames > state.settings.max_lag as u64
+                    || live.bytes > state.settings.max_lag_bytes as u64
             }
             _ => true,
         }
@@ -594,7 +641,7 @@ impl Topic {
         let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         TopicSnapshot {
             key: self.key.clone(),
-            upstream_url: self.source.url.clone(),
+            upstream_url: self.source().url.clone(),
             subscribers: state.subscribers,
             upstream: state.upstream.clone(),
             last_event_id: state.last_event_id.as_deref().map(str::to_string),

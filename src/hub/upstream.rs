@@ -169,6 +169,15 @@ pub struct UpstreamSource {
 }
 
 impl UpstreamSource {
+    /// Whether `other` asks for the same stream the same way (a reload that
+    /// leaves it so keeps the topic's stream open).
+    pub fn same_stream_as(&self, other: &UpstreamSource) -> bool {
+        self.origin == other.origin
+            && self.path == other.path
+            && self.extra_headers == other.extra_headers
+            && self.connect == other.connect
+    }
+
     /// Connects, sends the request (with `last_event_id` as `Last-Event-ID`
     /// when given) and checks the answer's head.
     pub async fn open(&self, last_event_id: Option<&str>) -> Result<Opened, UpstreamError> {
@@ -346,18 +355,19 @@ impl Backoff {
     }
 }
 
-/// Reads one topic's upstream stream for as long as the topic lives.
+/// Reads one topic's upstream stream for as long as the topic lives, from
+/// the topic's source as it is at each connection (a reload may move it).
 pub struct UpstreamReader {
     /// Where events go.
     pub topic: Arc<Topic>,
-    /// Where they come from.
-    pub source: Arc<UpstreamSource>,
 }
 
 /// How one connection ended.
 enum StreamEnd {
     /// `204 No Content`: the app says the topic is over.
     NoContent,
+    /// A reload moved the topic's upstream: reopen there at once.
+    Moved,
     /// The stream ended or failed; reconnect.
     Lost {
         /// What happened.
@@ -372,7 +382,7 @@ impl UpstreamReader {
     /// Reads, reconnects and publishes until the topic ends (or the task is
     /// aborted by the topic's driver when the topic is reclaimed).
     pub async fn run(self) {
-        let mut backoff = Backoff::new(self.topic.settings.backoff_max);
+        let mut backoff = Backoff::new(self.topic.settings().backoff_max);
         let mut attempt: u32 = 1;
         let mut failing = false;
         let mut connected_before = false;
@@ -381,11 +391,13 @@ impl UpstreamReader {
         // goes without it: the topic continues live rather than not at all.
         let mut send_id = true;
         loop {
+            let source = self.topic.source();
             self.topic
                 .set_upstream(UpstreamState::Connecting { attempt });
             let sent_id = send_id.then(|| self.topic.last_event_id()).flatten();
             let end = self
                 .stream_once(
+                    &source,
                     sent_id.as_deref(),
                     &mut failing,
                     &mut connected_before,
@@ -397,10 +409,20 @@ impl UpstreamReader {
                     log::info!(
                         "topic {}: upstream {} answered 204 No Content; the topic has ended",
                         self.topic.key,
-                        self.source.url
+                        source.url
                     );
                     self.topic.close(CloseReason::Ended);
                     return;
+                }
+                StreamEnd::Moved => {
+                    log::info!(
+                        "topic {}: the reloaded config moved its upstream to {}; reopening it there",
+                        self.topic.key,
+                        self.topic.source().url
+                    );
+                    backoff.reset();
+                    attempt = 1;
+                    continue;
                 }
                 StreamEnd::Lost { error, published } => (error, published),
             };
@@ -414,7 +436,7 @@ impl UpstreamReader {
                     log::warn!(
                         "topic {}: upstream {} answered {status} to Last-Event-ID {id:?}; reconnecting without it (events after that id may be missing)",
                         self.topic.key,
-                        self.source.url
+                        source.url
                     );
                     send_id = false;
                 }
@@ -428,7 +450,7 @@ impl UpstreamReader {
                     log::info!(
                         "topic {}: upstream {}: {error}; reopening it (said once; later reopenings are logged at debug level)",
                         self.topic.key,
-                        self.source.url
+                        source.url
                     );
                     told_routine = true;
                 } else {
@@ -438,7 +460,7 @@ impl UpstreamReader {
                 log::warn!(
                     "topic {}: upstream {} lost: {error}; reconnecting (subscribers stay connected)",
                     self.topic.key,
-                    self.source.url
+                    source.url
                 );
                 failing = true;
             } else {
@@ -455,7 +477,11 @@ impl UpstreamReader {
             let delay = backoff.next_delay(retry, Instant::now());
             self.topic
                 .set_upstream(UpstreamState::BackingOff { attempt, error });
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                // Moved elsewhere: try there at once.
+                _ = self.topic.reopen_upstream.notified() => {}
+            }
             attempt = attempt.saturating_add(1);
         }
     }
@@ -463,6 +489,7 @@ impl UpstreamReader {
     /// One connection: connect, check the answer, read until it ends.
     async fn stream_once(
         &self,
+        source: &UpstreamSource,
         last_event_id: Option<&str>,
         failing: &mut bool,
         connected_before: &mut bool,
@@ -472,7 +499,7 @@ impl UpstreamReader {
             error,
             published: false,
         };
-        let session = match self.source.open(last_event_id).await {
+        let session = match source.open(last_event_id).await {
             Ok(Opened::Stream(session)) => session,
             Ok(Opened::NoContent) => return StreamEnd::NoContent,
             Err(error) => return lost(error),
@@ -486,14 +513,14 @@ impl UpstreamReader {
             log::info!(
                 "topic {}: upstream {} connected again after {attempt} attempt(s)",
                 self.topic.key,
-                self.source.url
+                source.url
             );
             *failing = false;
         } else if !*connected_before {
             log::info!(
                 "topic {}: upstream {} connected",
                 self.topic.key,
-                self.source.url
+                source.url
             );
         } else {
             log::debug!("topic {}: upstream connected", self.topic.key);
@@ -504,7 +531,7 @@ impl UpstreamReader {
 
     /// Parses and publishes until the stream ends.
     async fn read_events(&self, session: Box<HttpSession>) -> StreamEnd {
-        let settings = self.topic.settings;
+        let settings = self.topic.settings();
         let mut reader = EventReader::new(
             session,
             ParserLimits {
@@ -519,7 +546,12 @@ impl UpstreamReader {
         // holds are dropped, until the first new id shows up.
         let mut catching_up = true;
         loop {
-            if let Err(error) = reader.read(&mut items).await {
+            let read = tokio::select! {
+                read = reader.read(&mut items) => read,
+                // The stream is abandoned, so a read cut short loses nothing.
+                _ = self.topic.reopen_upstream.notified() => return StreamEnd::Moved,
+            };
+            if let Err(error) = read {
                 return StreamEnd::Lost { error, published };
             }
             for item in items.drain(..) {
@@ -560,7 +592,7 @@ impl UpstreamReader {
             log::warn!(
                 "topic {}: upstream {} sent an event over the topic's bounds ({error}); it was skipped, and further skips are only counted (events_skipped in /stats)",
                 self.topic.key,
-                self.source.url
+                self.topic.source().url
             );
         }
     }
