@@ -8,6 +8,13 @@
 //! now, auth requests and their connections), and the process's client
 //! connections: how many are open, and how many the front door closed early
 //! (caps, deadlines, HTTP/2 abuse).
+//!
+//! `GET /metrics` answers the same figures and more in Prometheus' text
+//! format (see [`metrics`](crate::metrics)). `GET /healthz` answers `200`
+//! while the process runs; `GET /readyz` answers `200` while it accepts new
+//! subscriptions and `503` once it is draining or shutting down, so a load
+//! balancer that checks it stops sending new connections before they would
+//! be turned away.
 
 use async_trait::async_trait;
 use http::{header, Response, StatusCode};
@@ -21,6 +28,7 @@ use std::sync::Arc;
 use crate::config::AdminSettings;
 use crate::front_door::{ConnectionCounts, Connections};
 use crate::hub::{Hub, TopicSnapshot, UpstreamState};
+use crate::metrics::{self, Metrics};
 
 /// The admin HTTP app.
 pub struct AdminApp {
@@ -28,6 +36,8 @@ pub struct AdminApp {
     hub: Hub,
     /// Whose client connections are reported.
     connections: Arc<Connections>,
+    /// The Prometheus registry `/metrics` encodes.
+    metrics: Metrics,
 }
 
 /// The admin service, listening on `settings.addr`.
@@ -36,7 +46,13 @@ pub fn service(
     connections: Arc<Connections>,
     settings: &AdminSettings,
 ) -> Service<AdminApp> {
-    let mut service = Service::new("sse-fanout admin".into(), AdminApp { hub, connections });
+    let metrics = Metrics::new(hub.clone(), connections.clone());
+    let app = AdminApp {
+        hub,
+        connections,
+        metrics,
+    };
+    let mut service = Service::new("sse-fanout admin".into(), app);
     service.add_tcp(&settings.addr.to_string());
     service
 }
@@ -128,10 +144,36 @@ impl ServeHttp for AdminApp {
                     document.to_string().into_bytes(),
                 )
             }
+            "/metrics" => match self.metrics.encode() {
+                Ok(text) => (StatusCode::OK, metrics::CONTENT_TYPE, text),
+                Err(error) => {
+                    log::error!("metrics: encoding failed: {error}");
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "text/plain; charset=utf-8",
+                        b"metrics could not be encoded (logged)\n".to_vec(),
+                    )
+                }
+            },
+            "/healthz" => (
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                b"ok\n".to_vec(),
+            ),
+            "/readyz" if self.hub.accepting() => (
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                b"ready\n".to_vec(),
+            ),
+            "/readyz" => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                b"draining\n".to_vec(),
+            ),
             _ => (
                 StatusCode::NOT_FOUND,
                 "text/plain; charset=utf-8",
-                b"not found; try /stats\n".to_vec(),
+                b"not found; try /stats, /metrics, /healthz or /readyz\n".to_vec(),
             ),
         };
         Response::builder()

@@ -263,6 +263,26 @@ impl Refusals {
         }
     }
 
+    /// Refusals since the process started, by reason: `bad_request`,
+    /// `denied`, `auth_unavailable`, then each cap by its config key (the
+    /// names of `/stats` and of the metrics).
+    pub fn by_reason(&self) -> Vec<(&'static str, u64)> {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let mut reasons = vec![
+            ("bad_request", load(&self.bad_request)),
+            ("denied", load(&self.denied)),
+            ("auth_unavailable", load(&self.auth_unavailable)),
+            ("draining", load(&self.draining)),
+        ];
+        reasons.extend(Limit::ALL.map(|limit| (limit.key(), self.cap(limit).total())));
+        reasons
+    }
+
+    /// Whether `limit` is refusing subscriptions now (an episode is under way).
+    pub fn binding(&self, limit: Limit) -> bool {
+        self.cap(limit).ongoing()
+    }
+
     /// The episodes of `limit` binding.
     fn cap(&self, limit: Limit) -> &Episode {
         // In bounds: `caps` has one entry per `Limit::ALL`, and `index` is a
@@ -341,19 +361,12 @@ impl AdmissionStats {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let refusals = &self.refusals;
         let mut refused = serde_json::Map::new();
-        refused.insert("bad_request".into(), load(&refusals.bad_request).into());
-        refused.insert("denied".into(), load(&refusals.denied).into());
-        refused.insert(
-            "auth_unavailable".into(),
-            load(&refusals.auth_unavailable).into(),
-        );
-        refused.insert("draining".into(), load(&refusals.draining).into());
-        for limit in Limit::ALL {
-            refused.insert(limit.key().into(), refusals.cap(limit).total().into());
+        for (reason, count) in refusals.by_reason() {
+            refused.insert(reason.into(), count.into());
         }
         let binding: Vec<&str> = Limit::ALL
             .into_iter()
-            .filter(|l| refusals.cap(*l).ongoing())
+            .filter(|l| refusals.binding(*l))
             .map(Limit::key)
             .collect();
         let counts = &auth::COUNTS;
@@ -364,6 +377,9 @@ impl AdmissionStats {
             "auth": {
                 "asked": load(&counts.asked),
                 "cached": load(&counts.cached),
+                "allowed": load(&counts.allowed),
+                "denied": load(&counts.denied),
+                "unavailable": load(&counts.unavailable),
                 "connections_opened": load(&counts.connections_opened),
                 "connections_reused": load(&counts.connections_reused),
             },

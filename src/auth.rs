@@ -150,6 +150,13 @@ pub struct AuthCounts {
     pub asked: AtomicU64,
     /// Subscriptions decided from the cache.
     pub cached: AtomicU64,
+    /// Requests the app answered with a `2xx` (admitted).
+    pub allowed: AtomicU64,
+    /// Requests the app answered with a `401` or `403`.
+    pub denied: AtomicU64,
+    /// Requests with no usable answer (error, other status, no answer in
+    /// time): the subscriber got a `503`.
+    pub unavailable: AtomicU64,
     /// New connections opened to auth endpoints.
     pub connections_opened: AtomicU64,
     /// Requests sent on a pooled connection.
@@ -161,6 +168,9 @@ impl AuthCounts {
         AuthCounts {
             asked: AtomicU64::new(0),
             cached: AtomicU64::new(0),
+            allowed: AtomicU64::new(0),
+            denied: AtomicU64::new(0),
+            unavailable: AtomicU64::new(0),
             connections_opened: AtomicU64::new(0),
             connections_reused: AtomicU64::new(0),
         }
@@ -316,6 +326,11 @@ impl Authorizer {
             Err(_) => Decision::Unavailable(Unavailable::TimedOut(deadline)),
         };
         self.note_health(target, &decision);
+        count(match decision {
+            Decision::Allow => &COUNTS.allowed,
+            Decision::Deny(_) => &COUNTS.denied,
+            Decision::Unavailable(_) => &COUNTS.unavailable,
+        });
         if !ttl.is_zero() && !matches!(decision, Decision::Unavailable(_)) {
             lock(&self.cache).put(key, decision.clone(), ttl, Instant::now());
         }

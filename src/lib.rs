@@ -17,6 +17,7 @@ pub mod front_door;
 pub mod hub;
 pub mod limits;
 pub mod memory;
+pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod server;

@@ -10,7 +10,8 @@
 //! proxy may set (the topics' `upstream_headers`, `X-SSE-Topic`, and any
 //! claim of who the client is), adds the `X-Forwarded-*` headers, keeps
 //! hop-by-hop headers from crossing the proxy, answers `502` with a short text
-//! when the app cannot be reached, and writes one access-log line per request.
+//! when the app cannot be reached, and writes one access-log line per request
+//! and counts it in the metrics (status class and duration).
 //! Request and response bodies stream through Pingora untouched and
 //! unbuffered, WebSocket upgrades included.
 //!
@@ -32,6 +33,7 @@ use crate::auth::X_SSE_TOPIC;
 use crate::client::{self, CLAIMED_IDENTITY, X_FORWARDED_FOR};
 use crate::config::{AppSettings, Config};
 use crate::hub::Hub;
+use crate::metrics;
 use crate::route::{ClosedPath, ClosedPaths};
 use crate::upstream_addr::ResolveError;
 
@@ -331,10 +333,12 @@ impl ProxyHttp for Proxy {
         let status = session
             .response_written()
             .map_or(0, |response| response.status.as_u16());
+        let duration = ctx.started.elapsed();
+        metrics::proxied(status, duration);
         access_log::record(AccessRecord {
             session: session.as_downstream(),
             status,
-            duration: ctx.started.elapsed(),
+            duration,
         });
     }
 }
