@@ -348,3 +348,69 @@ pub fn temp_file(name: &str, text: &str) -> (TempDir, PathBuf) {
     std::fs::write(&path, text).unwrap();
     (dir, path)
 }
+
+impl Proxy {
+    /// [`Proxy::start`] with `server_keys` (lines such as
+    /// `trusted_proxies = ["10.0.0.0/8"]`) added to its `[server]` table,
+    /// which `extra` cannot reopen.
+    pub fn start_with_server_keys(app: SocketAddr, server_keys: &str, extra: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = TestCerts::generate();
+        std::fs::write(dir.path().join("chain.pem"), &certs.chain_pem).unwrap();
+        std::fs::write(dir.path().join("key.pem"), &certs.key_pem).unwrap();
+        let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let plain_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = format!(
+            r#"
+[server]
+threads = 1
+grace_period = "1s"
+shutdown_timeout = "1s"
+pid_file = "{dir}/sse-fanout.pid"
+upgrade_sock = "{dir}/upgrade.sock"
+{server_keys}
+
+[[listen]]
+addr = "{tls_addr}"
+tls = {{ cert = "chain.pem", key = "key.pem" }}
+
+[[listen]]
+addr = "{plain_addr}"
+
+[app]
+upstream = "{app}"
+connect_timeout = "2s"
+
+[admin]
+addr = "{admin_addr}"
+
+{extra}
+"#,
+            dir = dir.path().display(),
+        );
+        let config_path = dir.path().join("sse-fanout.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
+        let child = Command::new(binary())
+            .arg("-c")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("sse-fanout starts");
+        let proxy = Proxy {
+            child,
+            dir,
+            tls_addr,
+            plain_addr,
+            admin_addr,
+            certs,
+        };
+        wait_for_listener(tls_addr);
+        wait_for_listener(plain_addr);
+        wait_for_listener(admin_addr);
+        proxy
+    }
+}
