@@ -129,13 +129,17 @@ async fn connect_with(addr: SocketAddr, header: &[u8]) -> TcpStream {
     tcp
 }
 
-/// TLS over `tcp` (after its PROXY header), ALPN `http/1.1`.
-async fn tls_over(tcp: TcpStream, proxy: &Proxy) -> tokio_rustls::client::TlsStream<TcpStream> {
+/// TLS over `tcp` (after its PROXY header), offering ALPN `alpn`.
+async fn tls_over(
+    tcp: TcpStream,
+    proxy: &Proxy,
+    alpn: &str,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut config = rustls::ClientConfig::builder()
         .with_root_certificates(proxy.certs.root_store())
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.as_bytes().to_vec()];
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
@@ -233,7 +237,7 @@ async fn a_proxy_v1_header_sets_the_address_the_app_the_auth_endpoint_and_the_ac
 async fn a_proxy_v2_header_before_the_tls_handshake_sets_the_client_address() {
     let s = setup("", "").await;
     let tcp = connect_with(s.pp_tls, &v2(Some("[2001:db8:1:2::7]:51234"))).await;
-    let tls = tls_over(tcp, &s.proxy).await;
+    let tls = tls_over(tcp, &s.proxy, "http/1.1").await;
     let answer = exchange(tls, &request("/page", "")).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(
@@ -246,12 +250,38 @@ async fn a_proxy_v2_header_before_the_tls_handshake_sets_the_client_address() {
 
     // v1 before TLS too, and an IPv4 client.
     let tcp = connect_with(s.pp_tls, &v1("198.51.100.4:1")).await;
-    let tls = tls_over(tcp, &s.proxy).await;
+    let tls = tls_over(tcp, &s.proxy, "http/1.1").await;
     let (_stream, head) = subscribe(tls, "/events/news", "").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(
         forwarded_for(&s.app, "/auth", 0).as_deref(),
         Some("198.51.100.4")
+    );
+
+    // HTTP/2: every stream of the connection has the header's client.
+    let tcp = connect_with(s.pp_tls, &v2(Some("198.51.100.5:2"))).await;
+    let tls = tls_over(tcp, &s.proxy, "h2").await;
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .expect("HTTP/2 after the PROXY header and TLS");
+    tokio::spawn(connection);
+    for _ in 0..2 {
+        let request = http::Request::get(format!("https://localhost:{}/page", s.pp_tls.port()))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(
+        forwarded_for(&s.app, "/page", 1).as_deref(),
+        Some("198.51.100.5")
+    );
+    assert_eq!(
+        forwarded_for(&s.app, "/page", 2).as_deref(),
+        Some("198.51.100.5")
     );
 }
 
@@ -410,5 +440,41 @@ async fn x_forwarded_for_is_believed_from_trusted_proxies_only() {
     assert_eq!(
         forwarded_for(&s.app, "/page", 1).as_deref(),
         Some("198.51.100.1")
+    );
+}
+
+#[tokio::test]
+async fn a_proxy_header_and_a_tls_client_hello_in_one_write_are_told_apart() {
+    let s = setup("", "").await;
+    // The TLS client writes into a pipe; its ClientHello goes out in the
+    // same write as the header, as a balancer may send them.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(s.proxy.certs.root_store())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let (client_side, mut pump) = tokio::io::duplex(64 * 1024);
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let handshake =
+        tokio::spawn(tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, client_side));
+    let mut hello = vec![0u8; 16 * 1024];
+    let n = pump.read(&mut hello).await.unwrap();
+    let mut first = v2(Some("192.0.2.33:4000"));
+    first.extend_from_slice(&hello[..n]);
+    let mut tcp = TcpStream::connect(s.pp_tls).await.unwrap();
+    tcp.write_all(&first).await.unwrap();
+    tokio::spawn(async move {
+        let _ = tokio::io::copy_bidirectional(&mut pump, &mut tcp).await;
+    });
+    let tls = timeout(PATIENCE, handshake)
+        .await
+        .expect("handshake in time")
+        .unwrap()
+        .expect("TLS handshake");
+    let answer = exchange(tls, &request("/page", "")).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(
+        forwarded_for(&s.app, "/page", 0).as_deref(),
+        Some("192.0.2.33")
     );
 }
