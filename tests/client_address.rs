@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use common::sse_app::SseApp;
-use common::{free_port, wait_for_listener, Proxy, PATIENCE};
+use common::{free_port, run_cli, temp_file, wait_for_listener, Proxy, PATIENCE};
 
 /// The v2 signature.
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
@@ -477,4 +477,21 @@ async fn a_proxy_header_and_a_tls_client_hello_in_one_write_are_told_apart() {
         forwarded_for(&s.app, "/page", 0).as_deref(),
         Some("192.0.2.33")
     );
+}
+
+#[test]
+fn check_refuses_a_trusted_proxy_that_is_not_a_cidr_naming_file_line_and_key() {
+    let (_dir, path) = temp_file(
+        "sse-fanout.toml",
+        "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n[[listen]]\naddr = \"127.0.0.1:1\"\nproxy_protocol = true\n[app]\nupstream = \"127.0.0.1:2\"\n",
+    );
+    let output = run_cli(&["-c", path.to_str().unwrap(), "--check"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let expected = format!(
+        "{}:2:34: server.trusted_proxies: \"10.0.0.0/33\" is not a CIDR",
+        path.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
