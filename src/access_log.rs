@@ -10,16 +10,18 @@
 //! 127.0.0.1 "GET /events/news HTTP/2" 200 5120B 1503ms
 //! ```
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use pingora::protocols::http::ServerSession;
 
-use crate::client;
-
 /// What one finished request looked like.
 pub struct AccessRecord<'a> {
-    /// The downstream session, for client address, method, path and bytes.
+    /// The downstream session, for method, path and bytes.
     pub session: &'a ServerSession,
+    /// The client's address ([`crate::client::Client`]): the peer's, the PROXY
+    /// header's, or a trusted proxy's `X-Forwarded-For` entry.
+    pub client: Option<IpAddr>,
     /// The status sent to the client; 0 when none was sent.
     pub status: u16,
     /// Time from the request's arrival to the end of its response.
@@ -45,7 +47,9 @@ pub fn record(entry: AccessRecord<'_>) {
     }
     let session = entry.session;
     let request = session.req_header();
-    let client = client::ip(session).map_or_else(|| "-".to_string(), |ip| ip.to_string());
+    let client = entry
+        .client
+        .map_or_else(|| "-".to_string(), |ip| ip.to_string());
     log::info!(
         target: "access",
         "{client} \"{} {} {}\" {} {}B {}ms",

@@ -123,6 +123,7 @@ fn connections_json(counts: &ConnectionCounts) -> Value {
         "header_timeouts": counts.header_timeouts,
         "headers_too_large": counts.headers_too_large,
         "h2_abuse_closures": counts.h2_abuse_closures,
+        "proxy_header_invalid": counts.proxy_header_invalid,
     })
 }
 

@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::auth::{self, AuthRequest, Authorizer, Decision, Denial, Unavailable};
-use crate::client;
+use crate::client::{self, Client};
 use crate::config::{OverLimit, TopicConfig};
 use crate::event_stream::{self, last_event_id_header};
 use crate::limits::{Admitted, Limit, Limits};
@@ -74,10 +74,12 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// Checks a subscription request for `route` of the topic `topic`.
+    /// Checks a subscription request from `client` for `route` of the topic
+    /// `topic`.
     pub async fn check(
         &self,
         session: &ServerSession,
+        client: &Client,
         route: &TopicMatch,
         topic: &TopicConfig,
     ) -> Result<Ticket, Rejection> {
@@ -87,17 +89,14 @@ impl Admission {
             .check_params(limits.max_param_len)
             .map_err(Rejection::BadRequest)?;
         let last_event_id = event_stream::resume_point(session, limits.max_last_event_id);
-        let place = self
-            .limits
-            .admit(client::ip(session))
-            .map_err(Rejection::OverLimit)?;
+        let place = self.limits.admit(client.ip).map_err(Rejection::OverLimit)?;
         if let Some(target) = &topic.access.auth {
             let request = AuthRequest {
                 topic: route.key.clone(),
                 cookie: client::header(session, header::COOKIE),
                 authorization: client::header(session, header::AUTHORIZATION),
                 origin: client::header(session, header::ORIGIN),
-                forwarded_for: client::forwarded_for(session),
+                forwarded_for: client.forwarded_for.clone(),
                 // Only an id a header carries unchanged: anything else would
                 // make the request unsendable and look like an auth outage.
                 last_event_id: last_event_id
@@ -393,8 +392,9 @@ fn retry_after(retry: Duration) -> String {
 }
 
 /// Answers a refused subscription request. `retry` is the topic's
-/// reconnection time, `over_limit` how caps are answered, `cors` the CORS
-/// headers the answer needs so a cross-origin page can read it.
+/// reconnection time, `over_limit` how caps are answered, `cors` the headers
+/// every answer to the request carries: CORS, so a cross-origin page can
+/// read it, and the listener's `Strict-Transport-Security`.
 pub async fn respond(
     session: &mut ServerSession,
     refused: Rejection,

@@ -10,6 +10,7 @@
 //!
 //! ```text
 //!  connection ─▶ FrontDoor (connection level)
+//!   ├─ PROXY header, within header_timeout           (proxy_header; proxy_protocol listeners)
 //!   ├─ a place under max_connections_per_ip          (connections)
 //!   ├─ TLS handshake, within tls_handshake_timeout   (listeners)
 //!   ├─ first bytes: HTTP/2 or HTTP/1.x               (greeting)
@@ -28,7 +29,14 @@
 //! session that replays those bytes before the rest of the stream: nothing
 //! is lost or read twice.
 //!
-//! Every wait on a client has a deadline: the TLS handshake
+//! On a `proxy_protocol` listener the connection's first bytes are a PROXY
+//! protocol header from the balancer in front; its client address becomes
+//! the connection's peer address before anything else looks (see
+//! `proxy_header`), so the caps, the access log and `X-Forwarded-For` all
+//! see the client.
+//!
+//! Every wait on a client has a deadline: the PROXY header
+//! (`header_timeout`), the TLS handshake
 //! (`tls_handshake_timeout`), the first byte of a connection or of the next
 //! request on it, and an HTTP/2 connection with no open stream
 //! (`idle_timeout`), a request head or a preface (`header_timeout`).
@@ -43,8 +51,9 @@ mod head;
 mod io;
 mod listeners;
 mod pipelining;
+mod proxy_header;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,18 +70,22 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::admission::Admission;
+use crate::client::TrustedProxies;
 use crate::config::{Config, ConnectionLimits};
+use crate::hsts::Hsts;
 use crate::hub::{Hub, TopicRoute};
 use crate::proxy::Proxy;
 use crate::topic_request::{TopicMethod, TopicRequests};
 
 pub use connections::{ConnectionCounts, Connections, EarlyClose};
-pub use listeners::{Listeners, Transport};
+pub use listeners::{listener_at, Listeners, Transport};
 
 use greeting::{Expect, Greeting};
 use h2_watch::WatchedH2;
 use head::Head;
+use pingora::protocols::l4::stream::Stream as TcpStream;
 use pipelining::{Extent, OneRequest};
+use proxy_header::ProxyHeader;
 
 /// How long a refused HTTP/1.1 client may keep sending before the close.
 const LINGER_ON_REFUSAL: Duration = Duration::from_secs(1);
@@ -103,6 +116,14 @@ pub struct FrontDoor {
     /// HTTP/2 streams a connection may have open at once (sets its budget
     /// of stream resets).
     max_concurrent_streams: u32,
+    /// Per listener: whether its connections start with a PROXY header.
+    proxy_protocol: Vec<(SocketAddr, bool)>,
+    /// Per listener: the `Strict-Transport-Security` of the front door's
+    /// own answers.
+    hsts: Hsts,
+    /// Peers not counted by the per-address connection cap: each carries
+    /// many clients.
+    trusted: TrustedProxies,
 }
 
 impl FrontDoor {
@@ -114,25 +135,79 @@ impl FrontDoor {
         connections: Arc<Connections>,
         config: &Config,
     ) -> FrontDoor {
+        let hsts = Hsts::new(&config.listeners);
+        let trusted = TrustedProxies::new(&config.server.trusted_proxies);
         FrontDoor {
             sorter: Arc::new(RequestSorter {
                 proxy: Arc::new(proxy),
-                topics: TopicRequests { hub, admission },
+                topics: TopicRequests {
+                    hub,
+                    admission,
+                    trusted: trusted.clone(),
+                    hsts: hsts.clone(),
+                },
             }),
             listeners,
             connections,
             limits: config.connections,
             max_concurrent_streams: config.server.max_concurrent_streams,
+            proxy_protocol: config
+                .listeners
+                .iter()
+                .map(|l| (l.addr, l.proxy_protocol))
+                .collect(),
+            hsts,
+            trusted,
         }
+    }
+
+    /// On a `proxy_protocol` listener: the connection once its PROXY header
+    /// is read, with the client's address as its peer (`None` when it is
+    /// closed instead: no valid header within `header_timeout`). Elsewhere
+    /// the connection as it is.
+    async fn read_proxy_header(&self, stream: Stream) -> Option<Stream> {
+        let expected = local_addr(&stream)
+            .and_then(|local| listener_at(&self.proxy_protocol, local).copied())
+            .unwrap_or(false);
+        if !expected {
+            return Some(stream);
+        }
+        let socket_peer = peer_ip(&stream);
+        let Ok(mut tcp) = stream.into_any().downcast::<TcpStream>() else {
+            log::error!("a connection to a proxy_protocol listener is not TCP; closed");
+            return None;
+        };
+        let deadline = self
+            .sorter
+            .topics
+            .admission
+            .limits
+            .settings()
+            .header_timeout;
+        // Boxed: needed once per connection, it should not enlarge the
+        // state every open connection keeps.
+        match Box::pin(proxy_header::read(&mut tcp, deadline)).await {
+            ProxyHeader::Client(client) => proxy_header::claim(&mut tcp, client),
+            ProxyHeader::Socket => {}
+            ProxyHeader::Invalid(why) => {
+                self.connections
+                    .record_proxy_header_invalid(socket_peer, &why);
+                return None;
+            }
+            ProxyHeader::TimedOut => {
+                self.connections.record(EarlyClose::HeaderTimeout);
+                return None;
+            }
+            ProxyHeader::Gone => return None,
+        }
+        Some(tcp)
     }
 
     /// The connection as it speaks HTTP: the TLS stream after a handshake
     /// on a TLS listener, the TCP stream on a plaintext one; `None` when it
     /// is closed instead.
     async fn open_transport(&self, stream: Stream) -> Option<Stream> {
-        let local = stream
-            .get_socket_digest()
-            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+        let local = local_addr(&stream);
         match local.and_then(|local| self.listeners.transport(local)) {
             Some(Transport::Plain) => Some(stream),
             Some(Transport::Tls(acceptor)) => {
@@ -219,7 +294,9 @@ impl FrontDoor {
                 Head::Complete { buf, len } => (buf, len),
                 Head::TooLarge => {
                     self.connections.record(EarlyClose::HeaderTooLarge);
-                    refuse_and_close(&mut stream, HEADER_TOO_LARGE, limits.max_header_bytes).await;
+                    let hsts = self.hsts.for_local(local_addr(&stream));
+                    let answer = header_too_large(hsts);
+                    refuse_and_close(&mut stream, &answer, limits.max_header_bytes).await;
                     return None;
                 }
                 Head::TimedOut => {
@@ -284,11 +361,37 @@ fn whole_seconds(duration: Duration) -> u64 {
     (duration.as_secs() + u64::from(duration.subsec_nanos() > 0)).max(1)
 }
 
-/// The client's address, from the connection's socket.
+/// The connection's peer address: the socket's, or once a PROXY header was
+/// read, the client's it names.
 fn peer_ip(stream: &Stream) -> Option<IpAddr> {
+    stream.get_socket_digest().and_then(|d| {
+        d.peer_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_canonical())
+    })
+}
+
+/// The address the connection was accepted on, which names its listener.
+fn local_addr(stream: &Stream) -> Option<SocketAddr> {
     stream
         .get_socket_digest()
-        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+        .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied())
+}
+
+/// The `431` answer, with the listener's `Strict-Transport-Security` if it
+/// sends one.
+fn header_too_large(hsts: Option<&http::HeaderValue>) -> Vec<u8> {
+    let Some(hsts) = hsts else {
+        return HEADER_TOO_LARGE.to_vec();
+    };
+    let mut answer = HEADER_TOO_LARGE
+        .strip_suffix(b"\r\n")
+        .unwrap_or(HEADER_TOO_LARGE)
+        .to_vec();
+    answer.extend_from_slice(b"Strict-Transport-Security: ");
+    answer.extend_from_slice(hsts.as_bytes());
+    answer.extend_from_slice(b"\r\n\r\n");
+    answer
 }
 
 /// Writes a final answer, then reads (and drops) what the client is still
@@ -378,9 +481,14 @@ impl ServerApp for FrontDoor {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // First on the wire, before any TLS: the PROXY header, on the
+        // listeners that expect one (its address is the peer from here on).
+        let stream = self.read_proxy_header(stream).await?;
         let peer = peer_ip(&stream);
-        // Held until the connection closes.
-        let _place = self.connections.open(peer)?;
+        // Held until the connection closes. A trusted proxy's connections
+        // carry many clients: they are not capped per address.
+        let counted = peer.filter(|p| !self.trusted.contains(*p));
+        let _place = self.connections.open(counted)?;
         let mut stream = self.open_transport(stream).await?;
         let expect = self.expect(&stream);
         let limits = self.sorter.topics.admission.limits.settings();

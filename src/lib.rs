@@ -14,6 +14,7 @@ pub mod config;
 pub mod cors;
 pub mod event_stream;
 pub mod front_door;
+pub mod hsts;
 pub mod hub;
 pub mod limits;
 pub mod memory;

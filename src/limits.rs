@@ -11,6 +11,9 @@
 //! per-template caps are the hub's (it knows its topics); this module only
 //! counts clients.
 //!
+//! An address is an IPv4 address, or an IPv6 /64 (one household or phone
+//! has a whole /64, and picks addresses in it at will).
+//!
 //! Both per-address maps are bounded. An address is in `open` only while it
 //! has a subscription (at most `max_subscribers` of them). A bucket carries
 //! information only until it is full again, at most one second after the
@@ -40,6 +43,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::admission::STATS;
+use crate::client;
 use crate::config::LimitSettings;
 
 /// Which cap a subscription request hit.
@@ -230,7 +234,9 @@ impl Limits {
 
     /// Takes a place for a new subscription from `address` (unknown for
     /// sessions without a peer address, which only the total cap counts).
+    /// An IPv6 address is counted by its /64 ([`client::counted_as`]).
     pub fn admit(self: &Arc<Self>, address: Option<IpAddr>) -> Result<Admitted, Limit> {
+        let address = address.map(client::counted_as);
         let settings = self.settings;
         let now = Instant::now();
         let mut untracked = false;
@@ -402,6 +408,19 @@ mod tests {
         assert_eq!(clients.buckets.by_address.len(), 1);
         assert!(clients.open.is_empty());
         assert_eq!(clients.total, 0);
+    }
+
+    #[test]
+    fn ipv6_addresses_in_one_64_are_counted_together() {
+        let limits = Limits::new(settings(100, Some(2), None));
+        let v6 = |text: &str| Some(text.parse::<IpAddr>().unwrap());
+        let _a = limits.admit(v6("2001:db8:0:1::1")).unwrap();
+        let _b = limits.admit(v6("2001:db8:0:1:ffff::2")).unwrap();
+        assert_eq!(
+            limits.admit(v6("2001:db8:0:1:1234::3")).err(),
+            Some(Limit::PerAddress)
+        );
+        assert!(limits.admit(v6("2001:db8:0:2::1")).is_ok(), "another /64");
     }
 
     #[test]

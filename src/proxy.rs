@@ -10,8 +10,10 @@
 //! proxy may set (the topics' `upstream_headers`, `X-SSE-Topic`, and any
 //! claim of who the client is), adds the `X-Forwarded-*` headers, keeps
 //! hop-by-hop headers from crossing the proxy, answers `502` with a short text
-//! when the app cannot be reached, and writes one access-log line per request
-//! and counts it in the metrics (status class and duration).
+//! when the app cannot be reached, adds the listener's
+//! `Strict-Transport-Security` to every answer (keeping the app's own), and
+//! writes one access-log line per request and counts it in the metrics
+//! (status class and duration).
 //! Request and response bodies stream through Pingora untouched and
 //! unbuffered, WebSocket upgrades included.
 //!
@@ -22,16 +24,18 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{self, HeaderName};
+use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
 use crate::access_log::{self, AccessRecord};
 use crate::auth::X_SSE_TOPIC;
-use crate::client::{self, CLAIMED_IDENTITY, X_FORWARDED_FOR};
+use crate::client::{Client, TrustedProxies, CLAIMED_IDENTITY, X_FORWARDED_FOR};
 use crate::config::{AppSettings, Config};
+use crate::hsts::Hsts;
 use crate::hub::Hub;
 use crate::metrics;
 use crate::route::{ClosedPath, ClosedPaths};
@@ -80,6 +84,10 @@ pub struct Proxy {
     /// Request headers only the proxy may set (lower case): removed from
     /// every proxied request, so a client cannot pose as the proxy.
     private_headers: Vec<HeaderName>,
+    /// Whose `X-Forwarded-For` names the client.
+    trusted: TrustedProxies,
+    /// The `Strict-Transport-Security` of each listener that sends one.
+    hsts: Hsts,
 }
 
 /// Per-request state shared by the proxy's phases.
@@ -107,15 +115,42 @@ impl Proxy {
             hub,
             closed: ClosedPaths::new(config),
             private_headers,
+            trusted: TrustedProxies::new(&config.server.trusted_proxies),
+            hsts: Hsts::new(&config.listeners),
         }
+    }
+
+    /// The listener's `Strict-Transport-Security`, on an answer the proxy
+    /// writes itself.
+    fn add_hsts(&self, session: &Session, response: &mut ResponseHeader) -> Result<()> {
+        if let Some(hsts) = self.hsts.for_session(session.as_downstream()) {
+            response.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts)?;
+        }
+        Ok(())
+    }
+
+    /// Answers an error `status` of the proxy's own with `body`.
+    async fn respond_error(&self, session: &mut Session, status: u16, body: Bytes) -> Result<()> {
+        let mut response = ServerSession::generate_error(status);
+        if !body.is_empty() {
+            response.set_content_length(body.len())?;
+        }
+        self.add_hsts(session, &mut response)?;
+        session
+            .as_downstream_mut()
+            .write_error_response(response, body)
+            .await
     }
 }
 
 /// Answers `405` for a method a topic path does not serve.
-async fn method_not_allowed(session: &mut Session) -> Result<()> {
+async fn method_not_allowed(session: &mut Session, hsts: Option<&HeaderValue>) -> Result<()> {
     let mut response = ResponseHeader::build(405, Some(3))?;
     response.insert_header(header::ALLOW, "GET")?;
     response.insert_header(header::CONTENT_LENGTH, 0)?;
+    if let Some(hsts) = hsts {
+        response.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts)?;
+    }
     session.set_keepalive(None);
     session
         .write_response_header(Box::new(response), true)
@@ -140,11 +175,14 @@ fn requested_host(request: &RequestHeader) -> Option<String> {
 }
 
 /// Answers `502` with a short plain-text explanation.
-async fn send_bad_gateway(session: &mut Session) -> Result<()> {
-    let mut response = ResponseHeader::build(502, Some(3))?;
+async fn send_bad_gateway(session: &mut Session, hsts: Option<&HeaderValue>) -> Result<()> {
+    let mut response = ResponseHeader::build(502, Some(4))?;
     response.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     response.insert_header(header::CONTENT_LENGTH, BAD_GATEWAY_BODY.len())?;
     response.insert_header(header::CACHE_CONTROL, "no-store")?;
+    if let Some(hsts) = hsts {
+        response.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts)?;
+    }
     session
         .as_downstream_mut()
         .write_error_response(response, Bytes::from_static(BAD_GATEWAY_BODY.as_bytes()))
@@ -168,7 +206,8 @@ impl ProxyHttp for Proxy {
         // The front door serves every GET on a topic path; what reaches the
         // proxy on one is another method, which topics do not serve.
         if self.hub.find(&target).is_some() {
-            method_not_allowed(session).await?;
+            let hsts = self.hsts.for_session(session.as_downstream()).cloned();
+            method_not_allowed(session, hsts.as_ref()).await?;
             return Ok(true);
         }
         if let Some(closed) = self.closed.check(&target) {
@@ -177,9 +216,7 @@ impl ProxyHttp for Proxy {
                 ClosedPath::TopicUpstream => (404, NOT_FOUND_BODY),
                 ClosedPath::TopicSpelling => (400, AMBIGUOUS_PATH_BODY),
             };
-            session
-                .as_downstream_mut()
-                .respond_error_with_body(status, Bytes::from_static(body.as_bytes()))
+            self.respond_error(session, status, Bytes::from_static(body.as_bytes()))
                 .await?;
             return Ok(true);
         }
@@ -220,7 +257,7 @@ impl ProxyHttp for Proxy {
         for name in CLAIMED_IDENTITY {
             upstream_request.remove_header(name);
         }
-        if let Some(forwarded_for) = client::forwarded_for(session) {
+        if let Some(forwarded_for) = Client::of(session, &self.trusted).forwarded_for {
             upstream_request.insert_header(X_FORWARDED_FOR, forwarded_for)?;
         }
         let proto = if is_tls(session) { "https" } else { "http" };
@@ -246,6 +283,14 @@ impl ProxyHttp for Proxy {
         // app answered with; Pingora sets HTTP/2 itself on HTTP/2 sessions.
         if !session.is_http2() {
             upstream_response.set_version(http::Version::HTTP_11);
+        }
+        // The listener's HSTS, unless the app sent its own (which it keeps).
+        if upstream_response
+            .headers
+            .get(header::STRICT_TRANSPORT_SECURITY)
+            .is_none()
+        {
+            self.add_hsts(session, upstream_response)?;
         }
         // A 101 on HTTP/1.1 is a WebSocket (or other) upgrade: its
         // `Connection: upgrade` and `Upgrade` must reach the client.
@@ -298,11 +343,12 @@ impl ProxyHttp for Proxy {
             );
         } else if code == 502 {
             log::warn!("app {} unreachable for {what}: {e}", self.app.origin);
-            if let Err(write_error) = send_bad_gateway(session).await {
+            let hsts = self.hsts.for_session(session.as_downstream()).cloned();
+            if let Err(write_error) = send_bad_gateway(session, hsts.as_ref()).await {
                 log::debug!("could not send the 502 for {what}: {write_error}");
             }
         } else if code > 0 {
-            if let Err(write_error) = session.respond_error(code).await {
+            if let Err(write_error) = self.respond_error(session, code, Bytes::new()).await {
                 log::debug!("could not send the {code} for {what}: {write_error}");
             }
         }
@@ -337,6 +383,7 @@ impl ProxyHttp for Proxy {
         metrics::proxied(status, duration);
         access_log::record(AccessRecord {
             session: session.as_downstream(),
+            client: Client::of(session.as_downstream(), &self.trusted).ip,
             status,
             duration,
         });

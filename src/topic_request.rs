@@ -22,8 +22,9 @@ use pingora::protocols::http::ServerSession;
 
 use crate::access_log::{self, AccessRecord};
 use crate::admission::{self, Admission, Rejection};
-use crate::client;
+use crate::client::{self, Client, TrustedProxies};
 use crate::cors;
+use crate::hsts::Hsts;
 use crate::hub::{Hub, SubscribeError, Subscription, TopicRoute};
 use crate::limits::Admitted;
 use crate::subscriber;
@@ -55,6 +56,10 @@ pub struct TopicRequests {
     pub hub: Hub,
     /// Inputs, caps and auth for subscription requests.
     pub admission: Admission,
+    /// Whose `X-Forwarded-For` names the client.
+    pub trusted: TrustedProxies,
+    /// The `Strict-Transport-Security` of each listener that sends one.
+    pub hsts: Hsts,
 }
 
 impl TopicRequests {
@@ -95,17 +100,21 @@ impl TopicRequests {
     /// access-log line.
     async fn serve_subscription(&self, session: &mut ServerSession, route: &TopicRoute) {
         let started = Instant::now();
-        let cors = cors::response_headers(
+        let client = Client::of(session, &self.trusted);
+        // The headers every answer to this request carries, the stream or
+        // a refusal: CORS for the request's origin, and the listener's HSTS.
+        let mut headers = cors::response_headers(
             &route.config.access.cors,
             client::header(session, http::header::ORIGIN).as_deref(),
         );
+        headers.extend(self.hsts.header_for(session));
         // Admission (with its auth request) and refusals are short-lived and
         // boxed: inline, their futures would enlarge this one, which every
         // open subscription keeps for its whole life.
         if let Some((subscription, place)) =
-            Box::pin(self.open_subscription(session, route, &cors)).await
+            Box::pin(self.open_subscription(session, &client, route, &headers)).await
         {
-            match subscriber::serve(session, subscription, &cors).await {
+            match subscriber::serve(session, subscription, &headers).await {
                 Ok(ending) => log::debug!("subscription to {} ended: {ending:?}", route.key),
                 Err(e) => log::debug!("subscription to {} failed: {e}", route.key),
             }
@@ -113,6 +122,7 @@ impl TopicRequests {
         }
         access_log::record(AccessRecord {
             session,
+            client: client.ip,
             status: session.response_written().map_or(0, |r| r.status.as_u16()),
             duration: started.elapsed(),
         });
@@ -123,11 +133,12 @@ impl TopicRequests {
     async fn open_subscription(
         &self,
         session: &mut ServerSession,
+        client: &Client,
         route: &TopicRoute,
         cors: &[(HeaderName, String)],
     ) -> Option<(Subscription, Admitted)> {
         let topic = &route.config;
-        let rejection = match self.admission.check(session, route, topic).await {
+        let rejection = match self.admission.check(session, client, route, topic).await {
             Err(rejection) => rejection,
             Ok(ticket) => match self.hub.subscribe(route, ticket.last_event_id) {
                 Ok(subscription) => return Some((subscription, ticket.place)),
@@ -154,7 +165,8 @@ impl TopicRequests {
     async fn serve_preflight(&self, session: &mut ServerSession, route: &TopicRoute) {
         let topic = &route.config;
         let origin = client::header(session, http::header::ORIGIN);
-        let headers = cors::preflight_headers(&topic.access.cors, origin.as_deref());
+        let mut headers = cors::preflight_headers(&topic.access.cors, origin.as_deref());
+        headers.extend(self.hsts.header_for(session));
         let answer = async {
             let mut response = ResponseHeader::build(204, Some(headers.len()))?;
             for (name, value) in headers {

@@ -592,7 +592,7 @@ auth = "/auth/no"
     let refusals = |reason| metrics.get("sse_fanout_refusals_total", "reason", reason);
     assert_eq!(refusals("denied"), 1.0);
     assert_eq!(refusals("max_subscribers"), 0.0);
-    assert_eq!(metrics.series("sse_fanout_refusals_total").len(), 8);
+    assert_eq!(metrics.series("sse_fanout_refusals_total").len(), 9);
     proxy.wait_for_subscribers("/events/open-door", 2).await;
     app.publish("/stream/open-door", "1", "in");
     first.next_message().await.unwrap();

@@ -171,6 +171,9 @@ pub struct ServerSettings {
     pub tcp_user_timeout: Duration,
     /// Bytes each accepted connection buffers its reads in.
     pub read_buffer: usize,
+    /// Peers whose `X-Forwarded-For` is believed (proxies the operator runs
+    /// in front of sse-fanout); empty by default: no one's is.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// TCP keepalive probing of accepted connections.
@@ -191,6 +194,13 @@ pub struct Listener {
     pub addr: SocketAddr,
     /// With TLS: ALPN `h2` and `http/1.1`. Without: HTTP/1.1 and h2c.
     pub tls: Option<Certificate>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) whose
+    /// source address is the client's: for listeners only a TCP balancer
+    /// that writes one can reach.
+    pub proxy_protocol: bool,
+    /// The `Strict-Transport-Security` value every answer on this listener
+    /// carries (TLS listeners only), already checked.
+    pub hsts: Option<String>,
 }
 
 /// The `[app]` table: the upstream that gets every non-topic request.

@@ -92,6 +92,7 @@ pub struct Server {
     pub tcp_keepalive: Option<Keepalive>,
     pub tcp_user_timeout: Option<Spanned<DurationValue>>,
     pub read_buffer: Option<Spanned<SizeValue>>,
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 
 /// `[server] tcp_keepalive`, as written (becomes [`super::KeepaliveSettings`]).
@@ -109,6 +110,8 @@ pub struct Keepalive {
 pub struct Listen {
     pub addr: Spanned<String>,
     pub tls: Option<Tls>,
+    pub proxy_protocol: Option<bool>,
+    pub hsts: Option<Spanned<String>>,
 }
 
 /// A listener's `tls = { cert, key }`: paths, relative to the config file.

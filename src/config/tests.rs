@@ -277,3 +277,71 @@ fn a_header_inside_a_string_does_not_count_as_a_topic() {
     let e = load(&text).unwrap_err();
     assert_eq!(e.key.as_deref(), Some("topic[0].replay"), "{e}");
 }
+
+#[test]
+fn trusted_proxies_take_cidrs_and_single_addresses_and_default_to_none() {
+    assert!(load(MINIMAL).unwrap().server.trusted_proxies.is_empty());
+    let config = load(&format!(
+        "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"fd00::/8\", \"192.0.2.7\"]\n{MINIMAL}"
+    ))
+    .unwrap();
+    let nets: Vec<String> = config
+        .server
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(nets, ["10.0.0.0/8", "fd00::/8", "192.0.2.7/32"]);
+}
+
+#[test]
+fn a_trusted_proxy_that_is_not_a_cidr_is_refused_at_its_place() {
+    for (bad, says) in [
+        ("10.0.0.0/33", "is not a CIDR"),
+        ("ten", "is not a CIDR"),
+        ("10.1.2.3/8", "write the range as \"10.0.0.0/8\""),
+    ] {
+        let e = load(&format!(
+            "[server]\ntrusted_proxies = [\"fd00::/8\", \"{bad}\"]\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("server.trusted_proxies"), "{e}");
+        assert_eq!(e.position.map(|p| p.0), Some(2), "{e}");
+        assert!(e.message.contains(says), "{bad}: {e}");
+    }
+}
+
+/// A TLS listener with the dev certificate, and `extra` keys.
+fn tls_listener(extra: &str) -> String {
+    format!(
+        "[[listen]]\naddr = \"127.0.0.1:8443\"\ntls = {{ cert = \"certs/dev/localhost.pem\", key = \"certs/dev/localhost-key.pem\" }}\n{extra}\n[app]\nupstream = \"127.0.0.1:3000\"\n"
+    )
+}
+
+#[test]
+fn listeners_expect_no_proxy_header_and_send_no_hsts_by_default() {
+    let config = load(&tls_listener("")).unwrap();
+    assert!(!config.listeners[0].proxy_protocol);
+    assert_eq!(config.listeners[0].hsts, None);
+    let config = load(&tls_listener(
+        "proxy_protocol = true\nhsts = \"max-age=63072000; includeSubDomains\"",
+    ))
+    .unwrap();
+    assert!(config.listeners[0].proxy_protocol);
+    assert_eq!(
+        config.listeners[0].hsts.as_deref(),
+        Some("max-age=63072000; includeSubDomains")
+    );
+}
+
+#[test]
+fn hsts_is_refused_on_a_plaintext_listener_and_when_malformed() {
+    let plain = "[[listen]]\naddr = \"127.0.0.1:8080\"\nhsts = \"max-age=10\"\n[app]\nupstream = \"127.0.0.1:3000\"\n";
+    let e = load(plain).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("listen[0].hsts"));
+    assert!(e.message.contains("TLS listeners only"), "{e}");
+    let e = load(&tls_listener("hsts = \"max-age=soon\"")).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("listen[0].hsts"));
+    assert_eq!(e.position.map(|p| p.0), Some(4), "{e}");
+    assert!(e.message.contains("max-age=63072000"), "{e}");
+}

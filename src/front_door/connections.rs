@@ -12,13 +12,15 @@
 //! The other counters record why connections were closed early by the
 //! front door's bounds: TLS handshakes that failed or took too long, heads
 //! that took too long or were too large, and HTTP/2 connections closed for
-//! protocol abuse.
+//! protocol abuse, and connections to a `proxy_protocol` listener that did
+//! not start with a valid PROXY header.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::client;
 use crate::config::ConnectionLimits;
 
 /// Why the front door closed a connection early, for the counters.
@@ -52,6 +54,9 @@ pub struct ConnectionCounts {
     /// HTTP/2 connections closed for protocol abuse (a flood of stream
     /// resets, or an error the HTTP/2 layer answered with `GOAWAY`).
     pub h2_abuse_closures: u64,
+    /// Connections to a `proxy_protocol` listener closed because they did
+    /// not start with a valid PROXY header.
+    pub proxy_header_invalid: u64,
 }
 
 /// The process's client connections: counters and the per-address cap.
@@ -69,10 +74,13 @@ pub struct Connections {
     header_timeouts: AtomicU64,
     headers_too_large: AtomicU64,
     h2_abuse_closures: AtomicU64,
+    proxy_header_invalid: AtomicU64,
     /// Whether the per-address cap's first refusal was logged.
     cap_logged: AtomicBool,
     /// Whether the first HTTP/2 abuse closure was logged.
     abuse_logged: AtomicBool,
+    /// Whether the first connection without a valid PROXY header was logged.
+    proxy_header_logged: AtomicBool,
 }
 
 /// A connection's place among the open ones; dropping it gives it back.
@@ -94,8 +102,10 @@ impl Connections {
             header_timeouts: AtomicU64::new(0),
             headers_too_large: AtomicU64::new(0),
             h2_abuse_closures: AtomicU64::new(0),
+            proxy_header_invalid: AtomicU64::new(0),
             cap_logged: AtomicBool::new(false),
             abuse_logged: AtomicBool::new(false),
+            proxy_header_logged: AtomicBool::new(false),
         })
     }
 
@@ -106,7 +116,9 @@ impl Connections {
     /// Takes a place for a new connection from `address`, or `None` when the
     /// address already holds `max_connections_per_ip` (counted, and logged
     /// the first time).
+    /// An IPv6 address is counted by its /64 ([`client::counted_as`]).
     pub fn open(self: &Arc<Self>, address: Option<IpAddr>) -> Option<OpenConnection> {
+        let address = address.map(client::counted_as);
         let counted = match (self.per_ip_cap, address) {
             (Some(cap), Some(address)) => {
                 let mut per_ip = self.per_ip();
@@ -158,6 +170,21 @@ impl Connections {
         }
     }
 
+    /// Counts a connection to a `proxy_protocol` listener closed for not
+    /// starting with a valid PROXY header; the first one is logged.
+    pub fn record_proxy_header_invalid(&self, peer: Option<IpAddr>, why: &str) {
+        self.proxy_header_invalid.fetch_add(1, Ordering::Relaxed);
+        if !self.proxy_header_logged.swap(true, Ordering::Relaxed) {
+            let peer = peer.map_or_else(|| "a peer".to_string(), |p| p.to_string());
+            log::warn!(
+                "closed a connection from {peer} to a proxy_protocol listener: {why}; \
+                 every connection there must start with a PROXY header (is the balancer set to \
+                 send-proxy or send-proxy-v2, and is the listener reachable only through it?); \
+                 further closures are only counted (connections.proxy_header_invalid in /stats)"
+            );
+        }
+    }
+
     /// The counters now.
     pub fn counts(&self) -> ConnectionCounts {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
@@ -169,6 +196,7 @@ impl Connections {
             header_timeouts: get(&self.header_timeouts),
             headers_too_large: get(&self.headers_too_large),
             h2_abuse_closures: get(&self.h2_abuse_closures),
+            proxy_header_invalid: get(&self.proxy_header_invalid),
         }
     }
 }

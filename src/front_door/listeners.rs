@@ -45,26 +45,29 @@ impl Listeners {
         Listeners { entries }
     }
 
-    /// The transport of the listener that accepted a connection on `local`:
-    /// the listener with that exact address, else one on that port bound to
-    /// an unspecified address (`0.0.0.0`, `[::]`).
+    /// The transport of the listener that accepted a connection on `local`
+    /// (see [`listener_at`]).
     pub(super) fn transport(&self, local: SocketAddr) -> Option<&Transport> {
-        let local_ip = match local.ip() {
-            std::net::IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
-            v4 => v4,
-        };
-        let same_port = || {
-            self.entries
-                .iter()
-                .filter(move |(addr, _)| addr.port() == local.port())
-        };
-        same_port()
-            .find(|(addr, _)| addr.ip() == local_ip || addr.ip() == local.ip())
-            .or_else(|| same_port().find(|(addr, _)| addr.ip().is_unspecified()))
-            .map(|(_, transport)| transport)
+        listener_at(&self.entries, local)
     }
+}
+
+/// What `entries` (one per `[[listen]]` address) say about the listener that
+/// accepted a connection on `local`: the listener with that exact address,
+/// else one on that port bound to an unspecified address (`0.0.0.0`, `[::]`).
+/// An IPv4 client of a dual-stack `[::]` listener has a mapped local address
+/// (`::ffff:10.1.2.3`), which matches the IPv4 listener it stands for.
+pub fn listener_at<T>(entries: &[(SocketAddr, T)], local: SocketAddr) -> Option<&T> {
+    let local_ip = local.ip().to_canonical();
+    let same_port = || {
+        entries
+            .iter()
+            .filter(move |(addr, _)| addr.port() == local.port())
+    };
+    same_port()
+        .find(|(addr, _)| addr.ip() == local_ip || addr.ip() == local.ip())
+        .or_else(|| same_port().find(|(addr, _)| addr.ip().is_unspecified()))
+        .map(|(_, value)| value)
 }
 
 /// Runs the TLS handshake on an accepted connection, within `deadline`.

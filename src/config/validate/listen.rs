@@ -1,5 +1,6 @@
-//! `[[listen]]`: the addresses browsers connect to, and the certificates of
-//! the TLS ones (loaded here, so `--check` proves they fit).
+//! `[[listen]]`: the addresses browsers connect to, the certificates of
+//! the TLS ones (loaded here, so `--check` proves they fit), whether a
+//! PROXY protocol header comes first, and the HSTS a TLS listener sends.
 
 use std::net::SocketAddr;
 
@@ -53,7 +54,27 @@ impl Validator<'_> {
                     )
                 }
             };
-            listeners.push(Listener { addr, tls });
+            let hsts = match listen.hsts {
+                None => None,
+                Some(value) if tls.is_none() => {
+                    return Err(self.at(
+                        &value,
+                        format!("{key}.hsts"),
+                        "hsts is for TLS listeners only (browsers ignore it over plain HTTP, and it would promise HTTPS on this address); remove it, or add tls = { cert = \"...\", key = \"...\" }".into(),
+                    ))
+                }
+                Some(value) => {
+                    crate::hsts::check(value.get_ref())
+                        .map_err(|why| self.at(&value, format!("{key}.hsts"), why))?;
+                    Some(value.into_inner().trim().to_string())
+                }
+            };
+            listeners.push(Listener {
+                addr,
+                tls,
+                proxy_protocol: listen.proxy_protocol.unwrap_or(false),
+                hsts,
+            });
         }
         Ok(listeners)
     }

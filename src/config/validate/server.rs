@@ -1,5 +1,11 @@
-//! `[server]`: threads, shutdown, daemon mode, and the sockets of accepted
-//! connections (HTTP/2 streams, keepalive, user timeout, read buffer).
+//! `[server]`: threads, shutdown, daemon mode, the sockets of accepted
+//! connections (HTTP/2 streams, keepalive, user timeout, read buffer), and
+//! the proxies whose `X-Forwarded-For` is believed.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use toml::Spanned;
 
 use super::Validator;
 use crate::config::model::{
@@ -65,6 +71,7 @@ impl Validator<'_> {
             .drain
             .map_or(DEFAULT_DRAIN, |d| d.into_inner().0)
             .min(grace_period);
+        let trusted_proxies = self.trusted_proxies(raw.trusted_proxies.unwrap_or_default())?;
         Ok(ServerSettings {
             threads,
             grace_period,
@@ -95,6 +102,41 @@ impl Validator<'_> {
                 Some(size) => size.into_inner().0,
                 None => DEFAULT_READ_BUFFER,
             },
+            trusted_proxies,
         })
+    }
+
+    /// `[server] trusted_proxies`: CIDRs (`"10.0.0.0/8"`, `"fd00::/8"`) or
+    /// single addresses.
+    fn trusted_proxies(&self, raw: Vec<Spanned<String>>) -> Result<Vec<IpNet>, ConfigError> {
+        raw.iter()
+            .map(|entry| {
+                let text = entry.get_ref().trim();
+                if let Ok(ip) = text.parse::<IpAddr>() {
+                    return Ok(IpNet::from(ip));
+                }
+                let net: IpNet = text.parse().map_err(|_| {
+                    self.at(
+                        entry,
+                        "server.trusted_proxies",
+                        format!(
+                            "{text:?} is not a CIDR; write an address range such as \"10.0.0.0/8\" or \"fd00::/8\", or one address"
+                        ),
+                    )
+                })?;
+                if net.trunc() != net {
+                    return Err(self.at(
+                        entry,
+                        "server.trusted_proxies",
+                        format!(
+                            "{text:?} has bits set past its /{}; write the range as \"{}\"",
+                            net.prefix_len(),
+                            net.trunc()
+                        ),
+                    ));
+                }
+                Ok(net)
+            })
+            .collect()
     }
 }
