@@ -70,7 +70,7 @@ pub enum Rejection {
 /// Decides on subscription requests.
 pub struct Admission {
     pub limits: Arc<Limits>,
-    pub authorizer: Authorizer,
+    pub authorizer: Arc<Authorizer>,
 }
 
 impl Admission {

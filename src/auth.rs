@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::connectors::http::Connector;
@@ -278,7 +279,8 @@ struct Outage {
 pub struct Authorizer {
     /// Pingora's connector, whose pool keeps idle connections for reuse.
     connector: Arc<Connector>,
-    connect: ConnectSettings,
+    /// How to reach the app's endpoints; replaced by a reload.
+    connect: ArcSwap<ConnectSettings>,
     cache: Mutex<DecisionCache>,
     /// Endpoints that cannot be asked now, by URL: one log line when an
     /// outage starts, one when it ends. As many as configured endpoints.
@@ -297,10 +299,18 @@ impl Authorizer {
     ) -> Authorizer {
         Authorizer {
             connector,
-            connect,
+            connect: ArcSwap::from_pointee(connect),
             cache: Mutex::new(DecisionCache::new(cache_size)),
             outages: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Applies a reloaded config: `connect` for requests from now on, and an
+    /// empty cache of `cache_size` decisions, so none taken under the old
+    /// config (another endpoint, another cache time) outlives it.
+    pub fn reconfigure(&self, connect: ConnectSettings, cache_size: usize) {
+        self.connect.store(Arc::new(connect));
+        *lock(&self.cache) = DecisionCache::new(cache_size);
     }
 
     /// The app's decision for `request` at `target`, from the cache when
@@ -319,7 +329,7 @@ impl Authorizer {
             }
         }
         count(&COUNTS.asked);
-        let deadline = self.connect.connect_timeout;
+        let deadline = self.connect.load().connect_timeout;
         let decision = match tokio::time::timeout(deadline, self.ask(target, request)).await {
             Ok(Ok(answered)) => self.finish(answered).await,
             Ok(Err(why)) => Decision::Unavailable(why),
@@ -382,7 +392,7 @@ impl Authorizer {
     ) -> Result<Answered, Unavailable> {
         let peer = target
             .origin
-            .peer(&self.connect)
+            .peer(&self.connect.load_full())
             .await
             .map_err(|e| Unavailable::Unresolved(e.0))?;
         let head = request_head(target, request)?;

@@ -57,6 +57,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::{
@@ -111,19 +112,36 @@ pub struct FrontDoor {
     listeners: Listeners,
     /// The open connections: the per-address cap and the counters.
     connections: Arc<Connections>,
-    /// The connection deadlines.
-    limits: ConnectionLimits,
+    /// The connection deadlines, HSTS and trusted proxies; replaced by a
+    /// reload (each connection keeps the deadlines it started with).
+    policy: Arc<ArcSwap<DoorPolicy>>,
     /// HTTP/2 streams a connection may have open at once (sets its budget
     /// of stream resets).
     max_concurrent_streams: u32,
     /// Per listener: whether its connections start with a PROXY header.
     proxy_protocol: Vec<(SocketAddr, bool)>,
-    /// Per listener: the `Strict-Transport-Security` of the front door's
-    /// own answers.
-    hsts: Hsts,
-    /// Peers not counted by the per-address connection cap: each carries
-    /// many clients.
-    trusted: TrustedProxies,
+}
+
+/// What the config says about client connections, swapped whole by a reload.
+pub struct DoorPolicy {
+    /// The connection deadlines.
+    pub limits: ConnectionLimits,
+    /// Per listener: the `Strict-Transport-Security` of every answer.
+    pub hsts: Hsts,
+    /// Peers whose `X-Forwarded-For` is believed, and which the per-address
+    /// connection cap does not count: each carries many clients.
+    pub trusted: TrustedProxies,
+}
+
+impl DoorPolicy {
+    /// The policy `config` describes.
+    pub fn new(config: &Config) -> DoorPolicy {
+        DoorPolicy {
+            limits: config.connections,
+            hsts: Hsts::new(&config.listeners),
+            trusted: TrustedProxies::new(&config.server.trusted_proxies),
+        }
+    }
 }
 
 impl FrontDoor {
@@ -133,31 +151,27 @@ impl FrontDoor {
         admission: Admission,
         listeners: Listeners,
         connections: Arc<Connections>,
+        policy: Arc<ArcSwap<DoorPolicy>>,
         config: &Config,
     ) -> FrontDoor {
-        let hsts = Hsts::new(&config.listeners);
-        let trusted = TrustedProxies::new(&config.server.trusted_proxies);
         FrontDoor {
             sorter: Arc::new(RequestSorter {
                 proxy: Arc::new(proxy),
                 topics: TopicRequests {
                     hub,
                     admission,
-                    trusted: trusted.clone(),
-                    hsts: hsts.clone(),
+                    policy: policy.clone(),
                 },
             }),
             listeners,
             connections,
-            limits: config.connections,
+            policy,
             max_concurrent_streams: config.server.max_concurrent_streams,
             proxy_protocol: config
                 .listeners
                 .iter()
                 .map(|l| (l.addr, l.proxy_protocol))
                 .collect(),
-            hsts,
-            trusted,
         }
     }
 
@@ -211,8 +225,12 @@ impl FrontDoor {
         match local.and_then(|local| self.listeners.transport(local)) {
             Some(Transport::Plain) => Some(stream),
             Some(Transport::Tls(acceptor)) => {
-                match listeners::handshake(acceptor, stream, self.limits.tls_handshake_timeout)
-                    .await
+                match listeners::handshake(
+                    acceptor,
+                    stream,
+                    self.policy.load().limits.tls_handshake_timeout,
+                )
+                .await
                 {
                     listeners::Handshake::Done(tls) => Some(tls),
                     listeners::Handshake::TimedOut => {
@@ -259,7 +277,7 @@ impl FrontDoor {
         let mut session = ServerSession::new_http1(stream);
         // Pingora's own defaults for a fresh HTTP/1.1 session ...
         session.set_keepalive(
-            (!*shutdown.borrow()).then_some(whole_seconds(self.limits.idle_timeout)),
+            (!*shutdown.borrow()).then_some(whole_seconds(self.policy.load().limits.idle_timeout)),
         );
         session.set_keepalive_reuses_remaining(
             self.sorter
@@ -283,7 +301,7 @@ impl FrontDoor {
         mut deadline: tokio::time::Instant,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let limits = *self.sorter.topics.admission.limits.settings();
+        let limits = self.sorter.topics.admission.limits.settings();
         let mut settings: Option<HttpPersistentSettings> = None;
         loop {
             let head = tokio::select! {
@@ -294,8 +312,8 @@ impl FrontDoor {
                 Head::Complete { buf, len } => (buf, len),
                 Head::TooLarge => {
                     self.connections.record(EarlyClose::HeaderTooLarge);
-                    let hsts = self.hsts.for_local(local_addr(&stream));
-                    let answer = header_too_large(hsts);
+                    let answer =
+                        header_too_large(self.policy.load().hsts.for_local(local_addr(&stream)));
                     refuse_and_close(&mut stream, &answer, limits.max_header_bytes).await;
                     return None;
                 }
@@ -341,9 +359,10 @@ impl FrontDoor {
             if read.is_empty() {
                 // Idle between requests: the next one's first byte may take
                 // the idle timeout to come.
+                let idle_timeout = self.policy.load().limits.idle_timeout;
                 let came = !closed
                     && tokio::select! {
-                        came = greeting::first_bytes(&mut stream, &mut read, self.limits.idle_timeout) => came,
+                        came = greeting::first_bytes(&mut stream, &mut read, idle_timeout) => came,
                         _ = wait_for_shutdown(shutdown.clone()) => false,
                     };
                 if !came {
@@ -487,13 +506,18 @@ impl ServerApp for FrontDoor {
         let peer = peer_ip(&stream);
         // Held until the connection closes. A trusted proxy's connections
         // carry many clients: they are not capped per address.
-        let counted = peer.filter(|p| !self.trusted.contains(*p));
+        let (trusted_peer, idle_timeout) = {
+            let policy = self.policy.load();
+            let trusted = peer.is_some_and(|p| policy.trusted.contains(p));
+            (trusted, policy.limits.idle_timeout)
+        };
+        let counted = peer.filter(|_| !trusted_peer);
         let _place = self.connections.open(counted)?;
         let mut stream = self.open_transport(stream).await?;
         let expect = self.expect(&stream);
         let limits = self.sorter.topics.admission.limits.settings();
         let greeting = tokio::select! {
-            greeting = greeting::read_greeting(&mut stream, expect, self.limits.idle_timeout, limits.header_timeout) => greeting,
+            greeting = greeting::read_greeting(&mut stream, expect, idle_timeout, limits.header_timeout) => greeting,
             _ = wait_for_shutdown(shutdown.clone()) => return None,
         };
         match greeting {

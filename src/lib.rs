@@ -19,7 +19,9 @@ pub mod hub;
 pub mod limits;
 pub mod memory;
 pub mod metrics;
+pub mod pid_file;
 pub mod proxy;
+pub mod reload;
 pub mod route;
 pub mod server;
 /// The SSE wire format (parser and encoder), its own crate (`sse-wire/`) so

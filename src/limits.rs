@@ -40,6 +40,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
 use crate::admission::STATS;
@@ -200,7 +201,9 @@ struct Clients {
 
 /// The caps of one process, shared by every listener.
 pub struct Limits {
-    settings: LimitSettings,
+    /// The caps, replaced whole by a reload; a place taken under the old
+    /// caps is kept until it is given back.
+    settings: ArcSwap<LimitSettings>,
     clients: Mutex<Clients>,
 }
 
@@ -214,7 +217,7 @@ pub struct Admitted {
 impl Limits {
     pub fn new(settings: LimitSettings) -> Arc<Limits> {
         Arc::new(Limits {
-            settings,
+            settings: ArcSwap::from_pointee(settings),
             clients: Mutex::new(Clients {
                 open: HashMap::new(),
                 buckets: Buckets::new(settings.max_subscribers),
@@ -223,9 +226,14 @@ impl Limits {
         })
     }
 
-    /// The settings these limits enforce.
-    pub fn settings(&self) -> &LimitSettings {
-        &self.settings
+    /// The settings these limits enforce now.
+    pub fn settings(&self) -> LimitSettings {
+        **self.settings.load()
+    }
+
+    /// Enforces `settings` from now on (a reload).
+    pub fn set_settings(&self, settings: LimitSettings) {
+        self.settings.store(Arc::new(settings));
     }
 
     fn clients(&self) -> MutexGuard<'_, Clients> {
@@ -237,7 +245,7 @@ impl Limits {
     /// An IPv6 address is counted by its /64 ([`client::counted_as`]).
     pub fn admit(self: &Arc<Self>, address: Option<IpAddr>) -> Result<Admitted, Limit> {
         let address = address.map(client::counted_as);
-        let settings = self.settings;
+        let settings = self.settings();
         let now = Instant::now();
         let mut untracked = false;
         let mut clients = self.clients();

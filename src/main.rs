@@ -4,11 +4,12 @@
 //! sse-fanout [-c FILE]            run with FILE (default conf/sse-fanout.toml)
 //! sse-fanout [-c FILE] --check    validate FILE and its certificates, then exit 0 or 2
 //! sse-fanout [-c FILE] --upgrade  take over the listeners of a running instance
+//! sse-fanout [-c FILE] --reload   check FILE, then have the running instance reload it
 //! sse-fanout demo [-c FILE]       the proxy and a demo app (default conf/demo.toml)
 //! ```
 //!
 //! Running, it stops on `SIGTERM` (gracefully) or `SIGINT`, hands over to a
-//! new process on `SIGQUIT`, and ignores `SIGHUP` (no reload yet).
+//! new process on `SIGQUIT`, and reloads its config file on `SIGHUP`.
 
 mod demo;
 
@@ -18,6 +19,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use sse_fanout::config::{Config, DEFAULT_CONFIG_PATH};
+use sse_fanout::pid_file;
 use sse_fanout::server::{self, StartOptions};
 
 /// Exit status for a config that cannot be used, as `nginx -t` does.
@@ -46,6 +48,13 @@ struct Args {
     /// `upgrade_sock`, for a restart that drops no connection.
     #[arg(long)]
     upgrade: bool,
+
+    /// Check the config as --check does, then send SIGHUP to the running
+    /// instance named by its `pid_file`, which reloads it (exit 0 once sent,
+    /// 2 for a config that cannot be used, 1 when no instance runs). The
+    /// instance logs what the reload changed.
+    #[arg(long, conflicts_with_all = ["check", "upgrade"])]
+    reload: bool,
 
     /// Something other than running the proxy.
     #[command(subcommand)]
@@ -109,11 +118,28 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
+    if args.reload {
+        let pid_file = Path::new(&config.server.pid_file);
+        return match pid_file::signal_running(pid_file) {
+            Ok(pid) => {
+                println!(
+                    "{}: configuration is valid; asked sse-fanout (pid {pid}) to reload it",
+                    args.config.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sse-fanout: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
     let start = StartOptions {
         upgrade: args.upgrade,
     };
     match server::build(&config, start) {
-        Ok((server, _hub)) => server::run(server),
+        Ok(built) => server::run(built),
         Err(e) => {
             eprintln!("sse-fanout: cannot start: {e}");
             ExitCode::FAILURE

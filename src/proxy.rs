@@ -20,7 +20,10 @@
 //! It wires things and holds no policy: topics and replay live in the hub,
 //! where the app is and how to reach it in [`AppSettings`].
 
+use std::sync::Arc;
 use std::time::Instant;
+
+use arc_swap::ArcSwap;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -75,10 +78,17 @@ const CLIENT_CREDENTIALS: [&str; 2] = ["authorization", "cookie"];
 
 /// The reverse proxy in front of the app.
 pub struct Proxy {
-    /// Where ordinary requests go.
-    app: AppSettings,
     /// The topics, served here rather than proxied.
     hub: Hub,
+    /// What the config says about proxied requests; a reload replaces it
+    /// whole, and each request keeps the one it started with.
+    policy: Arc<ArcSwap<ProxyPolicy>>,
+}
+
+/// What the config says about proxied requests.
+pub struct ProxyPolicy {
+    /// Where ordinary requests go.
+    app: AppSettings,
     /// Paths never passed to the app.
     closed: ClosedPaths,
     /// Request headers only the proxy may set (lower case): removed from
@@ -94,11 +104,13 @@ pub struct Proxy {
 pub struct RequestCtx {
     /// When the request arrived, for the access log.
     started: Instant,
+    /// The policy in force when the request arrived.
+    policy: Arc<ProxyPolicy>,
 }
 
-impl Proxy {
-    /// The proxy to `config`'s app, refusing what `config`'s topics close.
-    pub fn new(config: &Config, hub: Hub) -> Self {
+impl ProxyPolicy {
+    /// The policy of `config`: its app, and what its topics close.
+    pub fn new(config: &Config) -> ProxyPolicy {
         let mut private_headers = vec![HeaderName::from_static(X_SSE_TOPIC)];
         let secrets = config
             .topics
@@ -110,9 +122,8 @@ impl Proxy {
                 private_headers.push(name);
             }
         }
-        Proxy {
+        ProxyPolicy {
             app: config.app.clone(),
-            hub,
             closed: ClosedPaths::new(config),
             private_headers,
             trusted: TrustedProxies::new(&config.server.trusted_proxies),
@@ -140,6 +151,13 @@ impl Proxy {
             .as_downstream_mut()
             .write_error_response(response, body)
             .await
+    }
+}
+
+impl Proxy {
+    /// The proxy to the app `policy` names, now and after each reload.
+    pub fn new(hub: Hub, policy: Arc<ArcSwap<ProxyPolicy>>) -> Self {
+        Proxy { hub, policy }
     }
 }
 
@@ -196,27 +214,30 @@ impl ProxyHttp for Proxy {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
+            policy: self.policy.load_full(),
         }
     }
 
-    async fn request_filter(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let policy = &ctx.policy;
         // Judge the target the app would get (Pingora passes the raw request
         // target on, absolute-form and all), not its parsed path.
         let target = String::from_utf8_lossy(session.req_header().raw_path()).into_owned();
         // The front door serves every GET on a topic path; what reaches the
         // proxy on one is another method, which topics do not serve.
         if self.hub.find(&target).is_some() {
-            let hsts = self.hsts.for_session(session.as_downstream()).cloned();
+            let hsts = policy.hsts.for_session(session.as_downstream()).cloned();
             method_not_allowed(session, hsts.as_ref()).await?;
             return Ok(true);
         }
-        if let Some(closed) = self.closed.check(&target) {
+        if let Some(closed) = policy.closed.check(&target) {
             log::debug!("refused {closed:?}: {target}");
             let (status, body) = match closed {
                 ClosedPath::TopicUpstream => (404, NOT_FOUND_BODY),
                 ClosedPath::TopicSpelling => (400, AMBIGUOUS_PATH_BODY),
             };
-            self.respond_error(session, status, Bytes::from_static(body.as_bytes()))
+            policy
+                .respond_error(session, status, Bytes::from_static(body.as_bytes()))
                 .await?;
             return Ok(true);
         }
@@ -226,22 +247,18 @@ impl ProxyHttp for Proxy {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let peer = self
-            .app
-            .origin
-            .http_peer(&self.app.connect)
-            .await
-            .map_err(|e| {
-                let kind = match e {
-                    ResolveError::TimedOut { .. } => ErrorType::ConnectTimedout,
-                    _ => ErrorType::ConnectNoRoute,
-                };
-                // The app cannot be reached: `502`, not retried here (the
-                // lookup already had its deadline).
-                Error::explain(kind, e.to_string()).into_up()
-            })?;
+        let app = &ctx.policy.app;
+        let peer = app.origin.http_peer(&app.connect).await.map_err(|e| {
+            let kind = match e {
+                ResolveError::TimedOut { .. } => ErrorType::ConnectTimedout,
+                _ => ErrorType::ConnectNoRoute,
+            };
+            // The app cannot be reached: `502`, not retried here (the
+            // lookup already had its deadline).
+            Error::explain(kind, e.to_string()).into_up()
+        })?;
         Ok(Box::new(peer))
     }
 
@@ -249,15 +266,15 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
-        for name in &self.private_headers {
+        for name in &ctx.policy.private_headers {
             upstream_request.remove_header(name);
         }
         for name in CLAIMED_IDENTITY {
             upstream_request.remove_header(name);
         }
-        if let Some(forwarded_for) = Client::of(session, &self.trusted).forwarded_for {
+        if let Some(forwarded_for) = Client::of(session, &ctx.policy.trusted).forwarded_for {
             upstream_request.insert_header(X_FORWARDED_FOR, forwarded_for)?;
         }
         let proto = if is_tls(session) { "https" } else { "http" };
@@ -277,7 +294,7 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         // A proxy speaks its own HTTP version (RFC 9110 §6.2), whatever the
         // app answered with; Pingora sets HTTP/2 itself on HTTP/2 sessions.
@@ -290,7 +307,7 @@ impl ProxyHttp for Proxy {
             .get(header::STRICT_TRANSPORT_SECURITY)
             .is_none()
         {
-            self.add_hsts(session, upstream_response)?;
+            ctx.policy.add_hsts(session, upstream_response)?;
         }
         // A 101 on HTTP/1.1 is a WebSocket (or other) upgrade: its
         // `Connection: upgrade` and `Upgrade` must reach the client.
@@ -320,8 +337,9 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        let policy = &ctx.policy;
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             _ => match e.esource() {
@@ -339,16 +357,16 @@ impl ProxyHttp for Proxy {
         if code == 502 && session.response_written().is_some() {
             log::warn!(
                 "app {} broke off its response to {what}: {e}",
-                self.app.origin
+                policy.app.origin
             );
         } else if code == 502 {
-            log::warn!("app {} unreachable for {what}: {e}", self.app.origin);
-            let hsts = self.hsts.for_session(session.as_downstream()).cloned();
+            log::warn!("app {} unreachable for {what}: {e}", policy.app.origin);
+            let hsts = policy.hsts.for_session(session.as_downstream()).cloned();
             if let Err(write_error) = send_bad_gateway(session, hsts.as_ref()).await {
                 log::debug!("could not send the 502 for {what}: {write_error}");
             }
         } else if code > 0 {
-            if let Err(write_error) = self.respond_error(session, code, Bytes::new()).await {
+            if let Err(write_error) = policy.respond_error(session, code, Bytes::new()).await {
                 log::debug!("could not send the {code} for {what}: {write_error}");
             }
         }
@@ -383,7 +401,7 @@ impl ProxyHttp for Proxy {
         metrics::proxied(status, duration);
         access_log::record(AccessRecord {
             session: session.as_downstream(),
-            client: Client::of(session.as_downstream(), &self.trusted).ip,
+            client: Client::of(session.as_downstream(), &ctx.policy.trusted).ip,
             status,
             duration,
         });

@@ -17,9 +17,10 @@
 //!
 //! [`run`] runs it with the signals operators expect: `SIGTERM` stops
 //! gracefully, `SIGINT` at once, `SIGQUIT` hands the listeners to a new
-//! process (`--upgrade`), and `SIGHUP`, which would kill the process by
-//! default, is logged and ignored until reloading exists.
+//! process (`--upgrade`), and `SIGHUP` reloads the config file
+//! ([`reload`](crate::reload)).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use pingora::apps::HttpServerOptions;
@@ -39,14 +40,18 @@ use std::sync::Arc;
 
 use pingora::connectors::http::Connector;
 
+use arc_swap::ArcSwap;
+
 use crate::admin;
 use crate::admission::Admission;
 use crate::auth::Authorizer;
 use crate::config::{Config, Listener, ServerSettings};
-use crate::front_door::{Connections, FrontDoor, Listeners, Transport};
+use crate::front_door::{Connections, DoorPolicy, FrontDoor, Listeners, Transport};
 use crate::hub::Hub;
 use crate::limits::Limits;
-use crate::proxy::Proxy;
+use crate::pid_file::PidFile;
+use crate::proxy::{Proxy, ProxyPolicy};
+use crate::reload::{ReloadRequests, Reloadable, Reloader};
 
 /// The name Pingora logs for the proxy service.
 const SERVICE_NAME: &str = "sse-fanout";
@@ -127,10 +132,23 @@ fn protocols(listener: &Listener) -> &'static str {
     }
 }
 
-/// Creates the Pingora server with the proxy service on every listener, and
-/// returns it with its hub (for callers that add services of their own, such
-/// as the demo, before running it).
-pub fn build(config: &Config, start: StartOptions) -> pingora::Result<(Server, Hub)> {
+/// A server ready to [`run`], with what callers may wire to it.
+pub struct Built {
+    /// The Pingora server; callers may add services of their own (the demo
+    /// adds its app) before running it.
+    pub server: Server,
+    /// Its topics.
+    pub hub: Hub,
+    /// Where `SIGHUP` asks for a reload.
+    reloads: ReloadRequests,
+    /// The pid file to claim in the foreground (Pingora writes it itself
+    /// when it daemonizes).
+    pid_file: Option<PathBuf>,
+}
+
+/// Creates the Pingora server with the proxy service on every listener, the
+/// admin listener, the hub's lifecycle and the reloader.
+pub fn build(config: &Config, start: StartOptions) -> pingora::Result<Built> {
     let opt = Opt {
         upgrade: start.upgrade,
         ..Opt::default()
@@ -139,8 +157,11 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<(Server, H
     server.bootstrap();
 
     let hub = Hub::new(config);
-    let mut proxy =
-        pingora::proxy::http_proxy(&server.configuration, Proxy::new(config, hub.clone()));
+    let proxy_policy = Arc::new(ArcSwap::from_pointee(ProxyPolicy::new(config)));
+    let mut proxy = pingora::proxy::http_proxy(
+        &server.configuration,
+        Proxy::new(hub.clone(), proxy_policy.clone()),
+    );
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = true;
     server_options.h2_idle_timeout = Some(config.connections.idle_timeout);
@@ -149,15 +170,18 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<(Server, H
     h2.max_concurrent_streams(config.server.max_concurrent_streams);
     h2.max_header_list_size(u32::try_from(config.limits.max_header_bytes).unwrap_or(u32::MAX));
     proxy.h2_options = Some(h2);
+    let limits = Limits::new(config.limits);
+    let authorizer = Arc::new(Authorizer::new(
+        Arc::new(Connector::new(None)),
+        config.app.connect.clone(),
+        config.limits.auth_cache_size,
+    ));
     let admission = Admission {
-        limits: Limits::new(config.limits),
-        authorizer: Authorizer::new(
-            Arc::new(Connector::new(None)),
-            config.app.connect.clone(),
-            config.limits.auth_cache_size,
-        ),
+        limits: limits.clone(),
+        authorizer: authorizer.clone(),
     };
     let mut transports = Vec::with_capacity(config.listeners.len());
+    let mut certificates = Vec::new();
     for listener in &config.listeners {
         let transport = match &listener.tls {
             Some(certificate) => {
@@ -165,7 +189,9 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<(Server, H
                     &certificate.cert_path.to_string_lossy(),
                     &certificate.key_path.to_string_lossy(),
                 )?;
-                tls.set_cert_resolver(certificate.resolver());
+                let slot = certificate.slot();
+                tls.set_cert_resolver(slot.clone());
+                certificates.push((listener.addr, slot));
                 tls.enable_h2();
                 Transport::Tls(Arc::new(tls.build()))
             }
@@ -174,6 +200,7 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<(Server, H
         transports.push((listener.addr, transport));
     }
     let connections = Connections::new(&config.connections);
+    let door_policy = Arc::new(ArcSwap::from_pointee(DoorPolicy::new(config)));
     let mut service = pingora::services::listening::Service::new(
         SERVICE_NAME.into(),
         FrontDoor::new(
@@ -182,6 +209,7 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<(Server, H
             admission,
             Listeners::new(transports),
             connections.clone(),
+            door_policy.clone(),
             config,
         ),
     );
@@ -211,8 +239,11 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<(Server, H
 
     server.add_service(service);
     if let Some(settings) = &config.admin {
-        server.add_service(admin::service(hub.clone(), connections, settings));
-        log::info!("admin listener on {} (GET /stats)", settings.addr);
+        server.add_service(admin::service(hub.clone(), connections.clone(), settings));
+        log::info!(
+            "admin listener on {} (GET /metrics, /healthz, /readyz, /stats)",
+            settings.addr
+        );
     }
     server.add_service(background_service(
         "sse hub",
@@ -223,15 +254,43 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<(Server, H
     ));
     // Freed memory goes back to the system as load leaves (see memory.rs).
     server.add_service(crate::memory::trimmer());
-    Ok((server, hub))
+    let reloads = ReloadRequests::default();
+    server.add_service(background_service(
+        "config reload",
+        Reloader::new(
+            config,
+            Reloadable {
+                hub: hub.clone(),
+                proxy: proxy_policy,
+                door: door_policy,
+                limits,
+                authorizer,
+                connections,
+                certificates,
+            },
+            reloads.clone(),
+        ),
+    ));
+    Ok(Built {
+        server,
+        hub,
+        reloads,
+        pid_file: (!config.server.daemon).then(|| PathBuf::from(&config.server.pid_file)),
+    })
 }
 
-/// Runs `server` until a signal stops it (see the module docs), then exits.
-pub fn run(server: Server) -> ! {
+/// Runs the server until a signal stops it (see the module docs), then exits.
+pub fn run(built: Built) -> ! {
     catch_hangups_from_now();
-    server.run(RunArgs {
-        shutdown_signal: Box::new(Signals),
+    let pid_file = built.pid_file.as_deref().and_then(PidFile::claim);
+    built.server.run(RunArgs {
+        shutdown_signal: Box::new(Signals {
+            reloads: built.reloads,
+        }),
     });
+    if let Some(pid_file) = pid_file {
+        pid_file.release();
+    }
     std::process::exit(0)
 }
 
@@ -251,8 +310,10 @@ fn catch_hangups_from_now() {
     }
 }
 
-/// The signals that stop the server, and `SIGHUP`, which does not.
-struct Signals;
+/// The signals that stop the server, and `SIGHUP`, which asks for a reload.
+struct Signals {
+    reloads: ReloadRequests,
+}
 
 /// Waits for the next `signal`, forever when it could not be listened to.
 async fn next(signal: &mut Option<Signal>) {
@@ -280,17 +341,14 @@ impl ShutdownSignalWatch for Signals {
         let mut hangup = listen(SignalKind::hangup(), "SIGHUP");
         log::info!(
             "signals: SIGTERM stops gracefully, SIGINT at once, SIGQUIT hands the listeners \
-             to a process started with --upgrade; SIGHUP is ignored"
+             to a process started with --upgrade, SIGHUP reloads the config"
         );
         loop {
             tokio::select! {
                 _ = next(&mut quit) => return ShutdownSignal::GracefulUpgrade,
                 _ = next(&mut terminate) => return ShutdownSignal::GracefulTerminate,
                 _ = next(&mut interrupt) => return ShutdownSignal::FastShutdown,
-                _ = next(&mut hangup) => log::warn!(
-                    "SIGHUP received: reloading the config is not supported yet; ignored \
-                     (restart, or start a new process with --upgrade, to apply a new config)"
-                ),
+                _ = next(&mut hangup) => self.reloads.request(),
             }
         }
     }

@@ -6,13 +6,20 @@
 //! another certificate), and the loaded pair is handed to Pingora's rustls
 //! listener as a ready certificate resolver. Pingora never reads the files
 //! itself, so it has nothing left to fail on at start-up.
+//!
+//! The resolver is a [`CertificateSlot`]: a reload (`SIGHUP`) loads the
+//! files again, checks them the same way, and stores the new pair in the
+//! slot. Every handshake from then on gets the new pair; connections already
+//! open keep the one they were given.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::crypto::ring::default_provider;
-use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -114,8 +121,32 @@ impl Certificate {
         })
     }
 
-    /// A rustls certificate resolver that always serves this pair.
-    pub fn resolver(&self) -> Arc<SingleCertAndKey> {
-        Arc::new(SingleCertAndKey::from(self.key.clone()))
+    /// A rustls certificate resolver serving this pair until another is
+    /// [stored](CertificateSlot::store) in it.
+    pub fn slot(&self) -> Arc<CertificateSlot> {
+        Arc::new(CertificateSlot(ArcSwap::new(self.key.clone())))
+    }
+}
+
+/// A TLS listener's certificate, replaceable while the listener runs: each
+/// handshake is served the pair the slot holds at that moment.
+pub struct CertificateSlot(ArcSwap<CertifiedKey>);
+
+impl CertificateSlot {
+    /// Serves `certificate` to every handshake from now on.
+    pub fn store(&self, certificate: &Certificate) {
+        self.0.store(certificate.key.clone());
+    }
+}
+
+impl fmt::Debug for CertificateSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateSlot").finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for CertificateSlot {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
     }
 }

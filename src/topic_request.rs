@@ -14,7 +14,10 @@
 //! The front door (`front_door.rs`) decides that a request is one of these;
 //! this module decides what the subscriber gets.
 
+use std::sync::Arc;
 use std::time::Instant;
+
+use arc_swap::ArcSwap;
 
 use http::header::HeaderName;
 use pingora::http::ResponseHeader;
@@ -22,9 +25,9 @@ use pingora::protocols::http::ServerSession;
 
 use crate::access_log::{self, AccessRecord};
 use crate::admission::{self, Admission, Rejection};
-use crate::client::{self, Client, TrustedProxies};
+use crate::client::{self, Client};
 use crate::cors;
-use crate::hsts::Hsts;
+use crate::front_door::DoorPolicy;
 use crate::hub::{Hub, SubscribeError, Subscription, TopicRoute};
 use crate::limits::Admitted;
 use crate::subscriber;
@@ -56,10 +59,9 @@ pub struct TopicRequests {
     pub hub: Hub,
     /// Inputs, caps and auth for subscription requests.
     pub admission: Admission,
-    /// Whose `X-Forwarded-For` names the client.
-    pub trusted: TrustedProxies,
-    /// The `Strict-Transport-Security` of each listener that sends one.
-    pub hsts: Hsts,
+    /// Whose `X-Forwarded-For` names the client, and each listener's
+    /// `Strict-Transport-Security`; replaced by a reload.
+    pub policy: Arc<ArcSwap<DoorPolicy>>,
 }
 
 impl TopicRequests {
@@ -100,14 +102,17 @@ impl TopicRequests {
     /// access-log line.
     async fn serve_subscription(&self, session: &mut ServerSession, route: &TopicRoute) {
         let started = Instant::now();
-        let client = Client::of(session, &self.trusted);
+        // Read while no await can hold it.
+        let policy = self.policy.load();
+        let client = Client::of(session, &policy.trusted);
         // The headers every answer to this request carries, the stream or
         // a refusal: CORS for the request's origin, and the listener's HSTS.
         let mut headers = cors::response_headers(
             &route.config.access.cors,
             client::header(session, http::header::ORIGIN).as_deref(),
         );
-        headers.extend(self.hsts.header_for(session));
+        headers.extend(policy.hsts.header_for(session));
+        drop(policy);
         // Admission (with its auth request) and refusals are short-lived and
         // boxed: inline, their futures would enlarge this one, which every
         // open subscription keeps for its whole life.
@@ -166,7 +171,7 @@ impl TopicRequests {
         let topic = &route.config;
         let origin = client::header(session, http::header::ORIGIN);
         let mut headers = cors::preflight_headers(&topic.access.cors, origin.as_deref());
-        headers.extend(self.hsts.header_for(session));
+        headers.extend(self.policy.load().hsts.header_for(session));
         let answer = async {
             let mut response = ResponseHeader::build(204, Some(headers.len()))?;
             for (name, value) in headers {

@@ -23,13 +23,12 @@ mod jobs;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use pingora::server::Server;
 use pingora::services::listening::Service;
 
 use app::DemoApp;
 use sse_fanout::config::{Config, Listener};
 use sse_fanout::route::TopicRoutes;
-use sse_fanout::server::{self, StartOptions};
+use sse_fanout::server::{self, Built, StartOptions};
 
 /// Where `sse-fanout demo` looks for its config when `-c` is not given.
 pub const DEFAULT_DEMO_CONFIG_PATH: &str = "conf/demo.toml";
@@ -139,20 +138,22 @@ fn banner(config: &Config, app: SocketAddr) -> String {
 
 /// Builds the proxy for `config` plus the demo app on its `[app]` address,
 /// and prints what to open. The caller runs the returned server.
-pub fn start(config: &Config) -> Result<Server, DemoError> {
+pub fn start(config: &Config) -> Result<Built, DemoError> {
     let app_addr = app_address(config)?;
     let routes = TopicRoutes::new(config.topics.iter().map(|t| &t.path));
     if let Some(path) = PAGE_TOPICS.into_iter().find(|p| routes.find(p).is_none()) {
         return Err(DemoError::MissingTopic { path });
     }
-    let (mut server, hub) =
-        server::build(config, StartOptions::default()).map_err(DemoError::Start)?;
-    let mut app = Service::new("sse-fanout demo app".into(), DemoApp::new(hub));
+    let mut built = server::build(config, StartOptions::default()).map_err(DemoError::Start)?;
+    let mut app = Service::new(
+        "sse-fanout demo app".into(),
+        DemoApp::new(built.hub.clone()),
+    );
     app.add_tcp(&app_addr.to_string());
-    server.add_service(app);
+    built.server.add_service(app);
     log::info!("demo app listening on {app_addr}");
     println!("{}", banner(config, app_addr));
-    Ok(server)
+    Ok(built)
 }
 
 #[cfg(test)]

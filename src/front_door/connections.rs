@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::client;
@@ -62,7 +62,9 @@ pub struct ConnectionCounts {
 /// The process's client connections: counters and the per-address cap.
 pub struct Connections {
     /// `[limits] max_connections_per_ip`; `None` is no cap.
-    per_ip_cap: Option<usize>,
+    /// (`usize::MAX` stands for no cap, so a reload can change it without
+    /// a lock.)
+    per_ip_cap: AtomicUsize,
     /// Open connections per client address; only kept when capped, and only
     /// for addresses with a connection open (so bounded by them).
     per_ip: Mutex<HashMap<IpAddr, usize>>,
@@ -93,7 +95,7 @@ pub struct OpenConnection {
 impl Connections {
     pub fn new(limits: &ConnectionLimits) -> Arc<Connections> {
         Arc::new(Connections {
-            per_ip_cap: limits.max_connections_per_ip,
+            per_ip_cap: AtomicUsize::new(cap_value(limits)),
             per_ip: Mutex::new(HashMap::new()),
             open: AtomicU64::new(0),
             refused_per_ip: AtomicU64::new(0),
@@ -109,6 +111,17 @@ impl Connections {
         })
     }
 
+    /// The per-address cap now.
+    fn per_ip_cap(&self) -> Option<usize> {
+        Some(self.per_ip_cap.load(Ordering::Relaxed)).filter(|&cap| cap != usize::MAX)
+    }
+
+    /// Applies `limits`' per-address cap to connections opened from now on
+    /// (a reload); connections open already keep their place.
+    pub fn set_limits(&self, limits: &ConnectionLimits) {
+        self.per_ip_cap.store(cap_value(limits), Ordering::Relaxed);
+    }
+
     fn per_ip(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
         self.per_ip.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -119,7 +132,7 @@ impl Connections {
     /// An IPv6 address is counted by its /64 ([`client::counted_as`]).
     pub fn open(self: &Arc<Self>, address: Option<IpAddr>) -> Option<OpenConnection> {
         let address = address.map(client::counted_as);
-        let counted = match (self.per_ip_cap, address) {
+        let counted = match (self.per_ip_cap(), address) {
             (Some(cap), Some(address)) => {
                 let mut per_ip = self.per_ip();
                 let open = per_ip.entry(address).or_insert(0);
@@ -201,10 +214,15 @@ impl Connections {
     }
 }
 
+/// `limits`' per-address cap as [`Connections::per_ip_cap`] keeps it.
+fn cap_value(limits: &ConnectionLimits) -> usize {
+    limits.max_connections_per_ip.unwrap_or(usize::MAX)
+}
+
 impl std::fmt::Debug for Connections {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connections")
-            .field("per_ip_cap", &self.per_ip_cap)
+            .field("per_ip_cap", &self.per_ip_cap())
             .field("counts", &self.counts())
             .finish()
     }

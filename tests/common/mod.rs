@@ -315,6 +315,11 @@ addr = "{admin_addr}"
         self.dir.path()
     }
 
+    /// The proxy's process id.
+    pub fn child_id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends the signal `name` (`"HUP"`, `"USR1"`, ...) to the proxy.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
