@@ -211,7 +211,8 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<(Server, H
 
     server.add_service(service);
     if let Some(settings) = &config.admin {
-        server.add_service(admin::service(hub.clone(), connections, settings));
+        let phases = server.watch_execution_phase();
+        server.add_service(admin::service(hub.clone(), connections, settings, phases));
         log::info!("admin listener on {} (GET /stats)", settings.addr);
     }
     server.add_service(background_service(

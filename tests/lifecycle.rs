@@ -87,3 +87,68 @@ async fn sigterm_ends_subscriptions_spread_over_the_drain_each_after_a_jittered_
     );
     assert!(proxy.wait_exit().success());
 }
+
+/// `GET path` on the admin listener over a fresh connection: the status, or
+/// the error that kept it from answering (a refused connection, above all).
+async fn admin_get(admin_addr: std::net::SocketAddr, path: &str) -> std::io::Result<u16> {
+    let mut socket = TcpStream::connect(admin_addr).await?;
+    socket
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, socket.read_to_end(&mut answer))
+        .await
+        .map_err(|_| std::io::Error::other("no answer in time"))??;
+    let answer = String::from_utf8_lossy(&answer);
+    answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {answer:?}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_answers_503_during_the_drain_while_subscribers_are_still_open() {
+    let app = SseApp::start().await;
+    let mut proxy =
+        Proxy::start_with_server(app.addr, "grace_period = \"6s\"\ndrain = \"5s\"", TOPICS);
+    let subscribers: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(subscribe_until_end(proxy.plain_addr)))
+        .collect();
+    proxy.wait_for_subscribers("/events/news", 20).await;
+    assert_eq!(admin_get(proxy.admin_addr, "/readyz").await.unwrap(), 200);
+
+    proxy.terminate();
+    // Every check reaches the admin listener (never "connection refused"),
+    // and it soon says the instance is draining.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let status = admin_get(proxy.admin_addr, "/readyz")
+            .await
+            .expect("the admin listener answers during the drain");
+        if status == 503 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(Instant::now() < deadline, "/readyz never answered 503");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Meanwhile the drain is under way: streams are still open, and the
+    // process still answers the rest of its admin paths.
+    assert_eq!(admin_get(proxy.admin_addr, "/healthz").await.unwrap(), 200);
+    let stats = proxy.stats().await;
+    let open = stats["totals"]["subscribers"].as_u64().unwrap();
+    assert!(open > 0, "the drain was over already: {stats}");
+    assert!(subscribers.iter().any(|s| !s.is_finished()));
+
+    for subscriber in subscribers {
+        tokio::time::timeout(PATIENCE, subscriber)
+            .await
+            .expect("every stream ended within the drain")
+            .unwrap();
+    }
+    assert!(proxy.wait_exit().success());
+}
