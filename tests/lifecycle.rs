@@ -110,6 +110,23 @@ async fn admin_get(admin_addr: std::net::SocketAddr, path: &str) -> std::io::Res
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {answer:?}")))
 }
 
+/// Polls `/readyz` until it answers `503`. Every check must reach the admin
+/// listener (never "connection refused").
+async fn wait_until_draining(proxy: &Proxy) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let status = admin_get(proxy.admin_addr, "/readyz")
+            .await
+            .expect("the admin listener answers during the drain");
+        if status == 503 {
+            return;
+        }
+        assert_eq!(status, 200);
+        assert!(Instant::now() < deadline, "/readyz never answered 503");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_answers_503_during_the_drain_while_subscribers_are_still_open() {
     let app = SseApp::start().await;
@@ -122,20 +139,7 @@ async fn readyz_answers_503_during_the_drain_while_subscribers_are_still_open() 
     assert_eq!(admin_get(proxy.admin_addr, "/readyz").await.unwrap(), 200);
 
     proxy.terminate();
-    // Every check reaches the admin listener (never "connection refused"),
-    // and it soon says the instance is draining.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let status = admin_get(proxy.admin_addr, "/readyz")
-            .await
-            .expect("the admin listener answers during the drain");
-        if status == 503 {
-            break;
-        }
-        assert_eq!(status, 200);
-        assert!(Instant::now() < deadline, "/readyz never answered 503");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_draining(&proxy).await;
     // Meanwhile the drain is under way: streams are still open, and the
     // process still answers the rest of its admin paths.
     assert_eq!(admin_get(proxy.admin_addr, "/healthz").await.unwrap(), 200);
@@ -149,6 +153,71 @@ async fn readyz_answers_503_during_the_drain_while_subscribers_are_still_open() 
             .await
             .expect("every stream ended within the drain")
             .unwrap();
+    }
+    assert!(proxy.wait_exit().success());
+}
+
+/// Sends `GET /page` on a connection opened earlier and returns everything
+/// that came back until the proxy closed it.
+async fn ask_for_the_page<S>(connection: &mut S) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    connection
+        .write_all(b"GET /page HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(PATIENCE, connection.read(&mut buf))
+            .await
+            .expect("an answer in time")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_accepted_before_a_stop_is_still_answered() {
+    let app = SseApp::start().await;
+    let mut proxy =
+        Proxy::start_with_server(app.addr, "grace_period = \"3s\"\ndrain = \"1s\"", TOPICS);
+    // Connections the proxy accepted whose clients have not sent their
+    // request yet (as one accepted an instant before a stop, or before the
+    // listeners went to a successor, which never sees it).
+    let mut plain = Vec::new();
+    for _ in 0..3 {
+        plain.push(TcpStream::connect(proxy.plain_addr).await.unwrap());
+    }
+    let mut tls = Vec::new();
+    for _ in 0..2 {
+        tls.push(common::client::tls_stream(proxy.tls_addr, &proxy.certs, &["http/1.1"]).await);
+    }
+    proxy
+        .wait_for_stats("5 connections open", |stats| {
+            stats["connections"]["open"] == 5
+        })
+        .await;
+
+    proxy.terminate();
+    wait_until_draining(&proxy).await;
+    for connection in &mut plain {
+        let answer = ask_for_the_page(connection).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("plain\n"),
+            "{answer:?}"
+        );
+    }
+    for connection in &mut tls {
+        let answer = ask_for_the_page(connection).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("plain\n"),
+            "{answer:?}"
+        );
     }
     assert!(proxy.wait_exit().success());
 }
