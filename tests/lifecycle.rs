@@ -274,6 +274,23 @@ async fn request_in_a_loop(target: Arc<Target>, via: Via, stop: Arc<AtomicBool>)
     answered
 }
 
+/// Checks `/readyz` in a loop, each time over a new connection, until
+/// `stop`; returns how many checks were answered. A refused connection fails
+/// the test (an answer may be `503` from the old process in the instant its
+/// drain begins, before it stops accepting; then the successor answers).
+async fn check_readiness_in_a_loop(admin_addr: SocketAddr, stop: Arc<AtomicBool>) -> usize {
+    let mut answered = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let status = admin_get(admin_addr, "/readyz")
+            .await
+            .unwrap_or_else(|e| panic!("health check {answered} failed: {e}"));
+        assert!(status == 200 || status == 503, "{status}");
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    answered
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_refuses_no_request_and_subscribers_get_every_event_once_across_it() {
     let app = SseApp::start().await;
@@ -323,6 +340,10 @@ async fn an_upgrade_refuses_no_request_and_subscribers_get_every_event_once_acro
             ))
         })
         .collect();
+    let health_checks = tokio::spawn(check_readiness_in_a_loop(
+        proxy.admin_addr,
+        stop_requesting.clone(),
+    ));
     let deadline = Instant::now() + PATIENCE;
     while published.load(Ordering::Relaxed) < 10 {
         assert!(Instant::now() < deadline, "the app never published");
@@ -365,6 +386,10 @@ async fn an_upgrade_refuses_no_request_and_subscribers_get_every_event_once_acro
         let answered = requester.await.expect("no request failed");
         assert!(answered > 0);
     }
+    let checks = health_checks.await.expect("no health check was refused");
+    assert!(checks > 0);
+    // The admin address went over with the listeners: the successor answers.
+    assert_eq!(admin_get(proxy.admin_addr, "/readyz").await.unwrap(), 200);
 }
 
 /// Sends `GET /page` on a connection opened earlier and returns everything
