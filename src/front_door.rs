@@ -304,10 +304,11 @@ impl FrontDoor {
         let limits = self.sorter.topics.admission.limits.settings();
         let mut settings: Option<HttpPersistentSettings> = None;
         loop {
-            let head = tokio::select! {
-                head = head::read_request_head(&mut stream, read, limits.max_header_bytes, deadline) => head,
-                _ = wait_for_shutdown(shutdown.clone()) => return None,
-            };
+            // A request whose first bytes came is read and answered even if
+            // a stop began meanwhile: its client is sending it, and after a
+            // graceful upgrade no other process ever sees this connection.
+            let head =
+                head::read_request_head(&mut stream, read, limits.max_header_bytes, deadline).await;
             let (head, head_len) = match head {
                 Head::Complete { buf, len } => (buf, len),
                 Head::TooLarge => {
@@ -516,10 +517,12 @@ impl ServerApp for FrontDoor {
         let mut stream = self.open_transport(stream).await?;
         let expect = self.expect(&stream);
         let limits = self.sorter.topics.admission.limits.settings();
-        let greeting = tokio::select! {
-            greeting = greeting::read_greeting(&mut stream, expect, idle_timeout, limits.header_timeout) => greeting,
-            _ = wait_for_shutdown(shutdown.clone()) => return None,
-        };
+        // Not cut short by a stop: this connection was accepted, so its
+        // client is about to send a request (after a graceful upgrade, the
+        // successor never sees this connection). The greeting's own
+        // deadlines bound the wait.
+        let greeting =
+            greeting::read_greeting(&mut stream, expect, idle_timeout, limits.header_timeout).await;
         match greeting {
             Greeting::Http2 { read } => {
                 let watched = WatchedH2::new(

@@ -258,7 +258,8 @@ mod tests {
         Config::from_text(Path::new("sse-fanout.toml"), text).expect("a valid config")
     }
 
-    const BASE: &str = "[[listen]]\naddr = \"127.0.0.1:8080\"\n[app]\nupstream = \"127.0.0.1:3000\"\n";
+    const BASE: &str =
+        "[[listen]]\naddr = \"127.0.0.1:8080\"\n[app]\nupstream = \"127.0.0.1:3000\"\n";
 
     #[test]
     fn topics_app_limits_and_trusted_proxies_apply_without_a_restart() {

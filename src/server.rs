@@ -239,7 +239,13 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<Built> {
 
     server.add_service(service);
     if let Some(settings) = &config.admin {
-        server.add_service(admin::service(hub.clone(), connections.clone(), settings));
+        let phases = server.watch_execution_phase();
+        server.add_service(admin::service(
+            hub.clone(),
+            connections.clone(),
+            settings,
+            phases,
+        ));
         log::info!(
             "admin listener on {} (GET /metrics, /healthz, /readyz, /stats)",
             settings.addr

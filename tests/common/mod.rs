@@ -360,3 +360,94 @@ pub fn temp_file(name: &str, text: &str) -> (TempDir, PathBuf) {
     std::fs::write(&path, text).unwrap();
     (dir, path)
 }
+
+impl Proxy {
+    /// Starts a second `sse-fanout` from this proxy's config with
+    /// `--upgrade`, and returns once it waits on `upgrade_sock` for this
+    /// one's listeners: send this one `SIGQUIT` next (a graceful upgrade).
+    pub async fn start_successor(&self) -> Successor {
+        let upgrade_sock = self.dir().join("upgrade.sock");
+        let log = self.dir().join("successor.log");
+        let child = Command::new(binary())
+            .arg("-c")
+            .arg(self.dir().join("sse-fanout.toml"))
+            .arg("--upgrade")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("the successor starts");
+        let successor = Successor { child, log };
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !upgrade_sock.exists() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the successor never waited on {}:\n{}",
+                upgrade_sock.display(),
+                successor.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        successor
+    }
+
+    /// Waits (without blocking the runtime) up to `limit` for the process to
+    /// exit, and returns its status.
+    pub async fn exit_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+        exit_within(&mut self.child, limit, "proxy").await
+    }
+}
+
+/// Waits up to `limit` for `child` to exit.
+async fn exit_within(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the {what} did not exit within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A proxy started with `--upgrade` by [`Proxy::start_successor`]: once it
+/// has the listeners, it serves at the predecessor's addresses.
+pub struct Successor {
+    child: Child,
+    /// Where it logs (in the predecessor's folder).
+    log: PathBuf,
+}
+
+impl Successor {
+    /// Everything the successor logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends the signal `name` (`"TERM"`, ...) to the successor.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits up to `limit` for the successor to exit.
+    pub async fn exit_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+        exit_within(&mut self.child, limit, "successor").await
+    }
+}
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- successor log ---\n{}", self.log());
+        }
+    }
+}
