@@ -16,7 +16,7 @@
 //! | topics added, removed, changed | the [`Hub`]: an untouched topic keeps its upstream stream; a removed one's subscribers end spread over `[server] drain`; a moved upstream reconnects that topic alone, subscribers attached; changed settings apply from now on |
 //! | `[app]` | the proxy ([`ProxyPolicy`]) and the auth requests, from the next request |
 //! | `[limits]` | admission ([`Limits`]) and the auth cache (emptied, so no decision outlives the config that made it) |
-//! | `[connections]`, `hsts`, `trusted_proxies` | the front door ([`DoorPolicy`]) for new connections; `max_connections_per_ip` ([`Connections`]) |
+//! | `[limits]` deadlines, `hsts`, `trusted_proxies` | the front door ([`DoorPolicy`]) for new connections; `max_connections_per_ip` ([`Connections`]) |
 //! | certificates | each TLS listener's [`CertificateSlot`]: new handshakes get the new pair, open connections keep theirs |
 //!
 //! `sse-fanout -c FILE --reload` asks a running instance from the command
@@ -26,8 +26,10 @@
 //!
 //! What is bound to a socket or a thread at start (listener addresses,
 //! whether a listener has TLS or the PROXY protocol, the `[server]` table
-//! besides `trusted_proxies`, the admin address) is reported as needing a
-//! restart or an upgrade (`--upgrade`), and the rest still applies.
+//! besides `trusted_proxies`, the admin address, and the two settings Pingora
+//! takes into its HTTP/2 options at start: `max_header_bytes` and
+//! `idle_timeout` for HTTP/2) is reported as needing a restart or an upgrade
+//! (`--upgrade`), and the rest still applies.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -200,6 +202,16 @@ fn needs_restart(current: &Config, next: &Config) -> Vec<String> {
     }
     if current.admin != next.admin {
         found.push("[admin] addr".to_string());
+    }
+    // Set in Pingora's HTTP/2 options when the server is built; HTTP/1.1
+    // and the front door's own deadlines take the new values now.
+    if current.limits.max_header_bytes != next.limits.max_header_bytes {
+        found.push("[limits] max_header_bytes (for HTTP/2; HTTP/1.1 applies it now)".to_string());
+    }
+    if current.connections.idle_timeout != next.connections.idle_timeout {
+        found.push(
+            "[limits] idle_timeout (for HTTP/2 connections; HTTP/1.1 applies it now)".to_string(),
+        );
     }
     found
 }
