@@ -345,3 +345,28 @@ fn hsts_is_refused_on_a_plaintext_listener_and_when_malformed() {
     assert_eq!(e.position.map(|p| p.0), Some(4), "{e}");
     assert!(e.message.contains("max-age=63072000"), "{e}");
 }
+
+#[test]
+fn priming_is_by_id_unless_sse_or_the_topic_says_otherwise() {
+    let topics = "\n[[topic]]\npath = \"/a\"\nupstream = \"/a\"\n\n[[topic]]\npath = \"/b\"\nupstream = \"/b\"\nprime = \"last\"\n";
+    let config = load(&format!("{MINIMAL}{topics}")).unwrap();
+    assert_eq!(config.topics[0].settings.prime, Prime::Id);
+    assert_eq!(config.topics[1].settings.prime, Prime::Last);
+    let config = load(&format!("{MINIMAL}\n[sse]\nprime = \"none\"\n{topics}")).unwrap();
+    assert_eq!(config.topics[0].settings.prime, Prime::None);
+    assert_eq!(config.topics[1].settings.prime, Prime::Last);
+    let e = load(&format!("{MINIMAL}\n[sse]\nprime = \"all\"\n")).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("sse.prime"));
+}
+
+#[test]
+fn heartbeat_padding_is_bounded() {
+    let topic = "\n[[topic]]\npath = \"/a\"\nupstream = \"/a\"\n";
+    let config = load(&format!(
+        "{MINIMAL}\n[sse]\nheartbeat_padding = 2048\n{topic}"
+    ))
+    .unwrap();
+    assert_eq!(config.topics[0].settings.heartbeat_padding, 2048);
+    let e = load(&format!("{MINIMAL}\n[sse]\nheartbeat_padding = 5000\n")).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("sse.heartbeat_padding"));
+}
