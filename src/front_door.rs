@@ -242,6 +242,7 @@ impl FrontDoor {
                         self.connections.record(EarlyClose::TlsHandshakeFailed);
                         None
                     }
+                    listeners::Handshake::Gone => None,
                 }
             }
             None => {

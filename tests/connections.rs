@@ -234,6 +234,28 @@ async fn tls_handshake_that_never_finishes_is_closed_after_its_deadline() {
 }
 
 #[tokio::test]
+async fn a_tcp_check_on_a_tls_listener_is_not_a_failed_handshake() {
+    let app = App::start().await;
+    let proxy = Proxy::start(app.addr, QUICK);
+    // A balancer's TCP check: connect, close. (The harness's own readiness
+    // probe was one too.)
+    for _ in 0..3 {
+        drop(TcpStream::connect(proxy.tls_addr).await.unwrap());
+    }
+    // Accepted after the checks: a client that speaks no TLS at all.
+    let mut stream = TcpStream::connect(proxy.tls_addr).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    read_until_closed(&mut stream).await;
+    let stats = proxy
+        .wait_for_stats("the failed handshake counted", |s| {
+            s["connections"]["tls_handshake_failures"].as_u64() >= Some(1)
+        })
+        .await;
+    assert_eq!(stats["connections"]["tls_handshake_failures"], 1, "{stats}");
+    assert_eq!(stats["connections"]["tls_handshake_timeouts"], 0, "{stats}");
+}
+
+#[tokio::test]
 async fn tls_connection_that_asks_nothing_after_its_handshake_is_closed_after_the_idle_timeout() {
     let app = App::start().await;
     let proxy = Proxy::start(app.addr, QUICK);

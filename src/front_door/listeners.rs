@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::l4::stream::Stream as TcpStream;
-use pingora::protocols::Stream;
+use pingora::protocols::{Peek, Stream};
 
 /// How connections on one listener begin.
 pub enum Transport {
@@ -38,6 +38,9 @@ pub(super) enum Handshake {
     TimedOut,
     /// The client broke it off or spoke no acceptable TLS.
     Failed(String),
+    /// The client closed before its first byte: a balancer's TCP check,
+    /// not a failed handshake.
+    Gone,
 }
 
 impl Listeners {
@@ -78,15 +81,26 @@ pub(super) async fn handshake(
 ) -> Handshake {
     // Pingora's listeners hand over their TCP stream boxed; the acceptor
     // needs it as itself.
-    let tcp = match stream.into_any().downcast::<TcpStream>() {
+    let mut tcp = match stream.into_any().downcast::<TcpStream>() {
         Ok(tcp) => tcp,
         Err(_) => return Handshake::Failed("not a TCP connection".into()),
     };
-    match tokio::time::timeout(deadline, acceptor.tls_handshake(*tcp)).await {
-        Err(_) => Handshake::TimedOut,
-        Ok(Err(e)) => Handshake::Failed(e.to_string()),
-        Ok(Ok(tls)) => Handshake::Done(Box::new(tls)),
-    }
+    let handshake = async {
+        // The first byte, put back for the handshake: a connection closed
+        // before it sent one is a TCP check, not a failed handshake.
+        match tcp.try_peek(&mut [0u8; 1]).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Handshake::Gone,
+            Err(e) => return Handshake::Failed(e.to_string()),
+        }
+        match acceptor.tls_handshake(*tcp).await {
+            Err(e) => Handshake::Failed(e.to_string()),
+            Ok(tls) => Handshake::Done(Box::new(tls)),
+        }
+    };
+    tokio::time::timeout(deadline, handshake)
+        .await
+        .unwrap_or(Handshake::TimedOut)
 }
 
 #[cfg(test)]
