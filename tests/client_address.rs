@@ -153,22 +153,9 @@ fn request(path: &str, headers: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n")
 }
 
-/// Everything the proxy sends until it closes the connection (failing the
-/// test if it does not within `PATIENCE`).
+/// Everything the proxy sends until it closes the connection, as text.
 async fn read_until_closed(stream: &mut (impl AsyncRead + Unpin)) -> String {
-    let mut received = Vec::new();
-    let read = timeout(PATIENCE, async {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => received.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(read.is_ok(), "the proxy kept the connection open");
-    String::from_utf8_lossy(&received).into_owned()
+    String::from_utf8_lossy(&common::read_until_closed(stream).await).into_owned()
 }
 
 /// Sends `request` on `stream` and reads the answer to the close.

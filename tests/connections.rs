@@ -12,14 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 use common::app::{App, GREETING};
 use common::sse_app::SseApp;
-use common::{Proxy, PATIENCE};
+use common::{read_until_closed, Proxy, PATIENCE};
 
 /// Short connection deadlines, so tests see them pass.
 const QUICK: &str = r#"
@@ -28,28 +28,6 @@ idle_timeout = "300ms"
 header_timeout = "300ms"
 tls_handshake_timeout = "300ms"
 "#;
-
-/// Reads until the proxy closes the connection (failing the test if it
-/// does not within `PATIENCE`); what came before the close.
-async fn read_until_closed(stream: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
-    let mut received = Vec::new();
-    let closed = timeout(PATIENCE, async {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => received.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(
-        closed.is_ok(),
-        "the proxy kept the connection open; received {:?}",
-        String::from_utf8_lossy(&received)
-    );
-    received
-}
 
 /// A TLS connection to the proxy offering `alpn`, with nothing sent on it yet.
 async fn tls_connection(proxy: &Proxy, alpn: &str) -> tokio_rustls::client::TlsStream<TcpStream> {

@@ -114,6 +114,38 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Reads until the proxy closes the connection (failing the test if it
+/// does not within `PATIENCE`); what came before the close.
+pub async fn read_until_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(PATIENCE, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the proxy kept the connection open; received {:?}",
+        String::from_utf8_lossy(&received)
+    );
+    received
+}
+
+/// Sends the signal `name` (`"HUP"`, `"TERM"`, ...) to process `pid`.
+pub fn send_signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
 /// Waits until something accepts TCP connections on `addr`.
 pub fn wait_for_listener(addr: SocketAddr) {
     let deadline = Instant::now() + PATIENCE;
@@ -322,11 +354,7 @@ addr = "{admin_addr}"
 
     /// Sends the signal `name` (`"HUP"`, `"USR1"`, ...) to the proxy.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
+        send_signal(self.child.id(), name);
     }
 
     /// Waits until the proxy has logged a line containing `text`.
@@ -429,11 +457,7 @@ impl Successor {
 
     /// Sends the signal `name` (`"TERM"`, ...) to the successor.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
+        send_signal(self.child.id(), name);
     }
 
     /// Waits up to `limit` for the successor to exit.
