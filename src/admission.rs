@@ -478,10 +478,10 @@ async fn retry_later(
     }
     session.write_response_header(Box::new(response)).await?;
     session
-        .write_response_body(sse::retry_frame(jittered), false)
+        .write_response_body(sse::retry_line(jittered), false)
         .await?;
     session
-        .write_response_body(sse::comment_frame(why), false)
+        .write_response_body(sse::comment_lines(why), false)
         .await?;
     session.finish_body().await
 }

@@ -133,7 +133,7 @@ pub async fn serve(
 /// so the browsers of a drained topic come back spread out.
 fn jittered_retry(retry: std::time::Duration) -> Bytes {
     let base = u64::try_from(retry.as_millis()).unwrap_or(u64::MAX).max(1);
-    sse::retry_frame(base.saturating_add(fastrand::u64(0..=base)))
+    sse::retry_line(base.saturating_add(fastrand::u64(0..=base)))
 }
 
 /// Whether [`write_frames`] wrote everything.

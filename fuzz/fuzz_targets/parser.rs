@@ -11,7 +11,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sse_wire::{comment_frame, Item, Parser, ParserLimits};
+use sse_wire::{comment_lines, Item, Parser, ParserLimits};
 
 /// Control-byte bit: use tiny limits (derived from the control bytes) so the
 /// skipping paths are reached, instead of the defaults.
@@ -99,7 +99,7 @@ fuzz_target!(|input: &[u8]| {
             }
             Item::Comment(text) => {
                 assert_eq!(
-                    reparse(&comment_frame(text)),
+                    reparse(&comment_lines(text)),
                     vec![item.clone()],
                     "comment did not round trip"
                 );

@@ -379,6 +379,11 @@ pub struct TopicSettings {
     pub max_lag_bytes: usize,
     /// What a subscriber resuming from an id no longer in the window gets.
     pub resume_lost: ResumeLost,
+    /// What a late joiner (no `Last-Event-ID`) gets before live events.
+    pub prime: Prime,
+    /// Spaces after the heartbeat's `:`, for intermediaries that hold a
+    /// stream until enough bytes pass (0: the heartbeat is `:` LF).
+    pub heartbeat_padding: usize,
     /// How long the upstream stays open after the last subscriber left.
     pub linger: Duration,
     /// The largest upstream line or event accepted; larger breaks the stream.
@@ -394,6 +399,26 @@ pub struct TopicSettings {
     /// How long a catch-up may take to reach the topic's window.
     pub catch_up_timeout: Duration,
 }
+
+/// What a late joiner (a subscriber without `Last-Event-ID`, on a topic that
+/// has had events) gets before live events. Clients differ in what they make
+/// of each (docs/clients.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prime {
+    /// The topic's last event id, in the opening block (`id:` and no data):
+    /// an `EventSource` resumes exactly from it without seeing an event;
+    /// clients that dispatch every block see one empty event.
+    Id,
+    /// Nothing: the client's last event id comes with the next event.
+    None,
+    /// The latest event the window holds, a real event with its id (the
+    /// current state, for dashboards); priming by id when the window is
+    /// empty.
+    Last,
+}
+
+/// The longest `heartbeat_padding`.
+pub const MAX_HEARTBEAT_PADDING: usize = 4096;
 
 /// What a subscriber gets when its `Last-Event-ID` is not in the replay window
 /// (evicted, or never seen).

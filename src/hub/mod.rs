@@ -612,7 +612,7 @@ mod tests {
     async fn next_heartbeat(sub: &mut Subscription) -> Instant {
         loop {
             let mut out = Vec::new();
-            if sub.next(&mut out) == Next::Write && out == [crate::sse::heartbeat_frame()] {
+            if sub.next(&mut out) == Next::Write && out == [crate::sse::heartbeat_line()] {
                 return Instant::now();
             }
             if out.is_empty() {

@@ -23,7 +23,6 @@ use tokio::time::{sleep_until, Instant};
 
 use super::catch_up::{CatchUp, CatchUpRead};
 use super::topic::{CloseReason, Signal, Topic, WindowRead};
-use crate::sse;
 
 /// Frames a subscriber takes from the window per wake-up: bounds the handles
 /// it holds while writing, and lets a fast topic's subscribers take turns.
@@ -192,7 +191,7 @@ impl Subscription {
         }
         if signal.heartbeats != self.position.seen_heartbeats {
             self.position.seen_heartbeats = signal.heartbeats;
-            out.push(sse::heartbeat_frame());
+            out.push(self.topic.heartbeat_line());
             return Next::Write;
         }
         Next::Wait

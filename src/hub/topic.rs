@@ -34,13 +34,13 @@ use super::replay::ReplayWindow;
 use super::subscription::{Catching, Position, Subscription, BATCH_FRAMES};
 use super::upstream::{UpstreamError, UpstreamSource};
 use super::AbortOnDrop;
-use crate::config::{ResumeLost, TopicSettings};
+use crate::config::{Prime, ResumeLost, TopicSettings};
 use crate::event_stream::last_event_id_header;
 use crate::sse;
 
 /// Sent to every new subscriber right after `retry:` when nothing else
 /// follows at once, so intermediaries see the stream start.
-const OPENING_COMMENT: &[u8] = b": ok\n\n";
+const OPENING_COMMENT: &[u8] = b": ok\n";
 
 /// What wakes subscribers; published through a `watch` channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -178,8 +178,10 @@ struct TopicState {
     last_event_id: Option<Arc<str>>,
     /// `id: <last_event_id>` frame, encoded on first need after a change.
     priming_frame: Option<Bytes>,
-    /// The `retry:` frame new subscribers get (config, or the upstream's).
-    retry_frame: Bytes,
+    /// The `retry:` line new subscribers get (config, or the upstream's).
+    retry_line: Bytes,
+    /// The heartbeat (`:` LF, padded as configured).
+    heartbeat_line: Bytes,
     /// Subscriptions alive.
     subscribers: usize,
     /// When the count last dropped to zero.
@@ -232,7 +234,8 @@ impl Topic {
                 window: ReplayWindow::new(settings.replay, settings.replay_bytes),
                 last_event_id: None,
                 priming_frame: None,
-                retry_frame: sse::retry_frame(millis(settings.retry)),
+                retry_line: sse::retry_line(millis(settings.retry)),
+                heartbeat_line: sse::padded_heartbeat_line(settings.heartbeat_padding),
                 subscribers: 0,
                 idle_since: Some(Instant::now()),
                 last_activity: Instant::now(),
@@ -276,7 +279,10 @@ impl Topic {
         let freed = {
             let mut state = self.state();
             if state.settings.retry != settings.retry {
-                state.retry_frame = sse::retry_frame(millis(settings.retry));
+                state.retry_line = sse::retry_line(millis(settings.retry));
+            }
+            if state.settings.heartbeat_padding != settings.heartbeat_padding {
+                state.heartbeat_line = sse::padded_heartbeat_line(settings.heartbeat_padding);
             }
             state.settings = settings;
             state
@@ -361,7 +367,12 @@ impl Topic {
     /// Adopts the upstream's `retry:` for subscribers that join from now on
     /// (current subscribers receive it in the frame that carried it).
     pub fn set_retry(&self, retry_ms: u64) {
-        self.state().retry_frame = sse::retry_frame(retry_ms);
+        self.state().retry_line = sse::retry_line(retry_ms);
+    }
+
+    /// The heartbeat line this topic's subscribers write.
+    pub fn heartbeat_line(&self) -> Bytes {
+        self.state().heartbeat_line.clone()
     }
 
     /// When the next heartbeat is due if nothing is published before then.
@@ -435,10 +446,13 @@ impl Topic {
         let mut state = self.state();
         state.subscribers += 1;
         state.idle_since = None;
-        let mut opening = vec![state.retry_frame.clone()];
+        // A line, not a block: it joins the first event's block (or the
+        // priming), so no client sees an event of its own for it.
+        let mut opening = vec![state.retry_line.clone()];
         let head = state.window.head();
         let mut catching_up = None;
         self.counters.subscriptions.fetch_add(1, Ordering::Relaxed);
+        let late_joiner = start == Start::Live;
         let cursor = match start {
             Start::Live => head,
             Start::After(id) => match state.window.position_after(&id) {
@@ -458,13 +472,10 @@ impl Topic {
             },
         };
         if cursor == head {
-            // Nothing to replay: prime the browser's last event id so its own
-            // reconnect carries a position (unless it is catching up from its
-            // own), then open the stream.
-            if catching_up.is_none() {
-                if let Some(priming) = priming_frame(&mut state) {
-                    opening.push(priming);
-                }
+            // Nothing to replay. A late joiner is primed as the topic says,
+            // so its own reconnect carries a position; a resumer has its own.
+            if late_joiner {
+                prime(&mut state, &mut opening);
             }
             opening.push(Bytes::from_static(OPENING_COMMENT));
         }
@@ -547,7 +558,7 @@ impl Topic {
         opening: &mut Vec<Bytes>,
     ) -> u64 {
         self.counters.resumes_lost.fetch_add(1, Ordering::Relaxed);
-        opening.push(sse::comment_frame(&format!(
+        opening.push(sse::comment_lines(&format!(
             " resume point {id:?} is no longer available; {}",
             match state.settings.resume_lost {
                 ResumeLost::Replay => "replaying every event still kept",
@@ -668,6 +679,29 @@ impl Drop for Topic {
     }
 }
 
+/// What a late joiner gets before live events, as the topic's `prime` says
+/// (see [`Prime`]): appended to `opening`.
+fn prime(state: &mut TopicState, opening: &mut Vec<Bytes>) {
+    let by_id = match state.settings.prime {
+        Prime::None => false,
+        Prime::Id => true,
+        Prime::Last => {
+            let head = state.window.head();
+            let had = opening.len();
+            if head > state.window.first() {
+                state.window.read_from(head - 1, 1, opening);
+            }
+            // Priming by id when the window holds nothing.
+            opening.len() == had
+        }
+    };
+    if by_id {
+        if let Some(priming) = priming_frame(state) {
+            opening.push(priming);
+        }
+    }
+}
+
 /// The `id:` frame for the current last event id, encoded once per change.
 fn priming_frame(state: &mut TopicState) -> Option<Bytes> {
     let id = state.last_event_id.clone()?;
@@ -696,6 +730,8 @@ mod tests {
             max_lag: 3,
             max_lag_bytes: 2048,
             resume_lost: ResumeLost::Replay,
+            prime: Prime::Id,
+            heartbeat_padding: 0,
             linger: Duration::from_secs(30),
             max_event_size: 64,
             backoff_max: Duration::from_secs(30),
@@ -720,13 +756,24 @@ mod tests {
     }
 
     fn topic() -> Arc<Topic> {
+        topic_with(settings())
+    }
+
+    fn topic_with(settings: TopicSettings) -> Arc<Topic> {
         Topic::new(
             "/t".into(),
             Arc::from("/t"),
             source(),
-            settings(),
+            settings,
             Arc::new(ReplayBudget::new(usize::MAX)),
         )
+    }
+
+    /// The bytes a new subscription opens with.
+    fn opening(sub: &mut Subscription) -> Vec<u8> {
+        let mut out = Vec::new();
+        sub.take_opening(&mut out);
+        out.concat()
     }
 
     fn event(id: &str) -> (Bytes, Option<Arc<str>>) {
@@ -751,13 +798,87 @@ mod tests {
         let mut sub = topic.subscribe(Start::Live);
         let mut out = Vec::new();
         sub.take_opening(&mut out);
-        assert_eq!(out[0], sse::retry_frame(1500));
-        assert_eq!(out[1], sse::id_frame("1").unwrap());
+        assert_eq!(out.concat(), b"retry: 1500\nid: 1\n\n: ok\n");
         out.clear();
         assert_eq!(sub.next(&mut out), Next::Wait);
         publish(&topic, "2");
         assert_eq!(sub.next(&mut out), Next::Write);
         assert_eq!(out, vec![event("2").0]);
+    }
+
+    #[test]
+    fn the_opening_is_one_block_whose_retry_joins_the_priming() {
+        let topic = topic();
+        publish(&topic, "1");
+        let mut sub = topic.subscribe(Start::Live);
+        let parsed = parse(&opening(&mut sub));
+        // One block: the retry and the id together, firing no event.
+        assert_eq!(parsed.len(), 2, "{parsed:?}");
+        let sse::Item::Event(block) = &parsed[0] else {
+            panic!("{parsed:?}")
+        };
+        assert_eq!((block.id(), block.retry()), (Some("1"), Some(1500)));
+        assert!(!block.fires_event());
+    }
+
+    #[test]
+    fn with_prime_none_a_late_joiner_gets_no_block_of_its_own() {
+        let topic = topic_with(TopicSettings {
+            prime: Prime::None,
+            ..settings()
+        });
+        publish(&topic, "1");
+        let mut sub = topic.subscribe(Start::Live);
+        assert_eq!(opening(&mut sub), b"retry: 1500\n: ok\n");
+    }
+
+    #[test]
+    fn with_prime_last_a_late_joiner_gets_the_latest_event() {
+        let topic = topic_with(TopicSettings {
+            prime: Prime::Last,
+            ..settings()
+        });
+        let mut sub = topic.subscribe(Start::Live);
+        // Nothing yet: nothing to prime with.
+        assert_eq!(opening(&mut sub), b"retry: 1500\n: ok\n");
+        publish(&topic, "1");
+        publish(&topic, "2");
+        let mut late = topic.subscribe(Start::Live);
+        let mut expected = b"retry: 1500\n".to_vec();
+        expected.extend_from_slice(&event("2").0);
+        expected.extend_from_slice(b": ok\n");
+        assert_eq!(opening(&mut late), expected);
+        // And then live events only.
+        let mut out = Vec::new();
+        assert_eq!(late.next(&mut out), Next::Wait);
+    }
+
+    #[test]
+    fn a_resumer_with_nothing_missed_is_not_primed() {
+        let topic = topic();
+        publish(&topic, "1");
+        let mut sub = topic.subscribe(Start::After("1".into()));
+        // No id-only block: a client that dispatches every block would see
+        // an empty event at each reconnect.
+        assert_eq!(opening(&mut sub), b"retry: 1500\n: ok\n");
+    }
+
+    #[test]
+    fn heartbeats_are_a_comment_line_padded_as_configured() {
+        let padded = topic_with(TopicSettings {
+            heartbeat_padding: 4,
+            ..settings()
+        });
+        assert_eq!(&padded.heartbeat_line()[..], b":    \n");
+        assert_eq!(&topic().heartbeat_line()[..], b":\n");
+    }
+
+    /// Parses `bytes` as a whole stream.
+    fn parse(bytes: &[u8]) -> Vec<sse::Item> {
+        let mut parser = sse::Parser::new(sse::ParserLimits::default());
+        let mut items = Vec::new();
+        parser.feed(bytes, &mut items);
+        items
     }
 
     #[test]

@@ -15,15 +15,25 @@
 //! (lines are split on CR and LF, and an `id` with NUL is ignored). This makes
 //! `parse(encode(e)) == e` hold for every event that can exist.
 //!
-//! The frames the proxy originates itself (heartbeat comments, `retry:` hints,
-//! id-only priming frames) are built by the free functions at the bottom.
+//! What the proxy originates itself is built by the free functions at the
+//! bottom, in two shapes:
+//! - **lines** ([`heartbeat_line`], [`comment_lines`], [`retry_line`]): no
+//!   blank line of their own, so they dispatch nothing in any client. They
+//!   join the block that follows (a `retry:` line written at the start of a
+//!   stream travels with the first event) or end with the stream. Many
+//!   clients (`@microsoft/fetch-event-source`, `httpx-sse`, SDKs on them)
+//!   hand the application an empty event for every blank line, so a
+//!   heartbeat `:` LF LF would be an empty event every interval there.
+//! - **frames** ([`Event::encode`], [`id_frame`]): whole blocks, ending with
+//!   the blank line that makes a browser dispatch.
 //!
 //! Wire layout of an event frame: `id`, `event`, `retry`, then one `data` line
 //! per data line, each written as `name: value` followed by LF, and one blank
 //! line (a lone LF) that makes the browser dispatch. A field is written only
-//! when present. Every frame produced here ends with that blank line, so the
-//! byte stream sent to a subscriber is at an event boundary between any two
-//! frames, whatever order the proxy splices replayed and live frames in.
+//! when present. Lines are only ever written at an event boundary (before a
+//! frame, or after one), so the stream a subscriber gets is at an event
+//! boundary after every frame, whatever order the proxy splices replayed and
+//! live frames in.
 
 use std::fmt;
 
@@ -51,8 +61,8 @@ const COMMENT_PREFIX: u8 = b':';
 const LINE_END: u8 = b'\n';
 /// Also a line end in the format (alone or before LF); never written.
 const CARRIAGE_RETURN: u8 = b'\r';
-/// The heartbeat frame: an empty comment line followed by a blank line.
-const HEARTBEAT_FRAME: &[u8] = b":\n\n";
+/// The heartbeat: an empty comment line, and no blank line.
+const HEARTBEAT_LINE: &[u8] = b":\n";
 /// Enough room for the decimal digits of any `u64` (`u64::MAX` has 20).
 const MAX_U64_DECIMAL_DIGITS: usize = 20;
 /// Radix of the decimal numbers in `retry` fields.
@@ -371,30 +381,40 @@ impl fmt::Display for EventError {
 
 impl std::error::Error for EventError {}
 
-/// The heartbeat frame, `:` then a blank line, to keep idle subscriber
+/// The heartbeat: `:` LF, a comment line alone, to keep idle subscriber
 /// connections (and the intermediaries on their path) from timing out.
 ///
-/// It ends with a blank line although a lone comment line would be valid on
-/// the wire: every frame the proxy writes then ends at an event boundary, and
-/// clients or intermediaries that buffer until a blank line (`\n\n`) flush the
-/// heartbeat at once instead of holding it, which would defeat its purpose.
-/// The blank line dispatches nothing: at an event boundary the data buffer is
-/// empty. The frame is static, so this allocates nothing.
-pub fn heartbeat_frame() -> Bytes {
-    Bytes::from_static(HEARTBEAT_FRAME)
+/// No blank line follows it: written at an event boundary, it dispatches
+/// nothing in any client, where `:` LF LF is an empty event in every client
+/// that dispatches on each blank line. Static: this allocates nothing.
+pub fn heartbeat_line() -> Bytes {
+    Bytes::from_static(HEARTBEAT_LINE)
 }
 
-/// A comment frame: `text` as one or more comment lines, then a blank line
-/// (for the reason given on [`heartbeat_frame`]). `text` is written verbatim
-/// after the `:`, matching how the parser reports comments (text after the
-/// colon, leading space kept), so pass `" ping"` to get `: ping`. CR, LF and
-/// CRLF in `text` start a new comment line, so text cannot break framing.
-pub fn comment_frame(text: &str) -> Bytes {
+/// A heartbeat with `padding` spaces after the `:`, for intermediaries that
+/// hold a stream until enough bytes have passed. `0` is [`heartbeat_line`].
+pub fn padded_heartbeat_line(padding: usize) -> Bytes {
+    if padding == 0 {
+        return heartbeat_line();
+    }
+    let mut line = Vec::with_capacity(padding + 2);
+    line.push(COMMENT_PREFIX);
+    line.resize(padding + 1, b' ');
+    line.push(LINE_END);
+    Bytes::from(line)
+}
+
+/// `text` as one or more comment lines, and no blank line (as
+/// [`heartbeat_line`]). `text` is written verbatim after the `:`, matching
+/// how the parser reports comments (text after the colon, leading space
+/// kept), so pass `" ping"` to get `: ping`. CR, LF and CRLF in `text` start a
+/// new comment line, so text cannot break framing.
+pub fn comment_lines(text: &str) -> Bytes {
     let text = text.as_bytes();
     let line_breaks = memchr::memchr2_iter(CARRIAGE_RETURN, LINE_END, text).count();
-    // Each line costs its `:` and LF, plus one blank line. Exact when `text`
-    // has no CRLF (which counts as two breaks but makes one line).
-    let mut buf = Vec::with_capacity(text.len() + 2 * (line_breaks + 1) + 1);
+    // Each line costs its `:` and LF. Exact when `text` has no CRLF (which
+    // counts as two breaks but makes one line).
+    let mut buf = Vec::with_capacity(text.len() + 2 * (line_breaks + 1));
     let mut rest = text;
     while let Some(line_len) = memchr::memchr2(CARRIAGE_RETURN, LINE_END, rest) {
         buf.push(COMMENT_PREFIX);
@@ -410,19 +430,17 @@ pub fn comment_frame(text: &str) -> Bytes {
     buf.push(COMMENT_PREFIX);
     buf.extend_from_slice(rest);
     buf.push(LINE_END);
-    buf.push(LINE_END);
     Bytes::from(buf)
 }
 
-/// A frame that only sets the browser's reconnection time (`retry: N`).
-pub fn retry_frame(retry_ms: u64) -> Bytes {
-    Event {
-        id: None,
-        event_type: None,
-        data: None,
-        retry: Some(retry_ms),
-    }
-    .encode()
+/// `retry: N`, a line that sets the reconnection time, and no blank line:
+/// a browser applies it as the line is read, so it needs no block of its own.
+/// At the start of a stream it joins the first event's block; before the
+/// end of a stream it is simply the last line.
+pub fn retry_line(retry_ms: u64) -> Bytes {
+    let mut buf = Vec::with_capacity(field_line_len(RETRY_FIELD, MAX_U64_DECIMAL_DIGITS));
+    put_retry_line(&mut buf, retry_ms);
+    Bytes::from(buf)
 }
 
 /// An id-only priming frame (`id: X` then a blank line): it sets the

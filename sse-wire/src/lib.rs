@@ -10,10 +10,10 @@
 //! goes on, so one oversized event never stops a topic). Each event is then
 //! encoded once with [`Event::encode`] into a [`bytes::Bytes`] that is stored
 //! in the topic's replay window and handed to every subscriber; cloning it is
-//! a reference-count increment, so fan-out never copies or re-encodes. The other
-//! frames the proxy originates itself (heartbeats, `retry:` hints and id-only
-//! priming frames for resuming subscribers) come from the free functions in
-//! this crate.
+//! a reference-count increment, so fan-out never copies or re-encodes. What
+//! the proxy originates itself comes from the free functions in this crate:
+//! lines that dispatch nothing in any client (heartbeats, comments, `retry:`),
+//! and id-only priming frames for late joiners.
 //!
 //! The crate is pure: no I/O, no async, no global state. Memory held by a
 //! parser is bounded by [`ParserLimits`], so a hostile upstream cannot make the
@@ -25,8 +25,8 @@ mod event;
 mod parser;
 
 pub use self::event::{
-    comment_frame, heartbeat_frame, id_frame, retry_frame, Event, EventBuilder, EventError,
-    DEFAULT_EVENT_TYPE,
+    comment_lines, heartbeat_line, id_frame, padded_heartbeat_line, retry_line, Event,
+    EventBuilder, EventError, DEFAULT_EVENT_TYPE,
 };
 pub use self::parser::{
     Item, ParseError, Parser, ParserLimits, DEFAULT_MAX_EVENT_SIZE, DEFAULT_MAX_LINE_LEN,

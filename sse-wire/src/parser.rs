@@ -120,7 +120,7 @@ pub enum Item {
     /// A comment line's text: everything after the leading `:`, kept exactly
     /// as sent (a leading space is NOT stripped, so `: ping` gives `" ping"`),
     /// which lets the proxy forward it byte for byte with
-    /// [`comment_frame`](crate::comment_frame). Comments never affect
+    /// [`comment_lines`](crate::comment_lines). Comments never affect
     /// dispatch; upstreams use them as heartbeats.
     Comment(String),
     /// A block broke a limit and was discarded whole, so that the stream can

@@ -21,7 +21,7 @@
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use sse_wire::{comment_frame, heartbeat_frame, Event, Item, ParseError, Parser, ParserLimits};
+use sse_wire::{comment_lines, heartbeat_line, Event, Item, ParseError, Parser, ParserLimits};
 
 /// The UTF-8 byte order mark, stripped once at the start of a stream.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -442,7 +442,7 @@ proptest! {
                     (event.encode().to_vec(), vec![Item::Event(event)])
                 }),
                 2 => oversized_block(),
-                1 => Just((heartbeat_frame().to_vec(), vec![Item::Comment(String::new())])),
+                1 => Just((heartbeat_line().to_vec(), vec![Item::Comment(String::new())])),
             ],
             0..8,
         ),
@@ -485,8 +485,8 @@ proptest! {
         let mut expected = Vec::new();
         for event in events {
             stream.extend_from_slice(&event.encode());
-            stream.extend_from_slice(&heartbeat_frame());
-            stream.extend_from_slice(&comment_frame(&comment));
+            stream.extend_from_slice(&heartbeat_line());
+            stream.extend_from_slice(&comment_lines(&comment));
             expected.push(Item::Event(event));
             expected.push(Item::Comment(String::new()));
             expected.push(Item::Comment(comment.clone()));
@@ -495,14 +495,14 @@ proptest! {
     }
 
     #[test]
-    fn comment_frame_parses_back_to_one_comment_per_line(text in any_text()) {
+    fn comment_lines_parse_back_to_one_comment_per_line(text in any_text()) {
         let expected: Vec<Item> = text
             .replace("\r\n", "\n")
             .replace('\r', "\n")
             .split('\n')
             .map(|line| Item::Comment(line.to_owned()))
             .collect();
-        prop_assert_eq!(run(ParserLimits::default(), [&comment_frame(&text)[..]]).items, expected);
+        prop_assert_eq!(run(ParserLimits::default(), [&comment_lines(&text)[..]]).items, expected);
     }
 
     #[test]

@@ -9,8 +9,9 @@
 #![allow(clippy::expect_used)]
 
 use sse_wire::{
-    comment_frame, heartbeat_frame, id_frame, retry_frame, Event, EventError, Item, ParseError,
-    Parser, ParserLimits, DEFAULT_EVENT_TYPE, DEFAULT_MAX_EVENT_SIZE, DEFAULT_MAX_LINE_LEN,
+    comment_lines, heartbeat_line, id_frame, padded_heartbeat_line, retry_line, Event, EventError,
+    Item, ParseError, Parser, ParserLimits, DEFAULT_EVENT_TYPE, DEFAULT_MAX_EVENT_SIZE,
+    DEFAULT_MAX_LINE_LEN,
 };
 
 /// Parses `chunks` in order as one stream with default limits, then ends it.
@@ -1206,58 +1207,120 @@ mod encoder {
         assert_eq!(id_frame("1\n2"), Err(EventError::IdContainsLineBreak));
     }
 
-    #[test]
-    fn retry_frame_is_a_retry_line_and_blank_line() {
-        assert_eq!(&retry_frame(3000)[..], b"retry: 3000\n\n");
+    /// How many blocks a client that dispatches on *every* blank line
+    /// (fetch-event-source, httpx-sse) would hand its application: one per
+    /// blank line at the start of a line.
+    fn blank_lines(stream: &[u8]) -> usize {
+        let mut count = 0;
+        let mut at_line_start = true;
+        for &byte in stream {
+            if byte == b'\n' && at_line_start {
+                count += 1;
+            }
+            at_line_start = byte == b'\n';
+        }
+        count
     }
 
     #[test]
-    fn retry_frame_writes_zero_and_u64_max_in_decimal() {
+    fn retry_line_is_a_retry_line_without_a_blank_line() {
+        assert_eq!(&retry_line(3000)[..], b"retry: 3000\n");
+    }
+
+    #[test]
+    fn retry_line_writes_zero_and_u64_max_in_decimal() {
         assert_eq!(
-            (&retry_frame(0)[..], &retry_frame(u64::MAX)[..]),
-            (
-                &b"retry: 0\n\n"[..],
-                &b"retry: 18446744073709551615\n\n"[..]
-            )
+            (&retry_line(0)[..], &retry_line(u64::MAX)[..]),
+            (&b"retry: 0\n"[..], &b"retry: 18446744073709551615\n"[..])
         );
     }
 
     #[test]
-    fn heartbeat_is_an_empty_comment_and_a_blank_line() {
-        assert_eq!(&heartbeat_frame()[..], b":\n\n");
+    fn a_retry_line_at_the_start_travels_with_the_first_event() {
+        let mut stream = retry_line(3000).to_vec();
+        stream.extend_from_slice(&Event::message("a").encode());
+        assert_eq!(
+            parse(&stream),
+            vec![event(None, None, Some("a"), Some(3000))]
+        );
+        assert_eq!(blank_lines(&stream), 1);
     }
 
     #[test]
-    fn heartbeat_dispatches_nothing_between_events() {
+    fn a_retry_line_before_the_end_dispatches_nothing() {
         let mut stream = Event::message("a").encode().to_vec();
-        stream.extend_from_slice(&heartbeat_frame());
+        stream.extend_from_slice(&retry_line(3000));
+        assert_eq!(parse(&stream), vec![message("a")]);
+        assert_eq!(blank_lines(&stream), 1);
+    }
+
+    #[test]
+    fn a_retry_line_then_priming_is_one_block_that_fires_nothing() {
+        let mut stream = retry_line(3000).to_vec();
+        stream.extend_from_slice(&id_frame("7").unwrap());
+        assert_eq!(
+            parse(&stream),
+            vec![event(Some("7"), None, None, Some(3000))]
+        );
+        assert!(!matches!(&parse(&stream)[0], Item::Event(e) if e.fires_event()));
+        assert_eq!(blank_lines(&stream), 1);
+    }
+
+    #[test]
+    fn heartbeat_is_an_empty_comment_line_alone() {
+        assert_eq!(&heartbeat_line()[..], b":\n");
+    }
+
+    #[test]
+    fn a_padded_heartbeat_is_one_comment_line_of_that_many_spaces() {
+        assert_eq!(&padded_heartbeat_line(0)[..], b":\n");
+        assert_eq!(&padded_heartbeat_line(3)[..], b":   \n");
+        assert_eq!(blank_lines(&padded_heartbeat_line(2048)), 0);
+    }
+
+    #[test]
+    fn heartbeats_between_events_give_clients_that_dispatch_every_blank_line_no_empty_event() {
+        let mut stream = Event::message("a").encode().to_vec();
+        for _ in 0..3 {
+            stream.extend_from_slice(&heartbeat_line());
+        }
         stream.extend_from_slice(&Event::message("b").encode());
         assert_eq!(
             parse(&stream),
-            vec![message("a"), Item::Comment(String::new()), message("b")]
+            vec![
+                message("a"),
+                Item::Comment(String::new()),
+                Item::Comment(String::new()),
+                Item::Comment(String::new()),
+                message("b")
+            ]
         );
+        // Two events, two blank lines: no client sees a third.
+        assert_eq!(blank_lines(&stream), 2);
     }
 
     #[test]
-    fn comment_frame_writes_text_verbatim_after_the_colon() {
-        assert_eq!(&comment_frame(" ping")[..], b": ping\n\n");
+    fn comment_lines_write_text_verbatim_after_the_colon() {
+        assert_eq!(&comment_lines(" ping")[..], b": ping\n");
     }
 
     #[test]
-    fn comment_frame_turns_line_breaks_into_further_comment_lines() {
-        assert_eq!(&comment_frame("a\nb\r\nc\rd")[..], b":a\n:b\n:c\n:d\n\n");
+    fn comment_lines_turn_line_breaks_into_further_comment_lines() {
+        assert_eq!(&comment_lines("a\nb\r\nc\rd")[..], b":a\n:b\n:c\n:d\n");
     }
 
     #[test]
-    fn comment_frame_with_injected_field_stays_a_comment() {
+    fn comment_lines_with_injected_field_stay_comments() {
+        let lines = comment_lines("x\n\ndata: evil");
         assert_eq!(
-            parse(&comment_frame("x\n\ndata: evil")),
+            parse(&lines),
             vec![
                 Item::Comment("x".to_owned()),
                 Item::Comment(String::new()),
                 Item::Comment("data: evil".to_owned())
             ]
         );
+        assert_eq!(blank_lines(&lines), 0);
     }
 
     #[test]

@@ -136,4 +136,15 @@ impl EventStream {
         }
         rest
     }
+
+    /// Every `retry:` value received so far, in order. (A `retry:` line
+    /// needs no block of its own: a client applies it as it reads it, so the
+    /// proxy's own travel with the next block or end the stream.)
+    pub fn retries(&self) -> Vec<u64> {
+        String::from_utf8_lossy(&self.raw)
+            .lines()
+            .filter_map(|line| line.strip_prefix("retry:"))
+            .filter_map(|value| value.trim_start().parse().ok())
+            .collect()
+    }
 }

@@ -4,9 +4,10 @@
 
 use super::Validator;
 use crate::config::model::{
-    ResumeLost, TopicSettings, DEFAULT_BACKOFF_MAX, DEFAULT_CATCH_UP_MAX, DEFAULT_CATCH_UP_TIMEOUT,
-    DEFAULT_HEARTBEAT, DEFAULT_LINGER, DEFAULT_MAX_EVENT_SIZE, DEFAULT_REPLAY,
-    DEFAULT_REPLAY_BYTES, DEFAULT_RETRY, DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+    Prime, ResumeLost, TopicSettings, DEFAULT_BACKOFF_MAX, DEFAULT_CATCH_UP_MAX,
+    DEFAULT_CATCH_UP_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_LINGER, DEFAULT_MAX_EVENT_SIZE,
+    DEFAULT_REPLAY, DEFAULT_REPLAY_BYTES, DEFAULT_RETRY, DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+    MAX_HEARTBEAT_PADDING,
 };
 use crate::config::raw;
 use crate::config::source::ConfigError;
@@ -22,6 +23,8 @@ impl Validator<'_> {
             max_lag: DEFAULT_REPLAY / 2,
             max_lag_bytes: DEFAULT_REPLAY_BYTES / 2,
             resume_lost: ResumeLost::Replay,
+            prime: Prime::Id,
+            heartbeat_padding: 0,
             linger: DEFAULT_LINGER,
             max_event_size: DEFAULT_MAX_EVENT_SIZE,
             backoff_max: DEFAULT_BACKOFF_MAX,
@@ -98,6 +101,28 @@ impl Validator<'_> {
                 }
             },
         };
+        let prime = match raw.prime {
+            None => defaults.prime,
+            Some(p) => match p.get_ref().as_str() {
+                "id" => Prime::Id,
+                "none" => Prime::None,
+                "last" => Prime::Last,
+                other => {
+                    return Err(self.at(&p, key("prime"), format!("{other:?} is not a priming; use \"id\" (the last event id, no event), \"none\" (nothing) or \"last\" (the latest event)")))
+                }
+            },
+        };
+        let heartbeat_padding = match raw.heartbeat_padding {
+            None => defaults.heartbeat_padding,
+            Some(n) if *n.get_ref() > MAX_HEARTBEAT_PADDING => {
+                return Err(self.at(
+                    &n,
+                    key("heartbeat_padding"),
+                    format!("must be at most {MAX_HEARTBEAT_PADDING} bytes"),
+                ))
+            }
+            Some(n) => n.into_inner(),
+        };
         Ok(TopicSettings {
             heartbeat: self
                 .positive(raw.heartbeat, &key("heartbeat"))?
@@ -108,6 +133,8 @@ impl Validator<'_> {
             max_lag,
             max_lag_bytes,
             resume_lost,
+            prime,
+            heartbeat_padding,
             linger: raw.linger.map_or(defaults.linger, |d| d.into_inner().0),
             max_event_size,
             backoff_max: self
