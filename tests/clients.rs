@@ -227,7 +227,7 @@ fn libraries() -> &'static [Library] {
              *  {}\n\
              *  {how}\n\
              ************************************************************************\n",
-            skipped.join("\n *  ")
+            skipped.join("\n*  ")
         );
         Ok(available)
     });
