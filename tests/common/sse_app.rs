@@ -140,6 +140,13 @@ impl SseApp {
         self.state.publish(path, id, data);
     }
 
+    /// Publishes an event with `data` and no `id` field: a client's last
+    /// event id stays what it was, so the event shows it.
+    pub fn publish_without_id(&self, path: &str, data: &str) {
+        self.state
+            .publish_frame(path, "", format!("data: {data}\n\n"));
+    }
+
     /// Every upstream request so far.
     pub fn requests(&self) -> Vec<UpstreamRequest> {
         self.state.requests.lock().unwrap().clone()
@@ -223,6 +230,11 @@ impl SseState {
             frame.push_str(&format!("data: {line}\n"));
         }
         frame.push('\n');
+        self.publish_frame(path, id, frame);
+    }
+
+    /// Keeps `frame` under `id` and sends it to open streams.
+    fn publish_frame(&self, path: &str, id: &str, frame: String) {
         self.history
             .lock()
             .unwrap()
