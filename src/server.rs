@@ -10,10 +10,10 @@
 //! knowledge (h2c). Every accepted socket gets TCP keepalive and a user
 //! timeout so vanished clients are reaped, and HTTP/2 connections announce
 //! the configured `MAX_CONCURRENT_STREAMS` and are closed after
-//! `idle_timeout` with no open stream. Each connection's read buffer is
-//! `[server] read_buffer` (4 KiB), not Pingora's 64 KiB: a long-lived, mostly
-//! idle event stream should not keep 64 KiB resident (it is, once the
-//! allocator hands out recycled memory).
+//! `idle_timeout` with no open stream. Connections have no read buffer of
+//! their own under the protocols' buffers (`[server] read_buffer`, 0 by
+//! default; Pingora's default is 64 KiB, which a long-lived, mostly idle event
+//! stream keeps resident once the allocator hands out recycled memory).
 //!
 //! [`run`] runs it with the signals operators expect: `SIGTERM` stops
 //! gracefully, `SIGINT` at once, `SIGQUIT` hands the listeners to a new

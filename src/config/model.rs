@@ -36,10 +36,12 @@ pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEEPALIVE_COUNT: usize = 5;
 /// `[server] tcp_user_timeout`: unacknowledged data older than this kills the connection.
 pub const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(120);
-/// `[server] read_buffer`: each connection's read buffer. Pingora's default
-/// is 64 KiB, which recycled memory makes resident for every idle stream.
-pub const DEFAULT_READ_BUFFER: usize = 4 * 1024;
-/// The smallest `[server] read_buffer` accepted.
+/// `[server] read_buffer`: a read buffer under each connection, besides the
+/// ones above it. None by default: Pingora's HTTP/1.1 session, `h2` and
+/// rustls each buffer their own reads, so one more only costs memory (Pingora's
+/// default, 64 KiB, is made resident for every idle stream by recycled memory).
+pub const DEFAULT_READ_BUFFER: usize = 0;
+/// The smallest `[server] read_buffer` accepted besides 0 (none).
 pub const MIN_READ_BUFFER: usize = 1024;
 /// `[server] pid_file`.
 pub const DEFAULT_PID_FILE: &str = "/tmp/sse-fanout.pid";

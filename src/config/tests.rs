@@ -370,3 +370,12 @@ fn heartbeat_padding_is_bounded() {
     let e = load(&format!("{MINIMAL}\n[sse]\nheartbeat_padding = 5000\n")).unwrap_err();
     assert_eq!(e.key.as_deref(), Some("sse.heartbeat_padding"));
 }
+
+#[test]
+fn connections_have_no_read_buffer_of_their_own_unless_asked() {
+    assert_eq!(load(MINIMAL).unwrap().server.read_buffer, 0);
+    let config = load(&format!("{MINIMAL}\n[server]\nread_buffer = \"4KiB\"\n")).unwrap();
+    assert_eq!(config.server.read_buffer, 4096);
+    let e = load(&format!("{MINIMAL}\n[server]\nread_buffer = 512\n")).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("server.read_buffer"));
+}

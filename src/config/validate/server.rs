@@ -92,11 +92,11 @@ impl Validator<'_> {
                 .tcp_user_timeout
                 .map_or(DEFAULT_TCP_USER_TIMEOUT, |d| d.into_inner().0),
             read_buffer: match raw.read_buffer {
-                Some(size) if size.get_ref().0 < MIN_READ_BUFFER => {
+                Some(size) if size.get_ref().0 != 0 && size.get_ref().0 < MIN_READ_BUFFER => {
                     return Err(self.at(
                         &size,
                         "server.read_buffer",
-                        format!("must be at least {MIN_READ_BUFFER} bytes, e.g. \"4KiB\""),
+                        format!("must be 0 (none) or at least {MIN_READ_BUFFER} bytes, e.g. \"4KiB\""),
                     ))
                 }
                 Some(size) => size.into_inner().0,
