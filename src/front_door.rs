@@ -515,15 +515,29 @@ impl ServerApp for FrontDoor {
         };
         let counted = peer.filter(|_| !trusted_peer);
         let _place = self.connections.open(counted)?;
-        let mut stream = self.open_transport(stream).await?;
+        // The handshake and the greeting are boxed: they are over in a
+        // moment, and inline they would size the state every open connection
+        // keeps for its whole life.
+        let mut stream = Box::pin(self.open_transport(stream)).await?;
         let expect = self.expect(&stream);
-        let limits = self.sorter.topics.admission.limits.settings();
+        let header_timeout = self
+            .sorter
+            .topics
+            .admission
+            .limits
+            .settings()
+            .header_timeout;
         // Not cut short by a stop: this connection was accepted, so its
         // client is about to send a request (after a graceful upgrade, the
         // successor never sees this connection). The greeting's own
         // deadlines bound the wait.
-        let greeting =
-            greeting::read_greeting(&mut stream, expect, idle_timeout, limits.header_timeout).await;
+        let greeting = Box::pin(greeting::read_greeting(
+            &mut stream,
+            expect,
+            idle_timeout,
+            header_timeout,
+        ))
+        .await;
         match greeting {
             Greeting::Http2 { read } => {
                 let watched = WatchedH2::new(

@@ -96,7 +96,9 @@ impl Validator<'_> {
                     return Err(self.at(
                         &size,
                         "server.read_buffer",
-                        format!("must be 0 (none) or at least {MIN_READ_BUFFER} bytes, e.g. \"4KiB\""),
+                        format!(
+                            "must be 0 (none) or at least {MIN_READ_BUFFER} bytes, e.g. \"4KiB\""
+                        ),
                     ))
                 }
                 Some(size) => size.into_inner().0,
