@@ -175,6 +175,17 @@ impl FrontDoor {
         }
     }
 
+    /// How long a client may take to send a request head (`[limits]
+    /// header_timeout`), as the limits say now.
+    fn header_timeout(&self) -> Duration {
+        self.sorter
+            .topics
+            .admission
+            .limits
+            .settings()
+            .header_timeout
+    }
+
     /// On a `proxy_protocol` listener: the connection once its PROXY header
     /// is read, with the client's address as its peer (`None` when it is
     /// closed instead: no valid header within `header_timeout`). Elsewhere
@@ -191,13 +202,7 @@ impl FrontDoor {
             log::error!("a connection to a proxy_protocol listener is not TCP; closed");
             return None;
         };
-        let deadline = self
-            .sorter
-            .topics
-            .admission
-            .limits
-            .settings()
-            .header_timeout;
+        let deadline = self.header_timeout();
         // Boxed: needed once per connection, it should not enlarge the
         // state every open connection keeps.
         match Box::pin(proxy_header::read(&mut tcp, deadline)).await {
@@ -520,13 +525,7 @@ impl ServerApp for FrontDoor {
         // keeps for its whole life.
         let mut stream = Box::pin(self.open_transport(stream)).await?;
         let expect = self.expect(&stream);
-        let header_timeout = self
-            .sorter
-            .topics
-            .admission
-            .limits
-            .settings()
-            .header_timeout;
+        let header_timeout = self.header_timeout();
         // Not cut short by a stop: this connection was accepted, so its
         // client is about to send a request (after a graceful upgrade, the
         // successor never sees this connection). The greeting's own
