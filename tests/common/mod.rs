@@ -475,3 +475,12 @@ impl Drop for Successor {
         }
     }
 }
+
+impl Proxy {
+    /// Kills the process with `SIGKILL` (a crash: no drain, no goodbye) and
+    /// reaps it.
+    pub fn kill_hard(&mut self) {
+        self.child.kill().expect("SIGKILL sent");
+        let _ = self.child.wait();
+    }
+}
