@@ -321,6 +321,14 @@ impl Topic {
         self.signal.send_modify(|signal| signal.head = head);
     }
 
+    /// Takes `id` as the topic's last event id without a frame for the
+    /// window: the upstream primed the topic (see the reader).
+    pub fn adopt_last_event_id(&self, id: Arc<str>) {
+        let mut state = self.state();
+        state.last_event_id = (!id.is_empty()).then_some(id);
+        state.priming_frame = None;
+    }
+
     /// Whether the window already holds a frame that set this id (used to
     /// drop events an upstream replays after a reconnect).
     pub fn has_id(&self, id: &str) -> bool {

@@ -545,6 +545,12 @@ impl UpstreamReader {
         // After a reconnect, events the app replays that the window already
         // holds are dropped, until the first new id shows up.
         let mut catching_up = true;
+        // Asked without `Last-Event-ID`, an upstream may open with a block
+        // that fires nothing and carries its last id: priming, as another
+        // sse-fanout does for a late joiner. It is the topic's position,
+        // not an event: taken, never forwarded (a data-less block would be
+        // an empty event in clients that dispatch every block).
+        let mut may_be_primed = self.topic.last_event_id().is_none();
         loop {
             let read = tokio::select! {
                 read = reader.read(&mut items) => read,
@@ -556,12 +562,30 @@ impl UpstreamReader {
             }
             for item in items.drain(..) {
                 match item {
+                    Item::Event(event) if std::mem::take(&mut may_be_primed) => {
+                        if !self.adopt_priming(&event) {
+                            published |= self.publish(event, &mut catching_up);
+                        }
+                    }
                     Item::Event(event) => published |= self.publish(event, &mut catching_up),
                     Item::Skipped(error) => self.skipped(error),
                     Item::Comment(_) => {}
                 }
             }
         }
+    }
+
+    /// Takes a priming block (an id, maybe a `retry`, no data) as the
+    /// topic's position; false for anything else.
+    fn adopt_priming(&self, event: &sse::Event) -> bool {
+        let Some(id) = event.id().filter(|_| !event.fires_event()) else {
+            return false;
+        };
+        if let Some(retry) = event.retry() {
+            self.topic.set_retry(retry);
+        }
+        self.topic.adopt_last_event_id(Arc::from(id));
+        true
     }
 
     /// Encodes an event once and hands it to the topic; false when it was
