@@ -6,10 +6,17 @@
 
 mod common;
 
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::client::Client;
 use common::sse_app::SseApp;
 use common::sse_client::EventStream;
-use common::Proxy;
-use sse_fanout::sse::Item;
+use common::{Proxy, PATIENCE};
+use http_body_util::{BodyExt, Full};
+use sse_fanout::sse::{Item, Parser, ParserLimits};
 
 const INNER: &str = r#"
 [[topic]]
@@ -69,4 +76,139 @@ async fn the_inner_tiers_priming_never_reaches_the_outer_tiers_subscribers_as_a_
     assert_eq!(priming.id(), Some("4"));
     // The app served one stream: the outer tier rides on the inner's.
     assert_eq!(app.requests_for("/stream/news").len(), 1);
+}
+
+/// A subscriber that behaves like a browser's `EventSource` over HTTP/1.1:
+/// one parser for its whole life (so its last event id carries over), and
+/// after a clean end or a broken connection it comes back, after a short
+/// wait, with `Last-Event-ID`. Records the id of every message it is handed.
+async fn browser(
+    addr: SocketAddr,
+    path: &'static str,
+    ids: Arc<Mutex<Vec<String>>>,
+    until: &'static str,
+) {
+    let mut parser = Parser::new(ParserLimits::default());
+    loop {
+        // (Refused while the proxy restarts: the harness's client would
+        // panic on it, so the address is tried first.)
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            let mut client = Client::h1(addr).await;
+            let mut request = client.request("GET", path);
+            let last = parser.last_event_id().to_string();
+            if !last.is_empty() {
+                request = request.header("last-event-id", last);
+            }
+            let request = request.body(Full::<Bytes>::default()).unwrap();
+            if let Ok(response) = client.send(request).await {
+                let mut body = response.into_body();
+                while let Some(Ok(frame)) = body.frame().await {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    let mut items = Vec::new();
+                    parser.feed(&data, &mut items);
+                    for item in items {
+                        if let Item::Event(event) = item {
+                            if event.data().is_some() {
+                                let id = event.id().unwrap_or("").to_string();
+                                let done = id == until;
+                                ids.lock().unwrap().push(id);
+                                if done {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // The stream ended or broke (a restart): a browser waits its retry.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn ids(range: std::ops::RangeInclusive<u32>) -> Vec<String> {
+    range.map(|n| n.to_string()).collect()
+}
+
+/// Waits until every subscriber recorded `n` messages.
+async fn wait_for_messages(seen: &[Arc<Mutex<Vec<String>>>], n: usize) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while seen.iter().any(|s| s.lock().unwrap().len() < n) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every subscriber got {n} messages: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_the_inner_tier_or_an_outer_one_loses_and_doubles_nothing() {
+    let app = SseApp::start().await;
+    let mut inner = Proxy::start(app.addr, INNER);
+    let mut outers = [
+        Proxy::start(inner.plain_addr, OUTER),
+        Proxy::start(inner.plain_addr, OUTER),
+    ];
+    let mut seen = Vec::new();
+    let mut browsers = Vec::new();
+    for outer in &outers {
+        for _ in 0..3 {
+            let ids = Arc::new(Mutex::new(Vec::new()));
+            seen.push(ids.clone());
+            browsers.push(tokio::spawn(browser(
+                outer.plain_addr,
+                "/events/news",
+                ids,
+                "9",
+            )));
+        }
+    }
+    for outer in &outers {
+        outer.wait_for_subscribers("/events/news", 3).await;
+    }
+    for id in 1..=3u32 {
+        app.publish("/stream/news", &id.to_string(), "before");
+    }
+    wait_for_messages(&seen, 3).await;
+
+    // The inner tier crashes; the app publishes while it is down; it comes
+    // back on the same address with an empty window. The outer tiers keep
+    // their subscribers and resume from the inner one with their last id,
+    // which the new inner tier catches up from the app.
+    inner.restart_hard();
+    app.publish("/stream/news", "4", "while the inner tier was down");
+    app.publish("/stream/news", "5", "while the inner tier was down");
+    for outer in &outers {
+        outer.wait_for_subscribers("/events/news", 3).await;
+    }
+    app.publish("/stream/news", "6", "after the inner restart");
+    wait_for_messages(&seen, 6).await;
+
+    // An outer tier crashes: its browsers come back to the new process with
+    // their last id, which it catches up from the inner tier.
+    outers[0].restart_hard();
+    app.publish("/stream/news", "7", "while an outer tier was down");
+    outers[0].wait_for_subscribers("/events/news", 3).await;
+    app.publish("/stream/news", "8", "after the outer restart");
+    app.publish("/stream/news", "9", "last");
+    for browser in browsers {
+        tokio::time::timeout(PATIENCE, browser)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    for ids_seen in &seen {
+        assert_eq!(*ids_seen.lock().unwrap(), ids(1..=9));
+    }
+    // The app served the inner tier alone: its stream, and the catch-ups of
+    // the resume point the outer tiers came back with.
+    assert!(
+        app.requests_for("/stream/news").len() <= 4,
+        "{:?}",
+        app.requests_for("/stream/news").len()
+    );
+    drop(outers);
 }

@@ -483,4 +483,26 @@ impl Proxy {
         self.child.kill().expect("SIGKILL sent");
         let _ = self.child.wait();
     }
+
+    /// Kills the proxy (SIGKILL) and starts a new process with the same
+    /// config, on the same addresses: a crash and a restart. Its log goes on
+    /// in the same file.
+    pub fn restart_hard(&mut self) {
+        self.kill_hard();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("proxy.log"))
+            .unwrap();
+        self.child = Command::new(binary())
+            .arg("-c")
+            .arg(self.dir.path().join("sse-fanout.toml"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("sse-fanout starts again");
+        wait_for_listener(self.tls_addr);
+        wait_for_listener(self.plain_addr);
+        wait_for_listener(self.admin_addr);
+    }
 }
