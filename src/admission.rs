@@ -470,15 +470,13 @@ async fn retry_later(
     retry: Duration,
     cors: &[(HeaderName, String)],
 ) -> pingora::Result<()> {
-    let base = retry.as_millis().max(1) as u64;
-    let jittered = base + fastrand::u64(0..=base);
     let mut response = event_stream::response_head(session)?;
     for (name, value) in cors {
         response.insert_header(name.clone(), value)?;
     }
     session.write_response_header(Box::new(response)).await?;
     session
-        .write_response_body(sse::retry_line(jittered), false)
+        .write_response_body(event_stream::jittered_retry_line(retry), false)
         .await?;
     session
         .write_response_body(sse::comment_lines(why), false)

@@ -9,6 +9,9 @@
 //! window), [`last_event_id_header`] what may be sent on to the app (that
 //! client's own catch-up or auth request, never a shared stream).
 
+use std::time::Duration;
+
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
@@ -24,6 +27,14 @@ pub const LAST_EVENT_ID_PARAM: &str = "lastEventId";
 
 /// Tells nginx-style buffering intermediaries to pass the stream on at once.
 pub const X_ACCEL_BUFFERING: &str = "x-accel-buffering";
+
+/// A `retry:` line between one and two times `retry`, drawn afresh for each
+/// stream the proxy ends or refuses, so a crowd told to come back does not
+/// come back at the same moment.
+pub fn jittered_retry_line(retry: Duration) -> Bytes {
+    let base = u64::try_from(retry.as_millis()).unwrap_or(u64::MAX).max(1);
+    crate::sse::retry_line(base.saturating_add(fastrand::u64(0..=base)))
+}
 
 /// The response head of an event stream.
 pub fn response_head(session: &ServerSession) -> pingora::Result<ResponseHeader> {

@@ -21,7 +21,6 @@ use pingora::{Error, ErrorType};
 
 use crate::event_stream;
 use crate::hub::{CloseReason, Next, Subscription};
-use crate::sse;
 
 /// How a subscription ended, for logs and the access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +109,7 @@ pub async fn serve(
             if let Ending::Closed(CloseReason::ShuttingDown | CloseReason::Removed) = ending {
                 // Come back later, and not all at the same moment.
                 session
-                    .write_response_body(jittered_retry(settings.retry), false)
+                    .write_response_body(event_stream::jittered_retry_line(settings.retry), false)
                     .await?;
             }
             session.finish_body().await
@@ -127,13 +126,6 @@ pub async fn serve(
         }
     }
     Ok(ending)
-}
-
-/// A `retry:` between one and two times the topic's, drawn per subscriber,
-/// so the browsers of a drained topic come back spread out.
-fn jittered_retry(retry: std::time::Duration) -> Bytes {
-    let base = u64::try_from(retry.as_millis()).unwrap_or(u64::MAX).max(1);
-    sse::retry_line(base.saturating_add(fastrand::u64(0..=base)))
 }
 
 /// Whether [`write_frames`] wrote everything.
