@@ -20,7 +20,6 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -481,38 +480,6 @@ async fn wait_for_events(browsers: &[Browser], n: usize) {
     }
 }
 
-/// Samples the app's open streams for the topic until stopped; the most it
-/// saw at once.
-struct StreamWatch {
-    most: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
-}
-
-impl StreamWatch {
-    fn start(app: &Arc<SseApp>) -> StreamWatch {
-        let app = app.clone();
-        let most = Arc::new(AtomicUsize::new(0));
-        let seen = most.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                seen.fetch_max(app.open_streams(UPSTREAM), Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        });
-        StreamWatch { most, task }
-    }
-
-    fn most(&self) -> usize {
-        self.most.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for StreamWatch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// Every browser got events 1..=TOTAL, each once, in order.
 fn assert_every_event_exactly_once(browsers: &[Browser]) {
     let expected: Vec<String> = (1..=TOTAL).map(|id| id.to_string()).collect();
@@ -564,7 +531,6 @@ async fn a_killed_instance_s_subscribers_resume_on_the_others_with_nothing_lost_
         return;
     };
     let mut cluster = Cluster::start(&binary).await;
-    let watch = StreamWatch::start(&cluster.app);
     let browsers = subscribe_all(&cluster).await;
     // leastconn spreads them: every instance has subscribers, one upstream.
     cluster.app.wait_for_open_streams(UPSTREAM, 3).await;
@@ -604,10 +570,10 @@ async fn a_killed_instance_s_subscribers_resume_on_the_others_with_nothing_lost_
         moved as u64, on_victim,
         "exactly the killed instance's subscribers reconnected"
     );
+    let most = cluster.app.most_open_streams(UPSTREAM);
     assert!(
-        watch.most() <= 3,
-        "the app saw {} streams at once for 3 instances",
-        watch.most()
+        most <= 3,
+        "the app saw {most} streams at once for 3 instances"
     );
     // One stream per instance, no catch-up: the survivors' windows held
     // every resume point.
@@ -625,7 +591,6 @@ async fn a_draining_instance_gets_no_new_subscribers_and_its_own_resume_elsewher
         return;
     };
     let mut cluster = Cluster::start(&binary).await;
-    let watch = StreamWatch::start(&cluster.app);
     let browsers = subscribe_all(&cluster).await;
     cluster.app.wait_for_open_streams(UPSTREAM, 3).await;
 
@@ -721,7 +686,8 @@ async fn a_draining_instance_gets_no_new_subscribers_and_its_own_resume_elsewher
         opened_since as u64,
         "a subscription opened during the drain went to the draining instance"
     );
-    assert!(watch.most() <= 3, "{} streams at once", watch.most());
+    let most = cluster.app.most_open_streams(UPSTREAM);
+    assert!(most <= 3, "{most} streams at once");
     assert_eq!(cluster.app.requests_for(UPSTREAM).len(), 3);
     assert_the_app_saw_the_subscribers_address(&cluster.app);
     // The drained instance's access log: its subscriptions, by the

@@ -65,8 +65,8 @@ pub struct SseState {
     history: Mutex<HashMap<String, Vec<(String, String)>>>,
     /// Live streams per path.
     live: Mutex<HashMap<String, broadcast::Sender<String>>>,
-    /// Streams currently open per path.
-    open: Mutex<HashMap<String, usize>>,
+    /// Streams currently open per path, and the most ever open at once.
+    open: Mutex<HashMap<String, (usize, usize)>>,
     /// Non-default answers per path.
     answers: Mutex<HashMap<String, Answer>>,
     /// Write each frame in pieces this long (0: whole), pausing between them.
@@ -167,8 +167,17 @@ impl SseApp {
             .lock()
             .unwrap()
             .get(path)
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |&(now, _)| now)
+    }
+
+    /// The most streams ever open at once on `path`.
+    pub fn most_open_streams(&self, path: &str) -> usize {
+        self.state
+            .open
+            .lock()
+            .unwrap()
+            .get(path)
+            .map_or(0, |&(_, most)| most)
     }
 
     /// Waits until `open_streams(path) == n`.
@@ -255,8 +264,8 @@ struct OpenStream {
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        if let Some(n) = self.state.open.lock().unwrap().get_mut(&self.path) {
-            *n -= 1;
+        if let Some((now, _)) = self.state.open.lock().unwrap().get_mut(&self.path) {
+            *now -= 1;
         }
     }
 }
@@ -381,7 +390,12 @@ async fn serve(state: Arc<SseState>, mut socket: TcpStream) {
         };
         events[start..].iter().map(|(_, f)| f.clone()).collect()
     };
-    *state.open.lock().unwrap().entry(path.clone()).or_insert(0) += 1;
+    {
+        let mut open = state.open.lock().unwrap();
+        let (now, most) = open.entry(path.clone()).or_insert((0, 0));
+        *now += 1;
+        *most = (*most).max(*now);
+    }
     let _open = OpenStream {
         state: state.clone(),
         path: path.clone(),
