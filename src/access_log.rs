@@ -42,22 +42,63 @@ pub fn protocol(session: &ServerSession) -> &'static str {
 /// Writes the access-log line for one request.
 pub fn record(entry: AccessRecord<'_>) {
     // Formatting the line costs on every request: only when it is kept.
-    if !log::log_enabled!(target: "access", log::Level::Info) {
-        return;
+    if let Some(request) = RequestLine::of(entry.session) {
+        request.record(
+            entry.client,
+            entry.status,
+            entry.session.body_bytes_sent(),
+            entry.duration,
+        );
     }
-    let session = entry.session;
-    let request = session.req_header();
-    let client = entry
-        .client
-        .map_or_else(|| "-".to_string(), |ip| ip.to_string());
-    log::info!(
-        target: "access",
-        "{client} \"{} {} {}\" {} {}B {}ms",
-        request.method,
-        request.uri.path_and_query().map_or("/", |p| p.as_str()),
-        protocol(session),
-        entry.status,
-        session.body_bytes_sent(),
-        entry.duration.as_millis(),
-    );
+}
+
+/// The request as its access-log line names it (method, target,
+/// protocol), taken when it arrives: an HTTP/2 event stream lets go of its
+/// request once its response has started, and lives on for hours.
+pub struct RequestLine {
+    method: http::Method,
+    target: Box<str>,
+    protocol: &'static str,
+}
+
+impl RequestLine {
+    /// The request line of `session`'s request; `None` when the access log
+    /// is off (nothing is kept then).
+    pub fn of(session: &ServerSession) -> Option<RequestLine> {
+        if !log::log_enabled!(target: "access", log::Level::Info) {
+            return None;
+        }
+        let request = session.req_header();
+        Some(RequestLine {
+            method: request.method.clone(),
+            target: request
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .into(),
+            protocol: protocol(session),
+        })
+    }
+
+    /// Writes the line for this request, answered with `status` (0: no
+    /// answer) and `bytes_sent` body bytes after `duration`.
+    pub fn record(
+        &self,
+        client: Option<IpAddr>,
+        status: u16,
+        bytes_sent: usize,
+        duration: Duration,
+    ) {
+        let client = client.map_or_else(|| "-".to_string(), |ip| ip.to_string());
+        log::info!(
+            target: "access",
+            "{client} \"{} {} {}\" {} {}B {}ms",
+            self.method,
+            self.target,
+            self.protocol,
+            status,
+            bytes_sent,
+            duration.as_millis(),
+        );
+    }
 }

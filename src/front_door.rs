@@ -14,14 +14,17 @@
 //!   ├─ a place under max_connections_per_ip          (connections)
 //!   ├─ TLS handshake, within tls_handshake_timeout   (listeners)
 //!   ├─ first bytes: HTTP/2 or HTTP/1.x               (greeting)
-//!   ├─ HTTP/2 (ALPN h2, or h2c preface) ─▶ frames watched (h2_watch) ─▶ Pingora's h2 accept loop ─▶ RequestSorter, per stream
+//!   ├─ HTTP/2 (ALPN h2, or h2c preface) ─▶ frames watched (h2_watch) ─▶ own accept loop (h2_connection)
+//!   │     ├─ topic streams: served in the connection's task ─▶ TopicRequests
+//!   │     └─ other streams: a task each ─▶ HttpProxy
 //!   └─ HTTP/1.1 ─▶ read the request head (head) ─┬─ GET/OPTIONS on a topic ─▶ TopicRequests
 //!                    (kept, and replayed         └─ anything else  ─▶ HttpProxy, one request at a time (pipelining)
 //!                     to the session)
 //! ```
 //!
-//! An HTTP/2 stream arrives with its header read, so the [`RequestSorter`] routes it
-//! as a Pingora `HttpServerApp`. An HTTP/1.1 request has not been read when
+//! An HTTP/2 stream arrives with its header read, so the [`RequestSorter`]
+//! routes it at once (see `h2_connection` for why topic streams get no task
+//! of their own). An HTTP/1.1 request has not been read when
 //! Pingora hands over the connection, so the front door reads its head
 //! itself (bounded by `[limits] max_header_bytes`, and within
 //! `header_timeout` of its first byte, so a client that never finishes its
@@ -46,6 +49,7 @@
 
 mod connections;
 mod greeting;
+mod h2_connection;
 mod h2_watch;
 mod head;
 mod io;
@@ -60,10 +64,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::BytesMut;
-use pingora::apps::{
-    HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp,
-};
-use pingora::protocols::http::v2::server::H2Options;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::HttpProxy;
@@ -82,6 +83,7 @@ pub use connections::{ConnectionCounts, Connections, EarlyClose};
 pub use listeners::{listener_at, Listeners, Transport};
 
 use greeting::{Expect, Greeting};
+use h2_connection::H2Settings;
 use h2_watch::WatchedH2;
 use head::Head;
 use pingora::protocols::l4::stream::Stream as TcpStream;
@@ -468,35 +470,10 @@ fn topic_request(hub: &Hub, head: &[u8]) -> Option<(TopicMethod, TopicRoute)> {
     Some((method, hub.find(path)?))
 }
 
-#[async_trait]
-impl HttpServerApp for RequestSorter {
-    /// One HTTP/2 stream, its header already read.
-    async fn process_new_http(
-        self: &Arc<Self>,
-        mut session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        let request = session.req_header();
-        let route = TopicMethod::of(&request.method)
-            .and_then(|m| Some((m, self.topics.hub.find(request.uri.path())?)));
-        match route {
-            Some((method, route)) => self.topics.serve(&mut session, method, &route).await,
-            None => return self.proxy.process_new_http(session, shutdown).await,
-        }
-        // Dropping the session ends the stream if it is not ended yet.
-        None
-    }
-
-    fn h2_options(&self) -> Option<H2Options> {
-        self.proxy.h2_options()
-    }
-
+impl RequestSorter {
+    /// Pingora's server options for the proxy (h2c, keep-alive limits).
     fn server_options(&self) -> Option<&HttpServerOptions> {
         self.proxy.server_options()
-    }
-
-    async fn http_cleanup(&self) {
-        self.proxy.http_cleanup().await
     }
 }
 
@@ -546,8 +523,20 @@ impl ServerApp for FrontDoor {
                     self.connections.clone(),
                     peer,
                 );
-                // Pingora's HTTP/2 handling, with the sorter per stream.
-                self.sorter.process_new(Box::new(watched), shutdown).await
+                let settings = H2Settings {
+                    max_concurrent_streams: self.max_concurrent_streams,
+                    max_header_bytes: self
+                        .sorter
+                        .topics
+                        .admission
+                        .limits
+                        .settings()
+                        .max_header_bytes,
+                    idle_timeout,
+                    handshake_timeout: header_timeout,
+                };
+                h2_connection::serve(Box::new(watched), &self.sorter, settings, shutdown).await;
+                None
             }
             Greeting::Http1 { read, deadline } => {
                 self.serve_http1(stream, read, deadline, shutdown).await
@@ -561,7 +550,7 @@ impl ServerApp for FrontDoor {
     }
 
     async fn cleanup(&self) {
-        self.sorter.http_cleanup().await
+        self.sorter.proxy.http_cleanup().await
     }
 }
 

@@ -26,10 +26,9 @@
 //!
 //! What is bound to a socket or a thread at start (listener addresses,
 //! whether a listener has TLS or the PROXY protocol, the `[server]` table
-//! besides `trusted_proxies`, the admin address, and the two settings Pingora
-//! takes into its HTTP/2 options at start: `max_header_bytes` and
-//! `idle_timeout` for HTTP/2) is reported as needing a restart or an upgrade
-//! (`--upgrade`), and the rest still applies.
+//! besides `trusted_proxies`, the admin address) is reported as needing a
+//! restart or an upgrade (`--upgrade`), and the rest still applies; HTTP/2
+//! settings apply to the connections that start after the reload.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -202,16 +201,6 @@ fn needs_restart(current: &Config, next: &Config) -> Vec<String> {
     }
     if current.admin != next.admin {
         found.push("[admin] addr".to_string());
-    }
-    // Set in Pingora's HTTP/2 options when the server is built; HTTP/1.1
-    // and the front door's own deadlines take the new values now.
-    if current.limits.max_header_bytes != next.limits.max_header_bytes {
-        found.push("[limits] max_header_bytes (for HTTP/2; HTTP/1.1 applies it now)".to_string());
-    }
-    if current.connections.idle_timeout != next.connections.idle_timeout {
-        found.push(
-            "[limits] idle_timeout (for HTTP/2 connections; HTTP/1.1 applies it now)".to_string(),
-        );
     }
     found
 }

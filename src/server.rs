@@ -26,7 +26,6 @@ use std::time::Duration;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
-use pingora::protocols::http::v2::server::default_h2_options;
 use pingora::protocols::TcpKeepalive;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
@@ -164,12 +163,7 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<Built> {
     );
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = true;
-    server_options.h2_idle_timeout = Some(config.connections.idle_timeout);
     proxy.server_options = Some(server_options);
-    let mut h2 = default_h2_options();
-    h2.max_concurrent_streams(config.server.max_concurrent_streams);
-    h2.max_header_list_size(u32::try_from(config.limits.max_header_bytes).unwrap_or(u32::MAX));
-    proxy.h2_options = Some(h2);
     let limits = Limits::new(config.limits);
     let authorizer = Arc::new(Authorizer::new(
         Arc::new(Connector::new(None)),

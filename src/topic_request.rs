@@ -14,6 +14,7 @@
 //! The front door (`front_door.rs`) decides that a request is one of these;
 //! this module decides what the subscriber gets.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,16 +22,18 @@ use arc_swap::ArcSwap;
 
 use http::header::HeaderName;
 use pingora::http::ResponseHeader;
+use pingora::protocols::http::v2::server::HttpSession as H2Session;
 use pingora::protocols::http::ServerSession;
 
-use crate::access_log::{self, AccessRecord};
+use crate::access_log::RequestLine;
 use crate::admission::{self, Admission, Rejection};
 use crate::client::{self, Client};
 use crate::cors;
+use crate::event_stream;
 use crate::front_door::DoorPolicy;
-use crate::hub::{Hub, SubscribeError, Subscription, TopicRoute};
+use crate::hub::{Hub, SubscribeError, Subscription, Topic, TopicRoute};
 use crate::limits::Admitted;
-use crate::subscriber;
+use crate::subscriber::{self, Ending, H2EventStream};
 
 /// What a request to a topic path asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,8 +67,36 @@ pub struct TopicRequests {
     pub policy: Arc<ArcSwap<DoorPolicy>>,
 }
 
+/// A subscription admitted, its response head written: what its stream
+/// needs until it ends.
+struct Opened {
+    /// The topic, for the logs.
+    topic: Arc<Topic>,
+    /// Its place under the caps, held while it is open.
+    _place: Admitted,
+    /// For the access log, taken when the request arrived.
+    client: Option<IpAddr>,
+    request: Option<RequestLine>,
+    started: Instant,
+}
+
+impl Opened {
+    /// Logs how the stream ended, and writes its access-log line.
+    fn close(self, ending: pingora::Result<Ending>, bytes_sent: usize) -> pingora::Result<Ending> {
+        let key = &self.topic.key;
+        match &ending {
+            Ok(ending) => log::debug!("subscription to {key} ended: {ending:?}"),
+            Err(e) => log::debug!("subscription to {key} failed: {e}"),
+        }
+        if let Some(request) = &self.request {
+            request.record(self.client, 200, bytes_sent, self.started.elapsed());
+        }
+        ending
+    }
+}
+
 impl TopicRequests {
-    /// Serves one request whose header has been read.
+    /// Serves one HTTP/1.1 request whose header has been read.
     pub async fn serve(
         &self,
         session: &mut ServerSession,
@@ -73,11 +104,55 @@ impl TopicRequests {
         route: &TopicRoute,
     ) {
         match method {
-            TopicMethod::Get => self.serve_subscription(session, route).await,
+            TopicMethod::Get => {
+                // Admission (with its auth request) and refusals are
+                // short-lived and boxed: inline, their futures would enlarge
+                // this one, which every open subscription keeps for its whole
+                // life.
+                let Some((subscription, opened)) = Box::pin(self.open(session, route)).await else {
+                    return;
+                };
+                // Notice a closed connection while idle instead of waiting
+                // for the next write to fail.
+                session.set_abort_on_close(true);
+                let ending = subscriber::serve(session, subscription).await;
+                let _ = opened.close(ending, session.body_bytes_sent());
+            }
             // Boxed: a preflight is rare and short-lived; inline, its future
             // would enlarge every subscription's.
             TopicMethod::Options => Box::pin(self.serve_preflight(session, route)).await,
         }
+    }
+
+    /// Serves one HTTP/2 stream on a topic path, in its connection's task
+    /// (`front_door/h2_connection.rs`). Once its response head is written,
+    /// the stream keeps only its send half: the session and its request are
+    /// let go.
+    pub async fn serve_h2(&self, session: H2Session, method: TopicMethod, route: TopicRoute) {
+        let mut session = ServerSession::new_http2(session);
+        let opened = match method {
+            TopicMethod::Get => Box::pin(self.open(&mut session, &route)).await,
+            TopicMethod::Options => {
+                Box::pin(self.serve_preflight(&mut session, &route)).await;
+                None
+            }
+        };
+        let Some((subscription, opened)) = opened else {
+            return;
+        };
+        let ServerSession::H2(mut session) = session else {
+            return;
+        };
+        let Some(send) = session.take_response_body_writer() else {
+            return;
+        };
+        drop(session);
+        let mut stream = H2EventStream::new(send);
+        let ending = subscriber::serve(&mut stream, subscription).await;
+        if ending.is_err() {
+            stream.cancel();
+        }
+        let _ = opened.close(ending, stream.bytes_sent());
     }
 
     /// Reads an HTTP/1.1 request (replayed by the front door) and serves it;
@@ -98,9 +173,13 @@ impl TopicRequests {
         }
     }
 
-    /// Admits (or refuses) and serves a subscription, and writes its
-    /// access-log line.
-    async fn serve_subscription(&self, session: &mut ServerSession, route: &TopicRoute) {
+    /// Admits a subscription request and writes its response head; or
+    /// answers its refusal, writes its access-log line and returns `None`.
+    async fn open(
+        &self,
+        session: &mut ServerSession,
+        route: &TopicRoute,
+    ) -> Option<(Subscription, Opened)> {
         let started = Instant::now();
         // Read while no await can hold it.
         let policy = self.policy.load();
@@ -113,24 +192,49 @@ impl TopicRequests {
         );
         headers.extend(policy.hsts.header_for(session));
         drop(policy);
-        // Admission (with its auth request) and refusals are short-lived and
-        // boxed: inline, their futures would enlarge this one, which every
-        // open subscription keeps for its whole life.
-        if let Some((subscription, place)) =
-            Box::pin(self.open_subscription(session, &client, route, &headers)).await
-        {
-            match subscriber::serve(session, subscription, &headers).await {
-                Ok(ending) => log::debug!("subscription to {} ended: {ending:?}", route.key),
-                Err(e) => log::debug!("subscription to {} failed: {e}", route.key),
+        let request = RequestLine::of(session);
+        let refused = |session: &ServerSession| {
+            if let Some(request) = &request {
+                let status = session.response_written().map_or(0, |r| r.status.as_u16());
+                request.record(
+                    client.ip,
+                    status,
+                    session.body_bytes_sent(),
+                    started.elapsed(),
+                );
             }
-            drop(place);
+        };
+        let Some((subscription, place)) = self
+            .open_subscription(session, &client, route, &headers)
+            .await
+        else {
+            refused(session);
+            return None;
+        };
+        session.set_keepalive(None);
+        let head = async {
+            let mut head = event_stream::response_head(session)?;
+            for (name, value) in &headers {
+                head.insert_header(name.clone(), value)?;
+            }
+            session.write_response_header(Box::new(head)).await
+        };
+        if let Err(e) = head.await {
+            log::debug!("opening the stream of {} failed: {e}", route.key);
+            refused(session);
+            return None;
         }
-        access_log::record(AccessRecord {
-            session,
-            client: client.ip,
-            status: session.response_written().map_or(0, |r| r.status.as_u16()),
-            duration: started.elapsed(),
-        });
+        let topic = subscription.topic().clone();
+        Some((
+            subscription,
+            Opened {
+                topic,
+                _place: place,
+                client: client.ip,
+                request,
+                started,
+            },
+        ))
     }
 
     /// Admits the request and subscribes it, or answers the rejection (and

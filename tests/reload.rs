@@ -413,3 +413,39 @@ async fn a_changed_listener_is_reported_as_needing_a_restart_and_the_rest_applie
         .is_ok());
     assert!(TcpStream::connect(&elsewhere).await.is_err());
 }
+
+/// `GET /ordinary` with a `x-big` header of `size` bytes on `client`: the
+/// status the proxy answers.
+async fn status_with_header(client: &mut Client, size: usize) -> u16 {
+    let request = client
+        .request("GET", "/ordinary")
+        .header("x-big", "a".repeat(size))
+        .body(Default::default())
+        .unwrap();
+    match client.send(request).await {
+        Ok(response) => response.status().as_u16(),
+        // Refused at the HTTP/2 layer (a reset or a 431 from h2 itself).
+        Err(_) => 431,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_http2_settings_to_connections_that_start_after_it() {
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, NEWS);
+    let mut before = proxy.h2().await;
+    assert_ne!(status_with_header(&mut before, 8 * 1024).await, 431);
+
+    let text = config_text(&proxy) + "\n[limits]\nmax_header_bytes = \"4KiB\"\n";
+    write_config(&proxy, &text);
+    reload(&proxy, "ok", 1.0).await;
+
+    let log = proxy.log();
+    assert!(!log.contains("max_header_bytes"), "{log}");
+    // A connection opened after the reload gets the smaller header list.
+    let mut after = proxy.h2().await;
+    assert_eq!(status_with_header(&mut after, 8 * 1024).await, 431);
+    assert_ne!(status_with_header(&mut after, 1024).await, 431);
+    // One opened before keeps the settings it was opened with.
+    assert_ne!(status_with_header(&mut before, 8 * 1024).await, 431);
+}

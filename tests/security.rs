@@ -691,6 +691,10 @@ async fn a_thousand_rapid_resets_close_the_abuser_and_count_it_while_others_are_
         let Ok((_, mut stream)) = ready.send_request(get(&proxy, "/events/public"), false) else {
             break;
         };
+        // The HEADERS leave first (the client's connection task runs), then
+        // the reset: the attack's two frames. Reset before they leave, the
+        // client library would drop the stream and send neither.
+        tokio::task::yield_now().await;
         stream.send_reset(h2::Reason::CANCEL);
         sent += 1;
     }

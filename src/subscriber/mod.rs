@@ -1,16 +1,25 @@
-//! Serves one subscription on one downstream session.
+//! Serves one subscription on one event stream.
 //!
 //! A browser's `GET` on a topic path becomes: a `200` with `text/event-stream`
-//! (chunked on HTTP/1.1, nothing hop-by-hop on HTTP/2), the topic's `retry:`
-//! and either its replay or an id-priming frame, then live frames as the
-//! topic publishes them and heartbeats when it is quiet. The loop ends when
-//! the browser goes away (TCP close, `RST_STREAM`: noticed while waiting,
-//! without needing a write), when it falls too far behind (its stream is
-//! ended and it resumes with `Last-Event-ID`), or when the topic closes
-//! (`204` upstream, or shutdown).
+//! (written by `topic_request.rs`), the topic's `retry:` and either its
+//! replay or an id-priming frame, then live frames as the topic publishes
+//! them and heartbeats when it is quiet. The loop ends when the browser goes
+//! away (TCP close, `RST_STREAM`: noticed while waiting, without needing a
+//! write), when it falls too far behind (its stream is ended and it resumes
+//! with `Last-Event-ID`), or when the topic closes (`204` upstream, or
+//! shutdown).
+//!
+//! The stream is an [`EventSink`]: an HTTP/1.1 session (Pingora's), or an
+//! HTTP/2 stream that its connection's own task serves ([`H2EventStream`],
+//! see `front_door/h2_connection.rs`), so that the subscribers of one
+//! connection cost no task each and their frames leave in one write.
 //!
 //! Frames arrive as `Bytes` handles shared with every other subscriber; this
 //! module writes them as they are.
+
+mod h2;
+
+use std::future::Future;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -21,6 +30,38 @@ use pingora::{Error, ErrorType};
 
 use crate::event_stream;
 use crate::hub::{CloseReason, Next, Subscription};
+
+pub use h2::H2EventStream;
+
+/// Where a subscription's frames go once its response head is written.
+pub trait EventSink {
+    /// Writes one frame; pending while the client cannot take it (most
+    /// writes complete at once).
+    fn write(&mut self, frame: Bytes) -> impl Future<Output = pingora::Result<()>> + Send;
+    /// Pending until the client closes the stream (or its connection).
+    fn closed(&mut self) -> impl Future<Output = ()> + Send;
+    /// Ends the stream cleanly.
+    fn finish(&mut self) -> impl Future<Output = pingora::Result<()>> + Send;
+}
+
+/// An HTTP/1.1 event stream: Pingora's session, chunked.
+impl EventSink for ServerSession {
+    fn write(&mut self, frame: Bytes) -> impl Future<Output = pingora::Result<()>> + Send {
+        // Boxed: one small allocation per write, rather than ~550 more bytes
+        // in every subscription's state for its whole life (memory per idle
+        // subscriber is the figure that matters at scale).
+        Box::pin(self.write_response_body(frame, false))
+    }
+
+    async fn closed(&mut self) {
+        // (with `abort_on_close`, a closed connection ends the wait)
+        let _ = self.read_body_or_idle(true).await;
+    }
+
+    fn finish(&mut self) -> impl Future<Output = pingora::Result<()>> + Send {
+        self.finish_body()
+    }
+}
 
 /// How a subscription ended, for logs and the access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,34 +92,22 @@ pub async fn respond_ended(
     session.finish_body().await
 }
 
-/// Serves `subscription` on `session` until it ends; `cors` are the headers
-/// the request's origin gets.
-pub async fn serve(
-    session: &mut ServerSession,
+/// Serves `subscription` on `sink`, whose response head is written, until
+/// it ends.
+pub async fn serve<S: EventSink>(
+    sink: &mut S,
     mut subscription: Subscription,
-    cors: &[(HeaderName, String)],
 ) -> pingora::Result<Ending> {
-    let key = subscription.topic().key.clone();
-    session.set_keepalive(None);
-    // Notice a closed HTTP/1.1 connection while idle instead of waiting
-    // for the next write to fail.
-    session.set_abort_on_close(true);
-    let mut head = event_stream::response_head(session)?;
-    for (name, value) in cors {
-        head.insert_header(name.clone(), value)?;
-    }
-    session.write_response_header(Box::new(head)).await?;
-
     let mut frames: Vec<Bytes> = Vec::new();
     subscription.take_opening(&mut frames);
     let ending = loop {
         if !frames.is_empty() {
-            if write_frames(session, &mut subscription, &mut frames).await? == Written::Abandoned {
+            if write_frames(sink, &mut subscription, &mut frames).await? == Written::Abandoned {
                 // A frame is half written: no clean end is possible. Fail the
-                // request so Pingora drops the connection without finishing it.
+                // stream so it is dropped (reset) without finishing it.
                 return Err(Error::explain(
                     ErrorType::WriteError,
-                    format!("subscriber of {key} stopped reading (past its lag bound, or no write completed within two heartbeats)"),
+                    format!("subscriber of {} stopped reading (past its lag bound, or no write completed within two heartbeats)", subscription.topic().key),
                 )
                 .into_down());
             }
@@ -92,7 +121,7 @@ pub async fn serve(
             Next::Wait => {
                 tokio::select! {
                     _ = subscription.changed() => {}
-                    _ = session.read_body_or_idle(true) => break Ending::ClientGone,
+                    _ = sink.closed() => break Ending::ClientGone,
                 }
             }
         }
@@ -108,11 +137,10 @@ pub async fn serve(
         let last_words = async {
             if let Ending::Closed(CloseReason::ShuttingDown | CloseReason::Removed) = ending {
                 // Come back later, and not all at the same moment.
-                session
-                    .write_response_body(event_stream::jittered_retry_line(settings.retry), false)
+                sink.write(event_stream::jittered_retry_line(settings.retry))
                     .await?;
             }
-            session.finish_body().await
+            sink.finish().await
         };
         match Box::pin(tokio::time::timeout(settings.heartbeat, last_words)).await {
             Ok(result) => result?,
@@ -142,17 +170,14 @@ enum Written {
 /// reading on a quiet topic, where the lag never grows, or an HTTP/2 client
 /// that keeps its window shut), so a client that stopped reading is cut off
 /// rather than waited for.
-async fn write_frames(
-    session: &mut ServerSession,
+async fn write_frames<S: EventSink>(
+    sink: &mut S,
     subscription: &mut Subscription,
     frames: &mut Vec<Bytes>,
 ) -> pingora::Result<Written> {
     let write_timeout = subscription.topic().settings().heartbeat.saturating_mul(2);
     for frame in frames.drain(..) {
-        // Boxed: one small allocation per write, rather than ~550 more bytes
-        // in every subscription's state for its whole life (memory per idle
-        // subscriber is the figure that matters at scale).
-        let mut write = Box::pin(session.write_response_body(frame, false));
+        let mut write = std::pin::pin!(sink.write(frame));
         // Most writes complete at once; only a stuck one pays for a watch.
         if let Some(result) = (&mut write).now_or_never() {
             result?;
