@@ -535,11 +535,19 @@ impl ServerApp for FrontDoor {
                     idle_timeout,
                     handshake_timeout: header_timeout,
                 };
-                h2_connection::serve(Box::new(watched), &self.sorter, settings, shutdown).await;
+                // Each protocol's loop is boxed: inline, the larger one
+                // (HTTP/1.1's) would size every connection's state.
+                Box::pin(h2_connection::serve(
+                    Box::new(watched),
+                    &self.sorter,
+                    settings,
+                    shutdown,
+                ))
+                .await;
                 None
             }
             Greeting::Http1 { read, deadline } => {
-                self.serve_http1(stream, read, deadline, shutdown).await
+                Box::pin(self.serve_http1(stream, read, deadline, shutdown)).await
             }
             Greeting::TimedOut => {
                 self.connections.record(EarlyClose::HeaderTimeout);

@@ -95,6 +95,31 @@ impl Opened {
     }
 }
 
+/// An HTTP/2 event stream, its response head written: all it keeps while
+/// it is open.
+pub struct OpenH2Stream {
+    stream: H2EventStream,
+    subscription: Subscription,
+    opened: Opened,
+}
+
+impl OpenH2Stream {
+    /// Serves the stream until it ends; a stream that cannot end cleanly is
+    /// reset.
+    pub async fn serve(self) {
+        let OpenH2Stream {
+            mut stream,
+            subscription,
+            opened,
+        } = self;
+        let ending = subscriber::serve(&mut stream, subscription).await;
+        if ending.is_err() {
+            stream.cancel();
+        }
+        let _ = opened.close(ending, stream.bytes_sent());
+    }
+}
+
 impl TopicRequests {
     /// Serves one HTTP/1.1 request whose header has been read.
     pub async fn serve(
@@ -124,35 +149,34 @@ impl TopicRequests {
         }
     }
 
-    /// Serves one HTTP/2 stream on a topic path, in its connection's task
-    /// (`front_door/h2_connection.rs`). Once its response head is written,
-    /// the stream keeps only its send half: the session and its request are
-    /// let go.
-    pub async fn serve_h2(&self, session: H2Session, method: TopicMethod, route: TopicRoute) {
+    /// Answers one HTTP/2 stream on a topic path: a preflight, a refusal,
+    /// or an event stream whose response head is written, returned to be
+    /// served in its connection's task (`front_door/h2_connection.rs`). The
+    /// session and its request are let go here: an open stream keeps only
+    /// its send half.
+    pub async fn open_h2(
+        &self,
+        session: H2Session,
+        method: TopicMethod,
+        route: TopicRoute,
+    ) -> Option<OpenH2Stream> {
         let mut session = ServerSession::new_http2(session);
-        let opened = match method {
-            TopicMethod::Get => Box::pin(self.open(&mut session, &route)).await,
+        let (subscription, opened) = match method {
+            TopicMethod::Get => self.open(&mut session, &route).await?,
             TopicMethod::Options => {
-                Box::pin(self.serve_preflight(&mut session, &route)).await;
-                None
+                self.serve_preflight(&mut session, &route).await;
+                return None;
             }
         };
-        let Some((subscription, opened)) = opened else {
-            return;
-        };
         let ServerSession::H2(mut session) = session else {
-            return;
+            return None;
         };
-        let Some(send) = session.take_response_body_writer() else {
-            return;
-        };
-        drop(session);
-        let mut stream = H2EventStream::new(send);
-        let ending = subscriber::serve(&mut stream, subscription).await;
-        if ending.is_err() {
-            stream.cancel();
-        }
-        let _ = opened.close(ending, stream.bytes_sent());
+        let send = session.take_response_body_writer()?;
+        Some(OpenH2Stream {
+            stream: H2EventStream::new(send),
+            subscription,
+            opened,
+        })
     }
 
     /// Reads an HTTP/1.1 request (replayed by the front door) and serves it;
@@ -288,5 +312,28 @@ impl TopicRequests {
         if let Err(e) = answer.await {
             log::debug!("preflight for {} failed: {e}", route.key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `make` would return, without calling it.
+    fn future_size<Fut>(_make: impl FnOnce() -> Fut) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every open HTTP/2 subscription keeps this state for its whole life
+    /// (its connection's task holds it): the opening (admission, auth, the
+    /// session and its request) must stay boxed out of it.
+    #[test]
+    #[allow(unreachable_code, clippy::diverging_sub_expression)]
+    fn an_open_http2_event_stream_keeps_under_two_kib_of_state() {
+        let size = future_size(|| {
+            let stream: OpenH2Stream = todo!();
+            stream.serve()
+        });
+        assert!(size < 2048, "{size} bytes");
     }
 }

@@ -759,7 +759,7 @@ pub fn table(scenario: &Scenario, outcomes: &[Outcome]) -> String {
         );
         let _ = writeln!(
             text,
-            "| {} | {}{} | {} | {} / {} | {:.1} | {:.1} | {:.1} | {:.1} KB | {:.2} µs | {:.0} % | {:.0} % | {:.0} % | {} |",
+            "| {} | {}{} | {} | {} / {} | {:.2} | {:.2} | {:.1} | {:.1} KB | {:.2} µs | {:.0} % | {:.0} % | {:.0} % | {} |",
             o.contender,
             o.answered,
             if o.failed > 0 { format!(" ({} failed)", o.failed) } else { String::new() },

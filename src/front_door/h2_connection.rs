@@ -121,9 +121,17 @@ pub(super) async fn serve(
             accepted = HttpSession::from_h2_conn(&mut connection, digest.clone()) => match accepted {
                 Ok(Some(H2Accept::Session(session))) => match sorter.topic_route(&session) {
                     Some((method, route)) => {
+                        // Opening (admission, auth, the response head) is
+                        // boxed on its own and freed once done: the future
+                        // an open stream keeps holds only what serving needs.
                         let sorter = sorter.clone();
+                        let opening = Box::pin(async move {
+                            sorter.topics.open_h2(session, method, route).await
+                        });
                         topic_streams.push(Box::pin(async move {
-                            sorter.topics.serve_h2(session, method, route).await;
+                            if let Some(stream) = opening.await {
+                                stream.serve().await;
+                            }
                         }));
                     }
                     None => {

@@ -270,7 +270,18 @@ impl Subscription {
     pub async fn changed(&mut self) {
         // The senders live in the topic and the catch-up this subscription
         // keeps alive, so the channels cannot close under us.
-        // A drained subscription also wakes at its moment to leave.
+        if self.catching_up.is_none() && self.closing_at.is_none() {
+            // The common case, kept small: every open subscription's state
+            // holds this future while it waits.
+            let _ = self.receiver.changed().await;
+        } else {
+            Box::pin(self.changed_while_catching_up_or_leaving()).await;
+        }
+    }
+
+    /// [`changed`](Self::changed) for a subscription reading a catch-up, or
+    /// that also wakes at its moment to leave a drain.
+    async fn changed_while_catching_up_or_leaving(&mut self) {
         let leave = async {
             match self.closing_at {
                 Some(at) => sleep_until(at).await,

@@ -175,33 +175,45 @@ async fn write_frames<S: EventSink>(
     subscription: &mut Subscription,
     frames: &mut Vec<Bytes>,
 ) -> pingora::Result<Written> {
-    let write_timeout = subscription.topic().settings().heartbeat.saturating_mul(2);
     for frame in frames.drain(..) {
         let mut write = std::pin::pin!(sink.write(frame));
-        // Most writes complete at once; only a stuck one pays for a watch.
+        // Most writes complete at once.
         if let Some(result) = (&mut write).now_or_never() {
             result?;
             continue;
         }
-        // Only a stuck write pays for a timer.
-        let deadline = tokio::time::sleep(write_timeout);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                result = &mut write => { result?; break; }
-                _ = subscription.changed() => {
-                    if subscription.is_too_slow() {
-                        // (dropping the drain discards the frames left)
-                        return Ok(Written::Abandoned);
-                    }
-                }
-                _ = &mut deadline => {
-                    subscription.write_timed_out();
-                    return Ok(Written::Abandoned);
-                }
-            }
+        // Only a stuck one pays for a timer and a watch (boxed: rare, and
+        // inline it would enlarge every open subscription's state).
+        if Box::pin(finish_stuck_write(write, subscription)).await? == Written::Abandoned {
+            // (dropping the drain discards the frames left)
+            return Ok(Written::Abandoned);
         }
     }
     subscription.delivered();
     Ok(Written::All)
+}
+
+/// Waits for a write the client did not take at once, giving up when the
+/// subscriber falls past its lag bound or after two heartbeat intervals.
+async fn finish_stuck_write(
+    mut write: std::pin::Pin<&mut impl Future<Output = pingora::Result<()>>>,
+    subscription: &mut Subscription,
+) -> pingora::Result<Written> {
+    let write_timeout = subscription.topic().settings().heartbeat.saturating_mul(2);
+    let deadline = tokio::time::sleep(write_timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            result = &mut write => { result?; return Ok(Written::All); }
+            _ = subscription.changed() => {
+                if subscription.is_too_slow() {
+                    return Ok(Written::Abandoned);
+                }
+            }
+            _ = &mut deadline => {
+                subscription.write_timed_out();
+                return Ok(Written::Abandoned);
+            }
+        }
+    }
 }

@@ -104,8 +104,11 @@ async function h2Phase(context) {
 
   // The stats: every topic of the page has its subscribers and one upstream connection.
   const topics = pageTopics(s);
-  const settled = await waitFor(page, "the stats to count every subscriber", freshStats,
-    (st) => topics.every((p) => topicStats(st, p)?.subscribers === s.expectedSubscribers[p]));
+  // (A subscriber is answered before its topic's upstream has connected:
+  // wait for both.)
+  const settled = await waitFor(page, "the stats to count every subscriber and upstream", freshStats,
+    (st) => topics.every((p) => topicStats(st, p)?.subscribers === s.expectedSubscribers[p]
+      && topicStats(st, p)?.upstream_state === "connected"));
   const before = settled.value;
   v.topics = topics.map((p) => {
     const t = topicStats(before, p);
