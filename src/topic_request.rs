@@ -328,7 +328,7 @@ mod tests {
     /// (its connection's task holds it): the opening (admission, auth, the
     /// session and its request) must stay boxed out of it.
     #[test]
-    #[allow(unreachable_code, clippy::diverging_sub_expression)]
+    #[allow(unreachable_code, unused_variables, clippy::diverging_sub_expression)]
     fn an_open_http2_event_stream_keeps_under_two_kib_of_state() {
         let size = future_size(|| {
             let stream: OpenH2Stream = todo!();

@@ -316,12 +316,11 @@ impl UpstreamAddr {
     /// for one connection.
     pub async fn http_peer(&self, settings: &ConnectSettings) -> Result<HttpPeer, ResolveError> {
         let addr = self.resolve(settings.connect_timeout).await?;
-        let sni = if self.host.parse::<IpAddr>().is_ok() {
-            String::new()
-        } else {
-            self.host.clone()
-        };
-        let mut peer = HttpPeer::new(addr, self.tls, sni);
+        // An IP address is the name too: rustls checks the certificate
+        // against it (and sends no SNI for it). An empty name would make
+        // Pingora's rustls connector fail every handshake ("invalid dns
+        // name") and skip verification.
+        let mut peer = HttpPeer::new(addr, self.tls, self.host.clone());
         peer.options.connection_timeout = Some(settings.connect_timeout);
         peer.options.verify_cert = settings.tls_verify;
         peer.options.verify_hostname = settings.tls_verify;
@@ -375,6 +374,19 @@ fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_https_upstream_named_by_ip_address_is_verified_against_that_address() {
+        let addr = UpstreamAddr::parse("https://127.0.0.1:8443").unwrap();
+        let settings = ConnectSettings {
+            connect_timeout: Duration::from_secs(1),
+            tls_verify: true,
+        };
+        let peer = addr.http_peer(&settings).await.unwrap();
+        // Not empty: Pingora's rustls connector refuses an empty name.
+        assert_eq!(peer.sni, "127.0.0.1");
+        assert!(peer.options.verify_cert && peer.options.verify_hostname);
+    }
 
     #[test]
     fn bare_host_port_is_plain_http() {

@@ -212,3 +212,45 @@ async fn restarting_the_inner_tier_or_an_outer_one_loses_and_doubles_nothing() {
     );
     drop(outers);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_tier_passes_events_through_unchanged_and_resumes_after_the_inner_restarts() {
+    let app = SseApp::start().await;
+    let mut inner = Proxy::start(app.addr, INNER);
+    // The outer tier reaches the inner one over TLS. (The test's certificate
+    // authority is not in the system's store, so the outer tier is told not
+    // to verify; a real inner tier has a certificate the outer one trusts.)
+    let inner_origin = format!("https://127.0.0.1:{}", inner.tls_addr.port());
+    let outer = Proxy::start_with_app(
+        &inner_origin,
+        "tls_verify = false",
+        "grace_period = \"1s\"",
+        OUTER,
+    );
+    let mut client = outer.h2().await;
+    let mut stream = EventStream::open(&mut client, "/events/news", None).await;
+    outer.wait_for_subscribers("/events/news", 1).await;
+
+    // Event name, id, retry and multi-line data, as the app wrote them.
+    app.publish_frame(
+        "/stream/news",
+        "1",
+        "event: update\nid: 1\nretry: 2500\ndata: line one\ndata: line two\n\n",
+    );
+    let event = stream.next_message().await.unwrap();
+    assert_eq!(event.event_type(), Some("update"));
+    assert_eq!(event.id(), Some("1"));
+    assert_eq!(event.retry(), Some(2500));
+    assert_eq!(event.data(), Some("line one\nline two"));
+
+    // The inner tier crashes and the app goes on; the outer tier keeps its
+    // subscriber and resumes over TLS from its last id.
+    inner.restart_hard();
+    app.publish("/stream/news", "2", "while the inner tier was down");
+    app.publish("/stream/news", "3", "after");
+    assert_eq!(stream.message_ids(2).await, ["2", "3"]);
+    assert_eq!(
+        outer.stats().await["topics"][0]["upstream"],
+        format!("{inner_origin}/events/news")
+    );
+}

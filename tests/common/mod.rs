@@ -195,6 +195,13 @@ impl Proxy {
     /// besides the threads, the shutdown timeout and the files (give a
     /// `grace_period` there; `start` uses 1 s).
     pub fn start_with_server(app: SocketAddr, server: &str, extra: &str) -> Proxy {
+        Proxy::start_with_app(&app.to_string(), "", server, extra)
+    }
+
+    /// [`start_with_server`](Self::start_with_server), with the app named
+    /// by `upstream` (`host:port`, `http://…` or `https://…`) and `app_keys`
+    /// added to the `[app]` table.
+    pub fn start_with_app(upstream: &str, app_keys: &str, server: &str, extra: &str) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let certs = TestCerts::generate();
         std::fs::write(dir.path().join("chain.pem"), &certs.chain_pem).unwrap();
@@ -219,8 +226,9 @@ tls = {{ cert = "chain.pem", key = "key.pem" }}
 addr = "{plain_addr}"
 
 [app]
-upstream = "{app}"
+upstream = "{upstream}"
 connect_timeout = "2s"
+{app_keys}
 
 [admin]
 addr = "{admin_addr}"

@@ -140,6 +140,12 @@ impl SseApp {
         self.state.publish(path, id, data);
     }
 
+    /// Publishes `frame` (a whole SSE block, as written) under `id`, which
+    /// a `Last-Event-ID` replay finds it by.
+    pub fn publish_frame(&self, path: &str, id: &str, frame: &str) {
+        self.state.publish_frame(path, id, frame.to_string());
+    }
+
     /// Publishes an event with `data` and no `id` field: a client's last
     /// event id stays what it was, so the event shows it.
     pub fn publish_without_id(&self, path: &str, data: &str) {
