@@ -35,7 +35,13 @@ pub enum Contender {
     SseFanout,
     Nchan,
     NginxProxy,
+    /// Two sse-fanout instances behind HAProxy (`mode tcp`, `send-proxy-v2`),
+    /// as `docs/operations.md` sets them up: the cost of the balancer hop.
+    SseFanoutBehindHaproxy,
 }
+
+/// Debian's HAProxy, for [`Contender::SseFanoutBehindHaproxy`].
+const HAPROXY: &str = "/usr/sbin/haproxy";
 
 impl Contender {
     pub fn name(self) -> &'static str {
@@ -43,6 +49,7 @@ impl Contender {
             Contender::SseFanout => "sse-fanout",
             Contender::Nchan => "nchan",
             Contender::NginxProxy => "nginx proxy",
+            Contender::SseFanoutBehindHaproxy => "2 × sse-fanout behind HAProxy",
         }
     }
 
@@ -51,6 +58,7 @@ impl Contender {
             "sse-fanout" => Some(Contender::SseFanout),
             "nchan" => Some(Contender::Nchan),
             "nginx" | "nginx-proxy" => Some(Contender::NginxProxy),
+            "haproxy" => Some(Contender::SseFanoutBehindHaproxy),
             _ => None,
         }
     }
@@ -337,14 +345,33 @@ http {{
     )
 }
 
+/// The ports of one sse-fanout instance.
+struct Ports {
+    tls: u16,
+    plain: u16,
+    admin: u16,
+}
+
+impl Ports {
+    fn free() -> Ports {
+        Ports {
+            tls: free_port(),
+            plain: free_port(),
+            admin: free_port(),
+        }
+    }
+}
+
+/// `proxy_protocol`: the TLS listener takes connections from HAProxy, each
+/// after a PROXY header.
 fn sse_fanout_conf(
     setup: &Setup,
-    tls_port: u16,
-    plain_port: u16,
-    admin_port: u16,
+    ports: &Ports,
+    proxy_protocol: bool,
     app_port: u16,
     dir: &Path,
 ) -> String {
+    let (tls_port, plain_port, admin_port) = (ports.tls, ports.plain, ports.admin);
     let cert = setup.repo.join("certs/dev/localhost.pem");
     let key = setup.repo.join("certs/dev/localhost-key.pem");
     format!(
@@ -359,6 +386,7 @@ upgrade_sock = "{dir}/upgrade.sock"
 [[listen]]
 addr = "127.0.0.1:{tls_port}"
 tls = {{ cert = "{cert}", key = "{key}" }}
+proxy_protocol = {proxy_protocol}
 
 [[listen]]
 addr = "127.0.0.1:{plain_port}"
@@ -401,10 +429,15 @@ pub async fn start_contender(
     match contender {
         Contender::SseFanout => {
             let admin_port = free_port();
+            let ports = Ports {
+                tls: tls_port,
+                plain: plain_port,
+                admin: admin_port,
+            };
             let config = dir.join("sse-fanout.toml");
             std::fs::write(
                 &config,
-                sse_fanout_conf(setup, tls_port, plain_port, admin_port, app_port, dir),
+                sse_fanout_conf(setup, &ports, false, app_port, dir),
             )
             .map_err(|e| e.to_string())?;
             let binary = setup.bin_dir.join("sse-fanout");
@@ -438,6 +471,96 @@ pub async fn start_contender(
                 plain_port,
                 admin_port: Some(admin_port),
                 wrapped_proxy: (pid != child_pid).then_some(pid),
+                path: "/events/t{topic}".into(),
+                publish_url: None,
+                nginx_prefix: None,
+                nginx: setup.nginx.clone(),
+            })
+        }
+        Contender::SseFanoutBehindHaproxy => {
+            let mut pids = Vec::new();
+            let mut processes = Vec::new();
+            let mut servers = String::new();
+            for n in 0..2 {
+                let instance = dir.join(format!("sse-fanout-{n}"));
+                std::fs::create_dir_all(&instance).map_err(|e| e.to_string())?;
+                let ports = Ports::free();
+                let config = instance.join("sse-fanout.toml");
+                std::fs::write(
+                    &config,
+                    sse_fanout_conf(setup, &ports, true, app_port, &instance),
+                )
+                .map_err(|e| e.to_string())?;
+                let child = Command::new(setup.bin_dir.join("sse-fanout"))
+                    .arg("-c")
+                    .arg(&config)
+                    .env("RUST_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(|e| format!("cannot start sse-fanout: {e}"))?;
+                if !wait_for_port(ports.tls).await {
+                    return Err("sse-fanout did not start listening".into());
+                }
+                pids.push(child.id().unwrap_or(0));
+                processes.push(child);
+                let _ = writeln!(
+                    servers,
+                    "    server s{n} 127.0.0.1:{} send-proxy-v2 check port {}",
+                    ports.tls, ports.admin
+                );
+            }
+            // The config docs/operations.md shows, with room for the load
+            // (two sockets per connection, within a 20000 open-file limit).
+            let config = format!(
+                "global
+    maxconn 9000
+
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 1h
+    timeout server 1h
+    retries 3
+    option redispatch
+
+frontend sse
+    bind 127.0.0.1:{tls_port}
+    maxconn 9000
+    default_backend sse_fanout
+
+backend sse_fanout
+    balance leastconn
+    option httpchk GET /readyz
+    http-check expect status 200
+    default-server inter 500ms fall 1 rise 2
+{servers}"
+            );
+            let path = dir.join("haproxy.cfg");
+            std::fs::write(&path, config).map_err(|e| e.to_string())?;
+            // -db: in the foreground, so it stops with its `Child`.
+            let haproxy = Command::new(HAPROXY)
+                .arg("-db")
+                .arg("-f")
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| format!("cannot start haproxy ({HAPROXY}): {e}"))?;
+            if !wait_for_port(tls_port).await {
+                return Err("haproxy did not start listening".into());
+            }
+            pids.push(haproxy.id().unwrap_or(0));
+            processes.push(haproxy);
+            Ok(Running {
+                pids,
+                _processes: processes,
+                tls_port,
+                plain_port,
+                admin_port: None,
+                wrapped_proxy: None,
                 path: "/events/t{topic}".into(),
                 publish_url: None,
                 nginx_prefix: None,

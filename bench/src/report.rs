@@ -174,6 +174,15 @@ pub async fn run(options: ReportOptions) {
             &without_proxy,
         ),
         huge_scenario,
+        // The balancer hop: one instance, and two behind HAProxy.
+        scenario(
+            &format!("{small} subscribers, HTTP/2, 1 stream per connection: one instance, and two behind HAProxy"),
+            "h2",
+            1,
+            small,
+            seconds,
+            &[Contender::SseFanout, Contender::SseFanoutBehindHaproxy],
+        ),
     ];
 
     let mut sections = String::new();
