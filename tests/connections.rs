@@ -265,6 +265,36 @@ async fn http2_connection_whose_streams_all_ended_is_closed_after_the_idle_timeo
 }
 
 #[tokio::test]
+async fn http2_connection_waiting_on_a_proxied_response_is_never_cut_by_the_idle_timeout() {
+    // The app streams on any path that is not a topic's; this one is
+    // proxied, and the app says nothing for a while.
+    let app = SseApp::start().await;
+    let proxy = Proxy::start(app.addr, QUICK);
+    let (client, driver) = h2_connection(&proxy).await;
+    let (response, _) = client
+        .ready()
+        .await
+        .unwrap()
+        .send_request(get(&proxy, "/stream/slow"), true)
+        .unwrap();
+    let response = timeout(PATIENCE, response).await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    // A second connection with nothing to do is closed: the idle timeout
+    // has run out at least once since the first one went quiet.
+    let (_idle, idle_driver) = h2_connection(&proxy).await;
+    closed(idle_driver).await;
+    app.publish("/stream/slow", "1", "still here");
+    let chunk = timeout(PATIENCE, body.data())
+        .await
+        .expect("the proxied stream went quiet")
+        .expect("the proxied stream ended")
+        .expect("the proxied stream broke");
+    assert!(String::from_utf8_lossy(&chunk).contains("still here"));
+    assert!(!driver.is_finished(), "the connection was cut");
+}
+
+#[tokio::test]
 async fn http2_connection_with_an_open_stream_is_never_cut_by_the_idle_timeout() {
     let app = SseApp::start().await;
     let topic = r#"
