@@ -30,4 +30,5 @@ pub use sse_wire as sse;
 pub mod subscriber;
 pub mod tls;
 pub mod topic_request;
+pub mod trusted_ca;
 pub mod upstream_addr;

@@ -21,6 +21,8 @@ use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use pingora::upstreams::peer::HttpPeer;
+
+use crate::trusted_ca::TrustedCa;
 use tokio::time::Instant;
 
 /// How long a resolved address is reused before the name is resolved again.
@@ -47,6 +49,8 @@ pub struct ConnectSettings {
     pub connect_timeout: Duration,
     /// Verify the origin's certificate and host name when `tls` is on.
     pub tls_verify: bool,
+    /// Verify against these CAs instead of the system's (`[app] ca`).
+    pub ca: Option<TrustedCa>,
 }
 
 /// Why an origin could not be parsed (or, from [`UpstreamAddr::peer`], resolved).
@@ -324,6 +328,7 @@ impl UpstreamAddr {
         peer.options.connection_timeout = Some(settings.connect_timeout);
         peer.options.verify_cert = settings.tls_verify;
         peer.options.verify_hostname = settings.tls_verify;
+        peer.options.ca = settings.ca.as_ref().map(TrustedCa::certificates);
         Ok(peer)
     }
 
@@ -381,6 +386,7 @@ mod tests {
         let settings = ConnectSettings {
             connect_timeout: Duration::from_secs(1),
             tls_verify: true,
+            ca: None,
         };
         let peer = addr.http_peer(&settings).await.unwrap();
         // Not empty: Pingora's rustls connector refuses an empty name.

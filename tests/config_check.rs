@@ -124,6 +124,20 @@ fn file_that_is_not_a_certificate_is_refused() {
 }
 
 #[test]
+fn app_ca_that_holds_no_certificate_is_refused_and_a_good_one_passes() {
+    // Relative to the config file's folder, like the listeners' files.
+    let with_ca = VALID.replace(
+        "upstream = \"127.0.0.1:3000\"",
+        "upstream = \"https://127.0.0.1:3000\"\nca = \"chain.pem\"",
+    );
+    assert_eq!(check(&with_ca).status.code(), Some(0));
+    let broken = with_ca.replace("ca = \"chain.pem\"", "ca = \"key.pem\"");
+    assert_refused(check(&broken), "app.ca", "BEGIN CERTIFICATE");
+    let missing = with_ca.replace("ca = \"chain.pem\"", "ca = \"missing.pem\"");
+    assert_refused(check(&missing), "app.ca", "cannot read");
+}
+
+#[test]
 fn duplicate_topic_path_is_refused() {
     let config = format!("{VALID}\n[[topic]]\npath = \"/events/news\"\nupstream = \"/other\"\n");
     assert_refused(check(&config), "topic[1].path", "duplicate topic path");

@@ -217,13 +217,15 @@ async fn restarting_the_inner_tier_or_an_outer_one_loses_and_doubles_nothing() {
 async fn a_tls_tier_passes_events_through_unchanged_and_resumes_after_the_inner_restarts() {
     let app = SseApp::start().await;
     let mut inner = Proxy::start(app.addr, INNER);
-    // The outer tier reaches the inner one over TLS. (The test's certificate
-    // authority is not in the system's store, so the outer tier is told not
-    // to verify; a real inner tier has a certificate the outer one trusts.)
+    // The outer tier reaches the inner one over TLS and verifies its
+    // certificate against the inner's CA (`[app] ca`), not the system's.
     let inner_origin = format!("https://127.0.0.1:{}", inner.tls_addr.port());
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = ca_dir.path().join("inner-ca.pem");
+    std::fs::write(&ca, &inner.certs.ca_pem).unwrap();
     let outer = Proxy::start_with_app(
         &inner_origin,
-        "tls_verify = false",
+        &format!("ca = \"{}\"", ca.display()),
         "grace_period = \"1s\"",
         OUTER,
     );
@@ -253,4 +255,33 @@ async fn a_tls_tier_passes_events_through_unchanged_and_resumes_after_the_inner_
         outer.stats().await["topics"][0]["upstream"],
         format!("{inner_origin}/events/news")
     );
+}
+
+#[tokio::test]
+async fn an_outer_tier_that_does_not_trust_the_inner_tiers_ca_does_not_connect() {
+    let app = SseApp::start().await;
+    let inner = Proxy::start(app.addr, INNER);
+    let inner_origin = format!("https://127.0.0.1:{}", inner.tls_addr.port());
+    // A CA that did not sign the inner tier's certificate.
+    let other = common::TestCerts::generate();
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = ca_dir.path().join("other-ca.pem");
+    std::fs::write(&ca, &other.ca_pem).unwrap();
+    let outer = Proxy::start_with_app(
+        &inner_origin,
+        &format!("ca = \"{}\"", ca.display()),
+        "grace_period = \"1s\"",
+        OUTER,
+    );
+    let mut client = outer.h2().await;
+    let _stream = EventStream::open(&mut client, "/events/news", None).await;
+    outer
+        .wait_for_stats("the inner tier's certificate refused", |s| {
+            s["topics"][0]["upstream_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("TLSHandshakeFailure"))
+        })
+        .await;
+    // Nothing reached the inner tier past the handshake.
+    assert_eq!(inner.stats().await["totals"]["subscribers"], 0);
 }

@@ -129,6 +129,7 @@ pub struct App {
     pub upstream: Spanned<String>,
     pub connect_timeout: Option<Spanned<DurationValue>>,
     pub tls_verify: Option<bool>,
+    pub ca: Option<Spanned<String>>,
 }
 
 /// `[sse]`: the defaults of every topic, as written (becomes the

@@ -758,6 +758,7 @@ mod tests {
             connect: crate::upstream_addr::ConnectSettings {
                 connect_timeout: Duration::from_secs(1),
                 tls_verify: true,
+                ca: None,
             },
             connector: Arc::new(pingora::connectors::http::Connector::new(None)),
         })
