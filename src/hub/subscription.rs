@@ -126,11 +126,18 @@ impl Subscription {
         &self.topic
     }
 
-    /// Moves the opening frames (`retry:`, priming id, comments) into `out`.
+    /// Moves the opening (`retry:`, priming id, comments) into `out`, as
+    /// one frame: one write, so one DATA frame or chunk for all of it (a
+    /// few dozen bytes copied once per subscription, not per event).
     pub fn take_opening(&mut self, out: &mut Vec<Bytes>) {
-        // `take`, not `append`: the emptied vector's buffer is freed, not
-        // kept for the subscription's whole life.
-        out.extend(std::mem::take(&mut self.opening));
+        // `take`: the emptied vector's buffer is freed, not kept for the
+        // subscription's whole life.
+        let opening = std::mem::take(&mut self.opening);
+        match opening.as_slice() {
+            [] => {}
+            [one] => out.push(one.clone()),
+            several => out.push(Bytes::from(several.concat())),
+        }
     }
 
     /// Why the stream must end now, if it must: at once when the topic
