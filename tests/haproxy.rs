@@ -34,8 +34,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use common::sse_app::SseApp;
+use common::sse_client::Resuming;
 use common::{free_port, Proxy, PATIENCE};
-use sse_fanout::sse::{Item, Parser, ParserLimits};
 
 const TOPIC: &str = "/events/news";
 const UPSTREAM: &str = "/stream/news";
@@ -416,12 +416,9 @@ async fn open(
 /// one), fire each message, and after a clean end or a dropped connection
 /// wait `retry` (the server's latest) and go again.
 async fn browse(front: SocketAddr, h2: bool, seen: Arc<Mutex<Seen>>) {
-    // One parser across reconnections: its last event id persists, as a
-    // browser's does.
-    let mut parser = Parser::new(ParserLimits::default());
-    let mut retry = Duration::from_secs(3);
+    let mut browser = Resuming::new();
     loop {
-        let last_event_id = Some(parser.last_event_id().to_string()).filter(|id| !id.is_empty());
+        let last_event_id = browser.last_event_id();
         if let Ok(mut body) = open(front, h2, last_event_id.as_deref()).await {
             seen.lock()
                 .unwrap()
@@ -431,27 +428,16 @@ async fn browse(front: SocketAddr, h2: bool, seen: Arc<Mutex<Seen>>) {
                 let Ok(data) = frame.into_data() else {
                     continue;
                 };
-                let mut items = Vec::new();
-                parser.feed(&data, &mut items);
-                for item in items {
-                    if let Item::Event(event) = item {
-                        if let Some(ms) = event.retry() {
-                            retry = Duration::from_millis(ms);
-                        }
-                        if event.data().is_some() {
-                            let mut seen = seen.lock().unwrap();
-                            seen.ids.push(event.id().unwrap_or("").to_string());
-                            if seen.ids.len() as u64 >= TOTAL {
-                                return;
-                            }
-                        }
-                    }
+                let fired = browser.feed(&data);
+                let mut seen = seen.lock().unwrap();
+                seen.ids.extend(fired);
+                if seen.ids.len() as u64 >= TOTAL {
+                    return;
                 }
             }
-            // A cut mid-block loses that block (and its id), as in a browser.
-            parser.finish();
+            browser.connection_ended();
         }
-        tokio::time::sleep(retry).await;
+        tokio::time::sleep(browser.retry.unwrap_or(Duration::from_secs(3))).await;
     }
 }
 

@@ -13,10 +13,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::client::Client;
 use common::sse_app::SseApp;
-use common::sse_client::EventStream;
+use common::sse_client::{EventStream, Resuming};
 use common::{Proxy, PATIENCE};
 use http_body_util::{BodyExt, Full};
-use sse_fanout::sse::{Item, Parser, ParserLimits};
+use sse_fanout::sse::Item;
 
 const INNER: &str = r#"
 [[topic]]
@@ -88,15 +88,14 @@ async fn browser(
     ids: Arc<Mutex<Vec<String>>>,
     until: &'static str,
 ) {
-    let mut parser = Parser::new(ParserLimits::default());
+    let mut browser = Resuming::new();
     loop {
         // (Refused while the proxy restarts: the harness's client would
         // panic on it, so the address is tried first.)
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             let mut client = Client::h1(addr).await;
             let mut request = client.request("GET", path);
-            let last = parser.last_event_id().to_string();
-            if !last.is_empty() {
+            if let Some(last) = browser.last_event_id() {
                 request = request.header("last-event-id", last);
             }
             let request = request.body(Full::<Bytes>::default()).unwrap();
@@ -106,24 +105,19 @@ async fn browser(
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
-                    let mut items = Vec::new();
-                    parser.feed(&data, &mut items);
-                    for item in items {
-                        if let Item::Event(event) = item {
-                            if event.data().is_some() {
-                                let id = event.id().unwrap_or("").to_string();
-                                let done = id == until;
-                                ids.lock().unwrap().push(id);
-                                if done {
-                                    return;
-                                }
-                            }
+                    for id in browser.feed(&data) {
+                        let done = id == until;
+                        ids.lock().unwrap().push(id);
+                        if done {
+                            return;
                         }
                     }
                 }
             }
+            browser.connection_ended();
         }
-        // The stream ended or broke (a restart): a browser waits its retry.
+        // The stream ended or broke (a restart): a browser waits its retry
+        // (shortened here: the tiers' own is seconds).
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -213,22 +207,29 @@ async fn restarting_the_inner_tier_or_an_outer_one_loses_and_doubles_nothing() {
     drop(outers);
 }
 
+/// An outer tier that reaches `inner` over TLS and verifies its certificate
+/// against `ca_pem` (`[app] ca`), with the folder holding that file (kept
+/// while the tier runs).
+fn outer_tier_over_tls(inner: &Proxy, ca_pem: &str) -> (Proxy, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let outer = Proxy::start_with_app(
+        &format!("https://127.0.0.1:{}", inner.tls_addr.port()),
+        &format!("ca = \"{}\"", ca.display()),
+        "grace_period = \"1s\"",
+        OUTER,
+    );
+    (outer, dir)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_tier_passes_events_through_unchanged_and_resumes_after_the_inner_restarts() {
     let app = SseApp::start().await;
     let mut inner = Proxy::start(app.addr, INNER);
     // The outer tier reaches the inner one over TLS and verifies its
     // certificate against the inner's CA (`[app] ca`), not the system's.
-    let inner_origin = format!("https://127.0.0.1:{}", inner.tls_addr.port());
-    let ca_dir = tempfile::tempdir().unwrap();
-    let ca = ca_dir.path().join("inner-ca.pem");
-    std::fs::write(&ca, &inner.certs.ca_pem).unwrap();
-    let outer = Proxy::start_with_app(
-        &inner_origin,
-        &format!("ca = \"{}\"", ca.display()),
-        "grace_period = \"1s\"",
-        OUTER,
-    );
+    let (outer, _ca) = outer_tier_over_tls(&inner, &inner.certs.ca_pem);
     let mut client = outer.h2().await;
     let mut stream = EventStream::open(&mut client, "/events/news", None).await;
     outer.wait_for_subscribers("/events/news", 1).await;
@@ -253,7 +254,7 @@ async fn a_tls_tier_passes_events_through_unchanged_and_resumes_after_the_inner_
     assert_eq!(stream.message_ids(2).await, ["2", "3"]);
     assert_eq!(
         outer.stats().await["topics"][0]["upstream"],
-        format!("{inner_origin}/events/news")
+        format!("https://127.0.0.1:{}/events/news", inner.tls_addr.port())
     );
 }
 
@@ -261,18 +262,9 @@ async fn a_tls_tier_passes_events_through_unchanged_and_resumes_after_the_inner_
 async fn an_outer_tier_that_does_not_trust_the_inner_tiers_ca_does_not_connect() {
     let app = SseApp::start().await;
     let inner = Proxy::start(app.addr, INNER);
-    let inner_origin = format!("https://127.0.0.1:{}", inner.tls_addr.port());
     // A CA that did not sign the inner tier's certificate.
     let other = common::TestCerts::generate();
-    let ca_dir = tempfile::tempdir().unwrap();
-    let ca = ca_dir.path().join("other-ca.pem");
-    std::fs::write(&ca, &other.ca_pem).unwrap();
-    let outer = Proxy::start_with_app(
-        &inner_origin,
-        &format!("ca = \"{}\"", ca.display()),
-        "grace_period = \"1s\"",
-        OUTER,
-    );
+    let (outer, _ca) = outer_tier_over_tls(&inner, &other.ca_pem);
     let mut client = outer.h2().await;
     let _stream = EventStream::open(&mut client, "/events/news", None).await;
     outer

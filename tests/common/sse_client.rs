@@ -1,6 +1,7 @@
 //! Reads a subscription's event stream the way a browser would.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use http::Response;
 use http_body_util::BodyExt;
@@ -146,5 +147,52 @@ impl EventStream {
             .filter_map(|line| line.strip_prefix("retry:"))
             .filter_map(|value| value.trim_start().parse().ok())
             .collect()
+    }
+}
+
+/// What a browser's `EventSource` keeps across reconnections: one parser
+/// (so its last event id carries over) and the server's latest `retry:`.
+pub struct Resuming {
+    parser: Parser,
+    /// The reconnection delay the server last asked for, if it did.
+    pub retry: Option<Duration>,
+}
+
+impl Resuming {
+    pub fn new() -> Resuming {
+        Resuming {
+            parser: Parser::new(ParserLimits::default()),
+            retry: None,
+        }
+    }
+
+    /// The `Last-Event-ID` to reconnect with, once there is one.
+    pub fn last_event_id(&self) -> Option<String> {
+        Some(self.parser.last_event_id().to_string()).filter(|id| !id.is_empty())
+    }
+
+    /// Feeds received bytes; returns the ids of the messages they fired
+    /// (blocks with data), in order.
+    pub fn feed(&mut self, data: &[u8]) -> Vec<String> {
+        let mut items = Vec::new();
+        self.parser.feed(data, &mut items);
+        let mut fired = Vec::new();
+        for item in items {
+            if let Item::Event(event) = item {
+                if let Some(ms) = event.retry() {
+                    self.retry = Some(Duration::from_millis(ms));
+                }
+                if event.data().is_some() {
+                    fired.push(event.id().unwrap_or("").to_string());
+                }
+            }
+        }
+        fired
+    }
+
+    /// The connection ended: a block cut in the middle is lost (with its
+    /// id), as in a browser.
+    pub fn connection_ended(&mut self) {
+        self.parser.finish();
     }
 }
