@@ -31,6 +31,13 @@ async fn readyz(proxy: &Proxy) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// Whether the listener has not closed `socket` (a refused connection reads
+/// as ended or reset at once).
+fn still_open(socket: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(socket.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_connections_are_capped_and_silent_ones_closed_after_a_deadline() {
     let app = SseApp::start().await;
@@ -40,7 +47,9 @@ async fn admin_connections_are_capped_and_silent_ones_closed_after_a_deadline() 
         silent.push(TcpStream::connect(proxy.admin_addr).await.unwrap());
     }
     // Once the silent ones hold every slot, a new connection is closed
-    // unanswered (until then it may still find a free one).
+    // unanswered. Until then it may still find a free one; and a probe that
+    // took a slot while silent ones waited to be accepted got one of them
+    // refused, so those are replaced until the listener is full.
     let deadline = Instant::now() + PATIENCE;
     loop {
         let answer = readyz(&proxy).await;
@@ -52,6 +61,10 @@ async fn admin_connections_are_capped_and_silent_ones_closed_after_a_deadline() 
             Instant::now() < deadline,
             "{MAX_CONNECTIONS} silent connections never filled the admin listener"
         );
+        silent.retain(still_open);
+        while silent.len() < MAX_CONNECTIONS {
+            silent.push(TcpStream::connect(proxy.admin_addr).await.unwrap());
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The silent ones are closed once their deadline passes.
