@@ -250,6 +250,10 @@ impl FrontDoor {
                         None
                     }
                     listeners::Handshake::Gone => None,
+                    listeners::Handshake::AcmeValidation => {
+                        log::debug!("answered an ACME tls-alpn-01 validation");
+                        None
+                    }
                 }
             }
             None => {
@@ -333,6 +337,11 @@ impl FrontDoor {
                 Head::Gone => return None,
             };
             let request_head = head.get(..head_len).unwrap_or_default();
+            if let Some(answer) = self.listeners.http01_answer(request_head) {
+                log::debug!("answered an ACME http-01 validation");
+                refuse_and_close(&mut stream, &answer, limits.max_header_bytes).await;
+                return None;
+            }
             if let Some((method, route)) = topic_request(&self.sorter.topics.hub, request_head) {
                 // A subscription (or a preflight) is the connection's last
                 // request: it is not reused after it.

@@ -6,6 +6,7 @@
 //! [`server::build`], which wires Pingora's listeners to the [`proxy`].
 
 pub mod access_log;
+pub mod acme;
 pub mod admin;
 pub mod admission;
 pub mod auth;

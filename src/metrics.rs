@@ -14,6 +14,7 @@
 //! | `sse_fanout_reloads_total{result}`, `sse_fanout_config_last_reload_success_timestamp_seconds` | [`reloaded`] (the reload calls it) | at scrape |
 //! | `sse_fanout_proxied_requests_total{code}`, `sse_fanout_proxied_request_duration_seconds` | [`proxied`], from the proxy's `logging` hook | counted per request |
 //! | `sse_fanout_draining`, `sse_fanout_build_info{version}` | [`Hub::accepting`], the build | at scrape |
+//! | `sse_fanout_acme_orders_total{certificate,result}`, `_acme_certificate_expiry_timestamp_seconds`, `_acme_next_order_timestamp_seconds` | [`acme::statuses`], one per ACME listener | at scrape |
 //! | `process_*` | the `prometheus` crate's process collector (`/proc`, Linux; CPU in whole seconds) | at scrape |
 //!
 //! **Read at scrape, not counted twice.** Every figure the proxy already
@@ -48,6 +49,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 
+use crate::acme;
 use crate::admission;
 use crate::auth;
 use crate::front_door::{ConnectionCounts, Connections};
@@ -492,8 +494,27 @@ const BUILD_INFO: Spec = Spec {
     labels: &["version"],
 };
 
+const ACME_ORDERS: Spec = Spec {
+    name: "sse_fanout_acme_orders_total",
+    help: "ACME certificate orders, per certificate (its first name) and result; a failed one is retried with backoff.",
+    kind: Kind::Counter,
+    labels: &["certificate", "result"],
+};
+const ACME_EXPIRY: Spec = Spec {
+    name: "sse_fanout_acme_certificate_expiry_timestamp_seconds",
+    help: "When the certificate an ACME listener serves expires, in seconds since the epoch (0: none yet).",
+    kind: Kind::Gauge,
+    labels: &["certificate"],
+};
+const ACME_NEXT_ORDER: Spec = Spec {
+    name: "sse_fanout_acme_next_order_timestamp_seconds",
+    help: "When the next ACME order for the certificate is due (its renewal, or the retry after a failure), in seconds since the epoch.",
+    kind: Kind::Gauge,
+    labels: &["certificate"],
+};
+
 /// Every family [`Sources`] exports.
-const READ_AT_SCRAPE: [&Spec; 21] = [
+const READ_AT_SCRAPE: [&Spec; 24] = [
     &SUBSCRIBERS,
     &SUBSCRIPTIONS,
     &EVENTS,
@@ -515,6 +536,9 @@ const READ_AT_SCRAPE: [&Spec; 21] = [
     &LAST_RELOAD,
     &DRAINING,
     &BUILD_INFO,
+    &ACME_ORDERS,
+    &ACME_EXPIRY,
+    &ACME_NEXT_ORDER,
 ];
 
 /// The figures the proxy keeps anyway, read at each scrape.
@@ -562,8 +586,32 @@ impl Collector for Sources {
         families.extend(reload_families(&RELOADS));
         families.push(DRAINING.value(if self.hub.accepting() { 0.0 } else { 1.0 }));
         families.push(BUILD_INFO.family([([env!("CARGO_PKG_VERSION")], 1.0)]));
+        families.extend(acme_families(&acme::statuses()));
         families
     }
+}
+
+/// Per ACME certificate: orders by result, expiry, the next order.
+fn acme_families(certificates: &[(String, acme::StatusFigures)]) -> Vec<MetricFamily> {
+    let orders = certificates.iter().flat_map(|(name, figures)| {
+        [
+            ([name.as_str(), "ok"], number(figures.orders_ok)),
+            ([name.as_str(), "failed"], number(figures.orders_failed)),
+        ]
+    });
+    vec![
+        ACME_ORDERS.family(orders),
+        ACME_EXPIRY.family(
+            certificates
+                .iter()
+                .map(|(name, figures)| ([name.as_str()], number(figures.expires))),
+        ),
+        ACME_NEXT_ORDER.family(
+            certificates
+                .iter()
+                .map(|(name, figures)| ([name.as_str()], number(figures.next_order))),
+        ),
+    ]
 }
 
 /// The families of every configured topic, one series each (a template
@@ -688,7 +736,13 @@ upstream = "/stream/jobs/{id}"
         let config = config();
         let metrics = Metrics::new(Hub::new(&config), Connections::new(&config.connections));
         let text = String::from_utf8(metrics.encode().expect("encodes")).expect("UTF-8");
-        let mut names: Vec<&str> = READ_AT_SCRAPE.iter().map(|spec| spec.name).collect();
+        // ACME families have a series per ACME listener, and this config
+        // has none (`acme_certificates_are_one_series_each` has them).
+        let mut names: Vec<&str> = READ_AT_SCRAPE
+            .iter()
+            .map(|spec| spec.name)
+            .filter(|name| !name.starts_with("sse_fanout_acme_"))
+            .collect();
         names.extend([
             "sse_fanout_proxied_requests_total",
             "sse_fanout_proxied_request_duration_seconds",
@@ -723,6 +777,10 @@ upstream = "/stream/jobs/{id}"
         families.extend(admission_families());
         families.extend(connection_families(&ConnectionCounts::default()));
         families.extend(reload_families(&RELOADS));
+        families.extend(acme_families(&[(
+            "events.example.com".into(),
+            acme::StatusFigures::default(),
+        )]));
         let mut collected: Vec<&str> = families.iter().map(|f| f.name()).collect();
         // Read in `collect` itself, from the hub and the build.
         collected.extend([
@@ -736,6 +794,25 @@ upstream = "/stream/jobs/{id}"
         let mut described: Vec<&str> = READ_AT_SCRAPE.iter().map(|spec| spec.name).collect();
         described.sort_unstable();
         assert_eq!(collected, described);
+    }
+
+    #[test]
+    fn acme_certificates_are_one_series_each() {
+        let figures = acme::StatusFigures {
+            expires: 1_900_000_000,
+            next_order: 1_890_000_000,
+            orders_ok: 2,
+            orders_failed: 1,
+        };
+        let text = text(&acme_families(&[("events.example.com".into(), figures)]));
+        for line in [
+            "sse_fanout_acme_orders_total{certificate=\"events.example.com\",result=\"ok\"} 2\n",
+            "sse_fanout_acme_orders_total{certificate=\"events.example.com\",result=\"failed\"} 1\n",
+            "sse_fanout_acme_certificate_expiry_timestamp_seconds{certificate=\"events.example.com\"} 1900000000\n",
+            "sse_fanout_acme_next_order_timestamp_seconds{certificate=\"events.example.com\"} 1890000000\n",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
     }
 
     #[test]

@@ -41,7 +41,7 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::{Mutex, Notify};
 
 use crate::auth::Authorizer;
-use crate::config::{Config, Listener, ServerSettings};
+use crate::config::{Config, Listener, ListenerTls, ServerSettings};
 use crate::front_door::{Connections, DoorPolicy};
 use crate::hub::{Hub, TopicChanges};
 use crate::limits::Limits;
@@ -157,7 +157,7 @@ impl Reloader {
         pieces.connections.set_limits(&next.connections);
         let mut certificates = 0;
         for listener in &next.listeners {
-            let Some(certificate) = &listener.tls else {
+            let Some(ListenerTls::Files(certificate)) = &listener.tls else {
                 continue;
             };
             let slot = pieces
@@ -184,13 +184,16 @@ fn needs_restart(current: &Config, next: &Config) -> Vec<String> {
         (
             listener.addr,
             listener.tls.is_some(),
+            listener.tls.as_ref().and_then(ListenerTls::acme).cloned(),
             listener.proxy_protocol,
         )
     };
     let before: Vec<_> = current.listeners.iter().map(shape).collect();
     let after: Vec<_> = next.listeners.iter().map(shape).collect();
     if before != after {
-        found.push("[[listen]] (addresses, tls on or off, proxy_protocol)".to_string());
+        found.push(
+            "[[listen]] (addresses, tls on or off, acme settings, proxy_protocol)".to_string(),
+        );
     }
     let server = |settings: &ServerSettings| ServerSettings {
         trusted_proxies: Vec::new(),

@@ -24,7 +24,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pingora::apps::HttpServerOptions;
-use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora::protocols::TcpKeepalive;
 use pingora::server::configuration::{Opt, ServerConf};
@@ -41,16 +40,19 @@ use pingora::connectors::http::Connector;
 
 use arc_swap::ArcSwap;
 
+use crate::acme::{ChallengeKind, Challenges, Keeper, Keepers};
 use crate::admin;
 use crate::admission::Admission;
 use crate::auth::Authorizer;
-use crate::config::{Config, Listener, ServerSettings};
+use crate::config::{Config, Listener, ListenerTls, ServerSettings};
 use crate::front_door::{Connections, DoorPolicy, FrontDoor, Listeners, Transport};
 use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::pid_file::PidFile;
 use crate::proxy::{Proxy, ProxyPolicy};
 use crate::reload::{ReloadRequests, Reloadable, Reloader};
+use crate::tls::{self, CertificateSlot};
+use pingora::{ErrorType, OrErr};
 
 /// The name Pingora logs for the proxy service.
 const SERVICE_NAME: &str = "sse-fanout";
@@ -124,10 +126,10 @@ fn socket_options(settings: &ServerSettings) -> TcpSocketOptions {
 
 /// What a listener speaks, for the start-up log.
 fn protocols(listener: &Listener) -> &'static str {
-    if listener.tls.is_some() {
-        "TLS 1.2/1.3, ALPN h2 + http/1.1"
-    } else {
-        "plaintext HTTP/1.1 + h2c"
+    match &listener.tls {
+        Some(ListenerTls::Files(_)) => "TLS 1.2/1.3, ALPN h2 + http/1.1",
+        Some(ListenerTls::Acme(_)) => "TLS 1.2/1.3, ALPN h2 + http/1.1, certificate by ACME",
+        None => "plaintext HTTP/1.1 + h2c",
     }
 }
 
@@ -176,22 +178,43 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<Built> {
     };
     let mut transports = Vec::with_capacity(config.listeners.len());
     let mut certificates = Vec::new();
+    let challenges = Arc::new(Challenges::default());
+    let mut keepers = Vec::new();
     for listener in &config.listeners {
-        let transport = match &listener.tls {
-            Some(certificate) => {
-                let mut tls = TlsSettings::intermediate(
-                    &certificate.cert_path.to_string_lossy(),
-                    &certificate.key_path.to_string_lossy(),
-                )?;
-                let slot = certificate.slot();
-                tls.set_cert_resolver(slot.clone());
-                certificates.push((listener.addr, slot));
-                tls.enable_h2();
-                Transport::Tls(Arc::new(tls.build()))
+        let slot = match &listener.tls {
+            None => {
+                transports.push((listener.addr, Transport::Plain));
+                continue;
             }
-            None => Transport::Plain,
+            Some(ListenerTls::Files(certificate)) => {
+                let slot = certificate.slot();
+                certificates.push((listener.addr, slot.clone()));
+                slot
+            }
+            Some(ListenerTls::Acme(settings)) => {
+                let slot = CertificateSlot::acme(challenges.clone());
+                keepers.push(Keeper::new(
+                    settings.clone(),
+                    slot.clone(),
+                    challenges.clone(),
+                ));
+                slot
+            }
         };
-        transports.push((listener.addr, transport));
+        let acceptor = tls::acceptor(slot).or_err_with(ErrorType::InternalError, || {
+            format!("TLS settings of {}", listener.addr)
+        })?;
+        transports.push((listener.addr, Transport::Tls(Arc::new(acceptor))));
+    }
+    let mut listeners = Listeners::new(transports);
+    let http01 = config.listeners.iter().any(|l| {
+        l.tls
+            .as_ref()
+            .and_then(ListenerTls::acme)
+            .is_some_and(|acme| acme.challenge == ChallengeKind::Http01)
+    });
+    if http01 {
+        listeners = listeners.with_http01(challenges.clone());
     }
     let connections = Connections::new(&config.connections);
     let door_policy = Arc::new(ArcSwap::from_pointee(DoorPolicy::new(config)));
@@ -201,7 +224,7 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<Built> {
             proxy,
             hub.clone(),
             admission,
-            Listeners::new(transports),
+            listeners,
             connections.clone(),
             door_policy.clone(),
             config,
@@ -252,6 +275,9 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<Built> {
             drain: config.server.drain,
         },
     ));
+    if !keepers.is_empty() {
+        server.add_service(background_service("acme", Keepers::new(keepers)));
+    }
     // Freed memory goes back to the system as load leaves (see memory.rs).
     server.add_service(crate::memory::trimmer());
     let reloads = ReloadRequests::default();

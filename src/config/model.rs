@@ -8,8 +8,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::acme::AcmeSettings;
 use crate::route::{PathTemplate, UpstreamTemplate};
 use crate::tls::Certificate;
 use crate::upstream_addr::{ConnectSettings, UpstreamAddr};
@@ -195,7 +197,7 @@ pub struct Listener {
     /// Address and port to bind.
     pub addr: SocketAddr,
     /// With TLS: ALPN `h2` and `http/1.1`. Without: HTTP/1.1 and h2c.
-    pub tls: Option<Certificate>,
+    pub tls: Option<ListenerTls>,
     /// Every connection starts with a PROXY protocol header (v1 or v2) whose
     /// source address is the client's: for listeners only a TCP balancer
     /// that writes one can reach.
@@ -203,6 +205,26 @@ pub struct Listener {
     /// The `Strict-Transport-Security` value every answer on this listener
     /// carries (TLS listeners only), already checked.
     pub hsts: Option<String>,
+}
+
+/// Where a TLS listener's certificate comes from.
+#[derive(Debug, Clone)]
+pub enum ListenerTls {
+    /// Files the operator brings (`tls = { cert, key }`), loaded and
+    /// checked; a reload loads them again.
+    Files(Certificate),
+    /// Obtained and renewed by the proxy (`tls = { acme = [...] }`).
+    Acme(Arc<AcmeSettings>),
+}
+
+impl ListenerTls {
+    /// The ACME settings, for an ACME listener.
+    pub fn acme(&self) -> Option<&AcmeSettings> {
+        match self {
+            ListenerTls::Acme(settings) => Some(settings),
+            ListenerTls::Files(_) => None,
+        }
+    }
 }
 
 /// The `[app]` table: the upstream that gets every non-topic request.

@@ -114,12 +114,19 @@ pub struct Listen {
     pub hsts: Option<Spanned<String>>,
 }
 
-/// A listener's `tls = { cert, key }`: paths, relative to the config file.
+/// A listener's `tls = { cert, key }` (paths, relative to the config
+/// file) or `tls = { acme = [names], email, directory, cache, challenge, ca }`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
-    pub cert: Spanned<String>,
-    pub key: Spanned<String>,
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    pub acme: Option<Spanned<Vec<Spanned<String>>>>,
+    pub email: Option<Spanned<String>>,
+    pub directory: Option<Spanned<String>>,
+    pub cache: Option<Spanned<String>>,
+    pub challenge: Option<Spanned<String>>,
+    pub ca: Option<Spanned<String>>,
 }
 
 /// `[app]`, as written (becomes [`super::AppSettings`]).

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::l4::stream::Stream as TcpStream;
-use pingora::protocols::{Peek, Stream};
+use pingora::protocols::{Peek, Ssl, Stream, ALPN};
+
+use crate::acme::{Challenges, ACME_TLS_ALPN};
 
 /// How connections on one listener begin.
 pub enum Transport {
@@ -28,6 +30,9 @@ pub enum Transport {
 pub struct Listeners {
     /// Each `[[listen]]` address and how its connections begin.
     entries: Vec<(SocketAddr, Transport)>,
+    /// The ACME `http-01` answers, when a listener's certificate is proved
+    /// that way: given on any HTTP/1.1 connection, before routing.
+    http01: Option<Arc<Challenges>>,
 }
 
 /// How a TLS handshake ended.
@@ -41,11 +46,38 @@ pub(super) enum Handshake {
     /// The client closed before its first byte: a balancer's TCP check,
     /// not a failed handshake.
     Gone,
+    /// An ACME CA's `tls-alpn-01` validation: the handshake (with the
+    /// challenge certificate) was the whole answer; the connection closes.
+    AcmeValidation,
+}
+
+/// Whether the handshake chose ALPN `acme-tls/1`, which only a CA's
+/// validation offers (RFC 8737: nothing is sent after the handshake).
+fn is_acme_validation(tls: &impl Ssl) -> bool {
+    matches!(
+        tls.selected_alpn_proto(),
+        Some(ALPN::Custom(custom)) if custom.protocol() == ACME_TLS_ALPN
+    )
 }
 
 impl Listeners {
     pub fn new(entries: Vec<(SocketAddr, Transport)>) -> Listeners {
-        Listeners { entries }
+        Listeners {
+            entries,
+            http01: None,
+        }
+    }
+
+    /// Answers ACME `http-01` validation requests from `challenges`.
+    pub fn with_http01(mut self, challenges: Arc<Challenges>) -> Listeners {
+        self.http01 = Some(challenges);
+        self
+    }
+
+    /// The answer to an ACME `http-01` validation request, if `head` is one
+    /// an order waits for.
+    pub(super) fn http01_answer(&self, head: &[u8]) -> Option<Vec<u8>> {
+        self.http01.as_ref()?.http01_answer(head)
     }
 
     /// The transport of the listener that accepted a connection on `local`
@@ -95,6 +127,7 @@ pub(super) async fn handshake(
         }
         match acceptor.tls_handshake(*tcp).await {
             Err(e) => Handshake::Failed(e.to_string()),
+            Ok(tls) if is_acme_validation(&tls) => Handshake::AcmeValidation,
             Ok(tls) => Handshake::Done(Box::new(tls)),
         }
     };

@@ -1,0 +1,213 @@
+//! The answers to the CA's challenges while an order is open, where the
+//! listeners find them.
+//!
+//! - `tls-alpn-01`: a TLS handshake offering ALPN `acme-tls/1` for a name
+//!   gets a one-off self-signed certificate for that name carrying the
+//!   key authorization's digest (RFC 8737). The listener's certificate
+//!   resolver ([`crate::tls::CertificateSlot`]) asks [`Challenges::tls_alpn`];
+//!   the front door closes such a connection right after its handshake.
+//! - `http-01`: `GET /.well-known/acme-challenge/<token>` on any HTTP/1.1
+//!   connection gets the key authorization (RFC 8555 §8.3), answered by the
+//!   front door ([`Challenges::http01_answer`]) before routing; other tokens
+//!   go to the app as before.
+//!
+//! An answer lives only while its order is open: publishing one returns a
+//! [`Published`] guard whose drop removes it. So the maps hold at most the
+//! names of the orders in flight (one order per ACME listener at a time).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rcgen::{CertificateParams, CustomExtension, KeyPair};
+use rustls::crypto::ring::default_provider;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// The ALPN protocol of `tls-alpn-01` validation handshakes.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// The path prefix of `http-01` validation requests.
+pub const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// The answers of the orders in flight, shared by every listener.
+#[derive(Default)]
+pub struct Challenges {
+    /// `tls-alpn-01`: lowercase name → its challenge certificate.
+    tls_alpn: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    /// `http-01`: token → key authorization.
+    http01: Mutex<HashMap<String, String>>,
+}
+
+/// One published answer; dropping it withdraws the answer.
+pub struct Published {
+    challenges: Arc<Challenges>,
+    kind: Entry,
+}
+
+/// Which map a [`Published`] answer is in, and its key.
+enum Entry {
+    TlsAlpn(String),
+    Http01(String),
+}
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        match &self.kind {
+            Entry::TlsAlpn(name) => {
+                lock(&self.challenges.tls_alpn).remove(name);
+            }
+            Entry::Http01(token) => {
+                lock(&self.challenges.http01).remove(token);
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Challenges {
+    /// Answers `tls-alpn-01` for `name` until the guard is dropped:
+    /// `digest` is the SHA-256 of the key authorization.
+    pub fn publish_tls_alpn(
+        self: &Arc<Self>,
+        name: &str,
+        digest: &[u8],
+    ) -> Result<Published, String> {
+        let certificate = challenge_certificate(name, digest)?;
+        let name = name.to_ascii_lowercase();
+        lock(&self.tls_alpn).insert(name.clone(), Arc::new(certificate));
+        Ok(Published {
+            challenges: self.clone(),
+            kind: Entry::TlsAlpn(name),
+        })
+    }
+
+    /// Answers `http-01` for `token` with `key_authorization` until the
+    /// guard is dropped.
+    pub fn publish_http01(self: &Arc<Self>, token: &str, key_authorization: &str) -> Published {
+        lock(&self.http01).insert(token.to_string(), key_authorization.to_string());
+        Published {
+            challenges: self.clone(),
+            kind: Entry::Http01(token.to_string()),
+        }
+    }
+
+    /// The `tls-alpn-01` certificate for `name` (the handshake's SNI), if
+    /// an order is waiting for it.
+    pub fn tls_alpn(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        lock(&self.tls_alpn)
+            .get(&name.to_ascii_lowercase())
+            .cloned()
+    }
+
+    /// The whole HTTP/1.1 answer to a request head, if it is `GET` (or
+    /// `HEAD`) of a token an order is waiting for; `None` for anything else.
+    pub fn http01_answer(&self, head: &[u8]) -> Option<Vec<u8>> {
+        let line = head
+            .split(|b| *b == b'\n')
+            .find(|l| !l.is_empty() && *l != b"\r")?;
+        let line = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
+        let mut parts = line.split(' ');
+        let method = parts.next()?;
+        let target = parts.next()?;
+        if method != "GET" && method != "HEAD" {
+            return None;
+        }
+        // An absolute form (`http://host/...`) names the same path.
+        let path = match target.find("://") {
+            Some(at) => {
+                let rest = target.get(at + 3..)?;
+                rest.get(rest.find('/')?..)?
+            }
+            None => target,
+        };
+        let token = path.strip_prefix(HTTP01_PREFIX)?;
+        let key_authorization = lock(&self.http01).get(token).cloned()?;
+        let mut answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+            key_authorization.len()
+        )
+        .into_bytes();
+        if method == "GET" {
+            answer.extend_from_slice(key_authorization.as_bytes());
+        }
+        Some(answer)
+    }
+}
+
+/// The self-signed certificate RFC 8737 asks for: `name` as its only SAN,
+/// the critical `acmeIdentifier` extension holding `digest`.
+fn challenge_certificate(name: &str, digest: &[u8]) -> Result<CertifiedKey, String> {
+    if digest.len() != 32 {
+        return Err(format!(
+            "a key authorization digest is 32 bytes, not {}",
+            digest.len()
+        ));
+    }
+    let mut params = CertificateParams::new(vec![name.to_string()])
+        .map_err(|e| format!("challenge certificate for {name}: {e}"))?;
+    params.custom_extensions = vec![CustomExtension::new_acme_identifier(digest)];
+    let key = KeyPair::generate().map_err(|e| format!("challenge key: {e}"))?;
+    let certificate = params
+        .self_signed(&key)
+        .map_err(|e| format!("challenge certificate for {name}: {e}"))?;
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    // Not `CertifiedKey::from_der`: its check that key and certificate fit
+    // parses the certificate with webpki, which refuses the critical
+    // `acmeIdentifier` extension. Both come from the lines above.
+    let signing_key = default_provider()
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| format!("challenge key: {e}"))?;
+    Ok(CertifiedKey::new(
+        vec![certificate.der().clone()],
+        signing_key,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_http01_answer_is_served_only_while_its_order_is_open() {
+        let challenges = Arc::new(Challenges::default());
+        let head = b"GET /.well-known/acme-challenge/tok-1 HTTP/1.1\r\nHost: a.example\r\n\r\n";
+        assert!(challenges.http01_answer(head).is_none());
+        let published = challenges.publish_http01("tok-1", "tok-1.thumb");
+        let answer = String::from_utf8(challenges.http01_answer(head).unwrap()).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\ntok-1.thumb"), "{answer}");
+        assert!(challenges
+            .http01_answer(b"GET /.well-known/acme-challenge/other HTTP/1.1\r\n\r\n")
+            .is_none());
+        assert!(challenges
+            .http01_answer(b"POST /.well-known/acme-challenge/tok-1 HTTP/1.1\r\n\r\n")
+            .is_none());
+        drop(published);
+        assert!(challenges.http01_answer(head).is_none());
+    }
+
+    #[test]
+    fn a_tls_alpn_certificate_names_the_domain_and_carries_the_digest() {
+        let challenges = Arc::new(Challenges::default());
+        let digest = [7u8; 32];
+        let published = challenges
+            .publish_tls_alpn("Events.Example.com", &digest)
+            .unwrap();
+        let key = challenges.tls_alpn("events.example.com").unwrap();
+        let der = key.cert.first().unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+        let acme = cert
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
+            .unwrap();
+        assert!(acme.critical);
+        assert!(acme.value.ends_with(&digest));
+        drop(published);
+        assert!(challenges.tls_alpn("events.example.com").is_none());
+    }
+}
