@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod client;
+pub mod pebble;
 pub mod sse_app;
 pub mod sse_client;
 
@@ -169,6 +170,29 @@ pub fn run_cli(args: &[&str]) -> std::process::Output {
         .expect("sse-fanout runs")
 }
 
+/// 127.0.0.1:`port`.
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// What a proxy's config says, for [`Proxy::launch`].
+struct Setup<'a> {
+    /// The `[app]` table's `upstream`.
+    upstream: &'a str,
+    /// More keys of the `[app]` table.
+    app_keys: &'a str,
+    /// More keys of the `[server]` table.
+    server: &'a str,
+    /// The TLS listener's address.
+    tls_addr: SocketAddr,
+    /// The plaintext listener's address.
+    plain_addr: SocketAddr,
+    /// The TLS listener's `tls` value.
+    tls: &'a str,
+    /// Appended to the config (topics, `[sse]` settings, ...).
+    extra: &'a str,
+}
+
 /// A running `sse-fanout` process with a TLS listener and a plaintext one.
 pub struct Proxy {
     child: Child,
@@ -202,13 +226,59 @@ impl Proxy {
     /// by `upstream` (`host:port`, `http://…` or `https://…`) and `app_keys`
     /// added to the `[app]` table.
     pub fn start_with_app(upstream: &str, app_keys: &str, server: &str, extra: &str) -> Proxy {
+        Proxy::launch(Setup {
+            upstream,
+            app_keys,
+            server,
+            tls_addr: loopback(free_port()),
+            plain_addr: loopback(free_port()),
+            tls: r#"{ cert = "chain.pem", key = "key.pem" }"#,
+            extra,
+        })
+    }
+
+    /// [`start`](Self::start), with the listeners on `tls_addr` and
+    /// `plain_addr` (chosen before the proxy starts, for whoever must know
+    /// them first: an ACME server validates on them) and the TLS listener's
+    /// `tls` value given as `tls`, an inline table (`{ acme = [...], ... }`;
+    /// relative paths in it are relative to [`dir`](Self::dir)). `certs`
+    /// then holds certificates the proxy does not serve.
+    pub fn start_with_tls(
+        app: SocketAddr,
+        tls_addr: SocketAddr,
+        plain_addr: SocketAddr,
+        tls: &str,
+        extra: &str,
+    ) -> Proxy {
+        Proxy::launch(Setup {
+            upstream: &app.to_string(),
+            app_keys: "",
+            server: "grace_period = \"1s\"",
+            tls_addr,
+            plain_addr,
+            tls,
+            extra,
+        })
+    }
+
+    /// Writes the config `setup` describes (with a fresh `localhost`
+    /// certificate as `chain.pem` and `key.pem`) to a new folder, starts the
+    /// proxy on it and waits until every listener accepts connections.
+    fn launch(setup: Setup) -> Proxy {
+        let Setup {
+            upstream,
+            app_keys,
+            server,
+            tls_addr,
+            plain_addr,
+            tls,
+            extra,
+        } = setup;
         let dir = tempfile::tempdir().unwrap();
         let certs = TestCerts::generate();
         std::fs::write(dir.path().join("chain.pem"), &certs.chain_pem).unwrap();
         std::fs::write(dir.path().join("key.pem"), &certs.key_pem).unwrap();
-        let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let plain_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin_addr = loopback(free_port());
         let config = format!(
             r#"
 [server]
@@ -220,7 +290,7 @@ upgrade_sock = "{dir}/upgrade.sock"
 
 [[listen]]
 addr = "{tls_addr}"
-tls = {{ cert = "chain.pem", key = "key.pem" }}
+tls = {tls}
 
 [[listen]]
 addr = "{plain_addr}"
