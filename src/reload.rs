@@ -289,4 +289,21 @@ mod tests {
         let admin = config(&format!("{BASE}[admin]\naddr = \"127.0.0.1:9999\"\n"));
         assert_eq!(needs_restart(&before, &admin), ["[admin] addr"]);
     }
+
+    #[test]
+    fn changed_acme_settings_need_a_restart() {
+        let cache = std::env::temp_dir().display().to_string();
+        let acme = |names: &str| {
+            config(&BASE.replace(
+                "8080\"\n",
+                &format!("8080\"\ntls = {{ acme = [{names}], cache = \"{cache}\" }}\n"),
+            ))
+        };
+        let before = acme("\"a.example.com\"");
+        assert!(needs_restart(&before, &acme("\"a.example.com\"")).is_empty());
+        assert_eq!(
+            needs_restart(&before, &acme("\"a.example.com\", \"b.example.com\"")).len(),
+            1
+        );
+    }
 }

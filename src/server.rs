@@ -40,7 +40,7 @@ use pingora::connectors::http::Connector;
 
 use arc_swap::ArcSwap;
 
-use crate::acme::{ChallengeKind, Challenges, Keeper, Keepers};
+use crate::acme::{self, AcmeSettings, ChallengeKind, Challenges, Keeper, Keepers};
 use crate::admin;
 use crate::admission::Admission;
 use crate::auth::Authorizer;
@@ -178,8 +178,9 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<Built> {
     };
     let mut transports = Vec::with_capacity(config.listeners.len());
     let mut certificates = Vec::new();
-    let challenges = Arc::new(Challenges::default());
+    let challenges = Arc::new(Challenges::new(acme::shared_http01_dirs(config)));
     let mut keepers = Vec::new();
+    let mut acme_slots: Vec<(Arc<AcmeSettings>, Arc<CertificateSlot>)> = Vec::new();
     for listener in &config.listeners {
         let slot = match &listener.tls {
             None => {
@@ -192,13 +193,22 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<Built> {
                 slot
             }
             Some(ListenerTls::Acme(settings)) => {
-                let slot = CertificateSlot::acme(challenges.clone());
-                keepers.push(Keeper::new(
-                    settings.clone(),
-                    slot.clone(),
-                    challenges.clone(),
-                ));
-                slot
+                // Listeners with the same ACME settings (`0.0.0.0:443` and
+                // `[::]:443`) share one certificate and one keeper.
+                let shared = acme_slots.iter().find(|(other, _)| **other == **settings);
+                match shared {
+                    Some((_, slot)) => slot.clone(),
+                    None => {
+                        let slot = CertificateSlot::acme(challenges.clone());
+                        keepers.push(Keeper::new(
+                            settings.clone(),
+                            slot.clone(),
+                            challenges.clone(),
+                        ));
+                        acme_slots.push((settings.clone(), slot.clone()));
+                        slot
+                    }
+                }
             }
         };
         let acceptor = tls::acceptor(slot).or_err_with(ErrorType::InternalError, || {

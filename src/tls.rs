@@ -11,6 +11,12 @@
 //! files again, checks them the same way, and stores the new pair in the
 //! slot. Every handshake from then on gets the new pair; connections already
 //! open keep the one they were given.
+//!
+//! A listener with `tls = { acme = [...] }` has no files: its slot starts
+//! empty (handshakes fail until a certificate comes), [`crate::acme`] fills
+//! it from its cache or the CA and again at each renewal, and the slot
+//! answers the CA's `tls-alpn-01` validation handshakes (ALPN `acme-tls/1`)
+//! with the challenge certificate of the name asked.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

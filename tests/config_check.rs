@@ -137,6 +137,111 @@ fn app_ca_that_holds_no_certificate_is_refused_and_a_good_one_passes() {
     assert_refused(check(&missing), "app.ca", "cannot read");
 }
 
+/// `VALID` with its TLS listener obtaining its certificate by ACME:
+/// `tls` is the listener's table, `more` what follows the listener.
+fn acme(tls: &str, more: &str) -> String {
+    VALID.replace(
+        "tls = { cert = \"chain.pem\", key = \"key.pem\" }",
+        &format!("tls = {{ {tls} }}\n{more}"),
+    )
+}
+
+#[test]
+fn an_acme_listener_passes_check_without_contacting_the_ca() {
+    let config = acme(
+        "acme = [\"Events.Example.com\", \"www.example.com\"], email = \"ops@example.com\", directory = \"https://acme.invalid/directory\", cache = \"acme-cache\"",
+        "",
+    );
+    let output = check(&config);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn acme_settings_that_cannot_work_are_refused_naming_the_key() {
+    let cache = "cache = \"acme-cache\"";
+    for (tls, more, key, words) in [
+        (
+            format!("acme = [\"*.example.com\"], {cache}"),
+            "",
+            "listen[0].tls.acme",
+            "wildcard",
+        ),
+        (
+            format!("acme = [], {cache}"),
+            "",
+            "listen[0].tls.acme",
+            "at least one name",
+        ),
+        (
+            format!("acme = [\"a.example.com\"], email = \"ops\", {cache}"),
+            "",
+            "listen[0].tls.email",
+            "not an email address",
+        ),
+        (
+            format!("acme = [\"a.example.com\"], directory = \"http://acme.example/dir\", {cache}"),
+            "",
+            "listen[0].tls.directory",
+            "https://",
+        ),
+        (
+            format!("acme = [\"a.example.com\"], challenge = \"dns-01\", {cache}"),
+            "",
+            "listen[0].tls.challenge",
+            "not a challenge",
+        ),
+        (
+            format!("acme = [\"a.example.com\"], challenge = \"http-01\", {cache}"),
+            "",
+            "listen[0].tls.challenge",
+            "plaintext listener",
+        ),
+        (
+            format!("acme = [\"a.example.com\"], cert = \"chain.pem\", {cache}"),
+            "",
+            "listen[0].tls",
+            "not both",
+        ),
+        (
+            "acme = [\"a.example.com\"], cache = \"chain.pem\"".to_string(),
+            "",
+            "listen[0].tls.cache",
+            "not a directory",
+        ),
+        (
+            format!("acme = [\"a.example.com\"], ca = \"missing.pem\", {cache}"),
+            "",
+            "listen[0].tls.ca",
+            "missing.pem",
+        ),
+        (
+            "cert = \"chain.pem\", key = \"key.pem\", email = \"ops@example.com\"".to_string(),
+            "",
+            "listen[0].tls.email",
+            "ACME setting",
+        ),
+    ] {
+        assert_refused(check(&acme(&tls, more)), key, words);
+    }
+    // http-01 with a plaintext listener to answer on passes.
+    let config = acme(
+        &format!("acme = [\"a.example.com\"], challenge = \"http-01\", {cache}"),
+        "\n[[listen]]\naddr = \"127.0.0.1:8080\"\n",
+    );
+    let output = check(&config);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[test]
 fn duplicate_topic_path_is_refused() {
     let config = format!("{VALID}\n[[topic]]\npath = \"/events/news\"\nupstream = \"/other\"\n");

@@ -14,8 +14,20 @@
 //! An answer lives only while its order is open: publishing one returns a
 //! [`Published`] guard whose drop removes it. So the maps hold at most the
 //! names of the orders in flight (one order per ACME listener at a time).
+//!
+//! **Instances sharing a cache.** Behind a balancer, the CA's validation
+//! request may reach another instance than the one that ordered. An
+//! `http-01` answer is therefore also written to the cache directory
+//! (`<cache>/http-01/<token>`, removed with the guard), and an instance
+//! that does not know a token looks there: every instance sharing the cache
+//! answers. (A `tls-alpn-01` answer is a handshake, found while the TLS
+//! library waits; it is not looked up on disk, so that challenge must reach
+//! the instance that ordered.)
 
 use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rcgen::{CertificateParams, CustomExtension, KeyPair};
@@ -29,6 +41,10 @@ pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 /// The path prefix of `http-01` validation requests.
 pub const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
 
+/// The longest key authorization read back from a shared cache: a token
+/// (43 characters at Let's Encrypt), a dot, a thumbprint (43).
+const MAX_KEY_AUTHORIZATION: u64 = 512;
+
 /// The answers of the orders in flight, shared by every listener.
 #[derive(Default)]
 pub struct Challenges {
@@ -36,6 +52,9 @@ pub struct Challenges {
     tls_alpn: Mutex<HashMap<String, Arc<CertifiedKey>>>,
     /// `http-01`: token → key authorization.
     http01: Mutex<HashMap<String, String>>,
+    /// The `http-01` folders of the caches of this process's `http-01`
+    /// listeners, where instances sharing a cache leave their answers.
+    shared: Vec<PathBuf>,
 }
 
 /// One published answer; dropping it withdraws the answer.
@@ -46,21 +65,48 @@ pub struct Published {
 
 /// Which map a [`Published`] answer is in, and its key.
 enum Entry {
-    TlsAlpn(String),
-    Http01(String),
+    /// The name, and the certificate published (another order for the
+    /// same name may have replaced it since: that one stays).
+    TlsAlpn(String, Arc<CertifiedKey>),
+    /// The token, and its file in the shared cache if it was written.
+    Http01(String, Option<PathBuf>),
 }
 
 impl Drop for Published {
     fn drop(&mut self) {
         match &self.kind {
-            Entry::TlsAlpn(name) => {
-                lock(&self.challenges.tls_alpn).remove(name);
+            Entry::TlsAlpn(name, published) => {
+                let mut answers = lock(&self.challenges.tls_alpn);
+                if answers
+                    .get(name)
+                    .is_some_and(|current| Arc::ptr_eq(current, published))
+                {
+                    answers.remove(name);
+                }
             }
-            Entry::Http01(token) => {
+            Entry::Http01(token, file) => {
                 lock(&self.challenges.http01).remove(token);
+                if let Some(file) = file {
+                    let _ = std::fs::remove_file(file);
+                }
             }
         }
     }
+}
+
+/// The `http-01` folder of a cache directory.
+pub fn http01_dir(cache: &Path) -> PathBuf {
+    cache.join("http-01")
+}
+
+/// Whether `token` may name a file: RFC 8555 tokens are base64url, and
+/// nothing else (no `/`, no `..`) is looked up on disk.
+fn is_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= 128
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -68,6 +114,15 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Challenges {
+    /// The answers of this process, looking for `http-01` answers other
+    /// instances left in `shared` (the `http-01` folders of shared caches).
+    pub fn new(shared: Vec<PathBuf>) -> Challenges {
+        Challenges {
+            shared,
+            ..Challenges::default()
+        }
+    }
+
     /// Answers `tls-alpn-01` for `name` until the guard is dropped:
     /// `digest` is the SHA-256 of the key authorization.
     pub fn publish_tls_alpn(
@@ -75,23 +130,67 @@ impl Challenges {
         name: &str,
         digest: &[u8],
     ) -> Result<Published, String> {
-        let certificate = challenge_certificate(name, digest)?;
+        let certificate = Arc::new(challenge_certificate(name, digest)?);
         let name = name.to_ascii_lowercase();
-        lock(&self.tls_alpn).insert(name.clone(), Arc::new(certificate));
+        lock(&self.tls_alpn).insert(name.clone(), certificate.clone());
         Ok(Published {
             challenges: self.clone(),
-            kind: Entry::TlsAlpn(name),
+            kind: Entry::TlsAlpn(name, certificate),
         })
     }
 
     /// Answers `http-01` for `token` with `key_authorization` until the
-    /// guard is dropped.
-    pub fn publish_http01(self: &Arc<Self>, token: &str, key_authorization: &str) -> Published {
+    /// guard is dropped, here and, written to `shared` (this order's cache's
+    /// `http-01` folder), in every instance sharing that cache.
+    pub fn publish_http01(
+        self: &Arc<Self>,
+        token: &str,
+        key_authorization: &str,
+        shared: &Path,
+    ) -> Published {
         lock(&self.http01).insert(token.to_string(), key_authorization.to_string());
+        let file = is_token(token).then(|| shared.join(token));
+        let written = file.as_ref().map(|file| {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(shared)
+                .and_then(|()| std::fs::write(file, key_authorization))
+        });
+        if let Some(Err(e)) = &written {
+            log::warn!(
+                "acme: cannot leave the http-01 answer in {} ({e}); only this instance answers it",
+                shared.display()
+            );
+        }
         Published {
             challenges: self.clone(),
-            kind: Entry::Http01(token.to_string()),
+            kind: Entry::Http01(
+                token.to_string(),
+                file.filter(|_| matches!(written, Some(Ok(())))),
+            ),
         }
+    }
+
+    /// The key authorization for `token`: this process's, or one another
+    /// instance left in a shared cache.
+    fn key_authorization(&self, token: &str) -> Option<String> {
+        if let Some(known) = lock(&self.http01).get(token) {
+            return Some(known.clone());
+        }
+        if !is_token(token) {
+            return None;
+        }
+        self.shared.iter().find_map(|dir| {
+            let mut text = String::new();
+            std::fs::File::open(dir.join(token))
+                .ok()?
+                .take(MAX_KEY_AUTHORIZATION)
+                .read_to_string(&mut text)
+                .ok()?;
+            let text = text.trim();
+            (!text.is_empty()).then(|| text.to_string())
+        })
     }
 
     /// The `tls-alpn-01` certificate for `name` (the handshake's SNI), if
@@ -124,7 +223,7 @@ impl Challenges {
             None => target,
         };
         let token = path.strip_prefix(HTTP01_PREFIX)?;
-        let key_authorization = lock(&self.http01).get(token).cloned()?;
+        let key_authorization = self.key_authorization(token)?;
         let mut answer = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
             key_authorization.len()
@@ -176,7 +275,8 @@ mod tests {
         let challenges = Arc::new(Challenges::default());
         let head = b"GET /.well-known/acme-challenge/tok-1 HTTP/1.1\r\nHost: a.example\r\n\r\n";
         assert!(challenges.http01_answer(head).is_none());
-        let published = challenges.publish_http01("tok-1", "tok-1.thumb");
+        let shared = scratch("own");
+        let published = challenges.publish_http01("tok-1", "tok-1.thumb", &shared);
         let answer = String::from_utf8(challenges.http01_answer(head).unwrap()).unwrap();
         assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
         assert!(answer.ends_with("\r\n\r\ntok-1.thumb"), "{answer}");
@@ -188,6 +288,37 @@ mod tests {
             .is_none());
         drop(published);
         assert!(challenges.http01_answer(head).is_none());
+        assert!(!shared.join("tok-1").exists());
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "sse-fanout-challenges-{}-{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn an_instance_sharing_the_cache_answers_another_ones_http01_challenge() {
+        let cache = scratch("shared");
+        let shared = http01_dir(&cache);
+        let ordering = Arc::new(Challenges::new(vec![shared.clone()]));
+        let other = Challenges::new(vec![shared.clone()]);
+        let head = b"GET /.well-known/acme-challenge/tok-2 HTTP/1.1\r\n\r\n";
+        assert!(other.http01_answer(head).is_none());
+        let published = ordering.publish_http01("tok-2", "tok-2.thumb", &shared);
+        let answer = String::from_utf8(other.http01_answer(head).unwrap()).unwrap();
+        assert!(answer.ends_with("\r\n\r\ntok-2.thumb"), "{answer}");
+        // A token that is not base64url is never looked up on disk.
+        std::fs::write(cache.join("secret"), "x").unwrap();
+        assert!(other
+            .http01_answer(b"GET /.well-known/acme-challenge/../secret HTTP/1.1\r\n\r\n")
+            .is_none());
+        drop(published);
+        assert!(other.http01_answer(head).is_none());
+        std::fs::remove_dir_all(&cache).unwrap();
     }
 
     #[test]
@@ -209,5 +340,16 @@ mod tests {
         assert!(acme.value.ends_with(&digest));
         drop(published);
         assert!(challenges.tls_alpn("events.example.com").is_none());
+    }
+
+    #[test]
+    fn a_withdrawn_tls_alpn_answer_leaves_a_newer_one_for_the_same_name() {
+        let challenges = Arc::new(Challenges::default());
+        let older = challenges.publish_tls_alpn("a.example", &[1; 32]).unwrap();
+        let newer = challenges.publish_tls_alpn("a.example", &[2; 32]).unwrap();
+        drop(older);
+        assert!(challenges.tls_alpn("a.example").is_some());
+        drop(newer);
+        assert!(challenges.tls_alpn("a.example").is_none());
     }
 }

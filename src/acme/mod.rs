@@ -47,9 +47,24 @@ pub use settings::{
     ChallengeKind, DEFAULT_CACHE, LETS_ENCRYPT, LETS_ENCRYPT_STAGING,
 };
 
+use crate::config::{Config, ListenerTls};
 use crate::tls::CertificateSlot;
 use cache::Cache;
 use schedule::{renew_at, Backoff};
+
+/// Where the `http-01` listeners of `config` leave their answers for
+/// instances sharing their cache, and look for theirs.
+pub fn shared_http01_dirs(config: &Config) -> Vec<std::path::PathBuf> {
+    let mut dirs: Vec<_> = config
+        .listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref().and_then(ListenerTls::acme))
+        .filter(|acme| acme.challenge == ChallengeKind::Http01)
+        .map(|acme| challenges::http01_dir(&acme.cache))
+        .collect();
+    dirs.dedup();
+    dirs
+}
 
 /// The longest a keeper sleeps before looking at its certificate again,
 /// whatever its due time: a clock that jumped, or a certificate another
@@ -232,8 +247,7 @@ impl BackgroundService for Keepers {
 pub struct CertificateStatus {
     /// The certificate's first name, the `name` label.
     pub name: String,
-    /// Seconds since the epoch: the served certificate's expiry, the next
-    /// renewal (or retry), orders that succeeded, orders that failed.
+    /// Its expiry, next order and order counts, updated by its keeper.
     figures: Mutex<StatusFigures>,
 }
 

@@ -14,7 +14,7 @@ use instant_acme::{
 };
 
 use super::cache::{self, Cache, Issued};
-use super::challenges::{Challenges, Published};
+use super::challenges::{self, Challenges, Published};
 use super::client::AcmeHttp;
 use super::settings::{AcmeSettings, ChallengeKind};
 
@@ -119,9 +119,11 @@ async fn order(
                     .publish_tls_alpn(&name, key_authorization.digest().as_ref())
                     .map_err(OrderError)?
             }
-            ChallengeKind::Http01 => {
-                challenges.publish_http01(&challenge.token, key_authorization.as_str())
-            }
+            ChallengeKind::Http01 => challenges.publish_http01(
+                &challenge.token,
+                key_authorization.as_str(),
+                &challenges::http01_dir(&settings.cache),
+            ),
         };
         answers.push(answer);
         challenge
