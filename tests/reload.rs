@@ -397,7 +397,7 @@ async fn a_changed_listener_is_reported_as_needing_a_restart_and_the_rest_applie
     let log = proxy.log();
     assert!(
         log.contains(
-            "[[listen]] (addresses, tls on or off, proxy_protocol) changed, which takes a restart"
+            "[[listen]] (addresses, tls on or off, acme settings, proxy_protocol) changed, which takes a restart"
         ),
         "{log}"
     );
