@@ -77,11 +77,22 @@ impl Site {
     /// by the ACME challenge `challenge`, Pebble issuing certificates valid
     /// for `validity` seconds (years if `None`).
     async fn start(challenge: &str, validity: Option<u64>) -> Site {
+        Site::start_with_pebble(challenge, validity, true).await
+    }
+
+    /// [`start`](Self::start), with Pebble stopped before the proxy starts
+    /// when `pebble_up` is false (no roots to trust until it is restarted).
+    async fn start_with_pebble(challenge: &str, validity: Option<u64>, pebble_up: bool) -> Site {
         let app = SseApp::start().await;
         let tls_addr = loopback(free_port());
         let plain_addr = loopback(free_port());
-        let pebble = Pebble::start(plain_addr.port(), tls_addr.port(), validity);
-        let roots = pebble.root_store().await;
+        let mut pebble = Pebble::start(plain_addr.port(), tls_addr.port(), validity);
+        let roots = if pebble_up {
+            pebble.root_store().await
+        } else {
+            pebble.stop();
+            Arc::new(rustls::RootCertStore::empty())
+        };
         let tls = format!(
             r#"{{ acme = ["{NAME}"], email = "ops@example.com", directory = "{directory}", ca = "{ca}", cache = "acme-cache", challenge = "{challenge}" }}"#,
             directory = pebble.directory_url(),
@@ -282,6 +293,54 @@ async fn a_restarted_proxy_serves_the_cached_certificate_with_pebble_stopped() {
     site.proxy.restart_hard();
     let (_, cached) = site.first_certificate(PATIENCE).await;
     assert_eq!(cached, issued);
+}
+
+#[tokio::test]
+async fn a_failed_order_is_logged_counted_and_retried_until_the_ca_answers() {
+    let mut site = Site::start_with_pebble("tls-alpn-01", None, false).await;
+    let failed = "sse_fanout_acme_orders_total{certificate=\"events.test\",result=\"failed\"}";
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let text = admin_get(&site.proxy, "/metrics").await;
+        let count = text
+            .lines()
+            .find_map(|line| line.strip_prefix(failed)?.trim().parse::<f64>().ok());
+        if count.is_some_and(|n| n >= 1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failed order counted with the CA down:\n{text}"
+        );
+        tokio::time::sleep(HANDSHAKE_INTERVAL).await;
+    }
+    assert!(
+        site.proxy
+            .log()
+            .contains("acme: ordering a certificate for events.test failed"),
+        "{}",
+        site.proxy.log()
+    );
+    // The CA comes back: a retry (after 5 s, then 10 s, ...) gets the
+    // certificate, with no restart.
+    site.pebble.restart();
+    site.roots = site.pebble.root_store().await;
+    let (_, leaf) = site.first_certificate(ISSUANCE).await;
+    assert_eq!(leaf.names, [NAME]);
+    let text = admin_get(&site.proxy, "/metrics").await;
+    assert!(
+        text.contains(
+            "sse_fanout_acme_orders_total{certificate=\"events.test\",result=\"ok\"} 1\n"
+        ),
+        "{text}"
+    );
+}
+
+/// `GET path` on the proxy's admin listener: the body.
+async fn admin_get(proxy: &Proxy, path: &str) -> String {
+    let mut client = common::client::Client::h1(proxy.admin_addr).await;
+    let body = common::client::body_bytes(client.get(path).await).await;
+    String::from_utf8(body.to_vec()).unwrap()
 }
 
 #[tokio::test]

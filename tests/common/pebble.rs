@@ -55,6 +55,10 @@ pub struct Pebble {
     management_addr: SocketAddr,
     /// The CA of the HTTPS certificate of both.
     https_certs: TestCerts,
+    /// Where the DNS server answers, and its management interface.
+    dns_addrs: (SocketAddr, SocketAddr),
+    /// Pebble's config file.
+    config_path: PathBuf,
 }
 
 impl Pebble {
@@ -91,7 +95,31 @@ impl Pebble {
         let config_path = dir.path().join("pebble.json");
         std::fs::write(&config_path, config.to_string()).unwrap();
 
-        let dns = spawn(
+        let mut pebble = Pebble {
+            pebble: None,
+            dns: None,
+            dir,
+            directory_addr,
+            management_addr,
+            https_certs,
+            dns_addrs: (dns_addr, dns_management_addr),
+            config_path,
+        };
+        pebble.launch();
+        pebble
+    }
+
+    /// Starts both programs (again, after [`stop`](Self::stop)) on the
+    /// same ports and config, and returns once both accept connections.
+    /// Pebble makes itself a new root at each start.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    fn launch(&mut self) {
+        let (dns_addr, dns_management_addr) = self.dns_addrs;
+        self.dns = Some(spawn(
             Command::new("pebble-challtestsrv")
                 .args(["-dns01", &dns_addr.to_string()])
                 .args(["-management", &dns_management_addr.to_string()])
@@ -99,22 +127,14 @@ impl Pebble {
                 // interfaces on fixed ports.
                 .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
                 .args(["-defaultIPv6", ""]),
-            &dir.path().join("challtestsrv.log"),
-        );
-        let mut pebble = Pebble {
-            pebble: None,
-            dns: Some(dns),
-            dir,
-            directory_addr,
-            management_addr,
-            https_certs,
-        };
-        pebble.wait_for_listener(dns_addr, "pebble-challtestsrv's DNS");
-        pebble.wait_for_listener(dns_management_addr, "pebble-challtestsrv's management");
-        pebble.pebble = Some(spawn(
+            &self.dir.path().join("challtestsrv.log"),
+        ));
+        self.wait_for_listener(dns_addr, "pebble-challtestsrv's DNS");
+        self.wait_for_listener(dns_management_addr, "pebble-challtestsrv's management");
+        self.pebble = Some(spawn(
             Command::new("pebble")
                 .arg("-config")
-                .arg(&config_path)
+                .arg(&self.config_path)
                 .args(["-dnsserver", &dns_addr.to_string()])
                 .arg("-strict=false")
                 // Validate at once (by default each validation first waits
@@ -123,11 +143,10 @@ impl Pebble {
                 .env("PEBBLE_VA_NOSLEEP", "1")
                 .env("PEBBLE_WFE_NONCEREJECT", "0")
                 .env("PEBBLE_AUTHZREUSE", "0"),
-            &pebble.dir.path().join("pebble.log"),
+            &self.dir.path().join("pebble.log"),
         ));
-        pebble.wait_for_listener(management_addr, "pebble's management interface");
-        pebble.wait_for_listener(directory_addr, "pebble's ACME directory");
-        pebble
+        self.wait_for_listener(self.management_addr, "pebble's management interface");
+        self.wait_for_listener(self.directory_addr, "pebble's ACME directory");
     }
 
     /// The ACME directory's URL, for the proxy's `directory` key.
@@ -237,7 +256,12 @@ impl Drop for Pebble {
 /// Starts `command` with its output going to `log`; a missing program
 /// fails the test with how to install it.
 fn spawn(command: &mut Command, log: &Path) -> Child {
-    let log = std::fs::File::create(log).unwrap();
+    // Appended to: a restarted Pebble's log follows its first life's.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
     command
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
