@@ -48,6 +48,7 @@
 //! a CORS preflight) is `topic_request.rs`'s business.
 
 mod connections;
+mod forward;
 mod greeting;
 mod h2_connection;
 mod h2_watch;
@@ -80,8 +81,10 @@ use crate::proxy::Proxy;
 use crate::topic_request::{TopicMethod, TopicRequests};
 
 pub use connections::{ConnectionCounts, Connections, EarlyClose};
+pub use forward::Forwarder;
 pub use listeners::{listener_at, Listeners, Transport};
 
+use forward::Held;
 use greeting::{Expect, Greeting};
 use h2_connection::H2Settings;
 use h2_watch::WatchedH2;
@@ -102,6 +105,9 @@ const HEADER_TOO_LARGE: &[u8] =
 pub struct RequestSorter {
     /// The reverse proxy for ordinary requests.
     proxy: Arc<HttpProxy<Proxy>>,
+    /// The lean path for ordinary HTTP/1.1 requests that need none of the
+    /// proxy's phases.
+    forwarder: Forwarder,
     /// The flow of requests on topic paths.
     topics: TopicRequests,
 }
@@ -148,7 +154,7 @@ impl DoorPolicy {
 
 impl FrontDoor {
     pub fn new(
-        proxy: HttpProxy<Proxy>,
+        (proxy, forwarder): (HttpProxy<Proxy>, Forwarder),
         hub: Hub,
         admission: Admission,
         listeners: Listeners,
@@ -159,6 +165,7 @@ impl FrontDoor {
         FrontDoor {
             sorter: Arc::new(RequestSorter {
                 proxy: Arc::new(proxy),
+                forwarder,
                 topics: TopicRequests {
                     hub,
                     admission,
@@ -315,6 +322,8 @@ impl FrontDoor {
     ) -> Option<Stream> {
         let limits = self.sorter.topics.admission.limits.settings();
         let mut settings: Option<HttpPersistentSettings> = None;
+        // The app connection the lean path keeps while requests keep coming.
+        let mut held: Option<Box<Held>> = None;
         loop {
             // A request whose first bytes came is read and answered even if
             // a stop began meanwhile: its client is sending it, and after a
@@ -354,7 +363,12 @@ impl FrontDoor {
                 return None;
             }
             // Pingora gets this request alone (see `pipelining`).
-            let extent = pipelining::extent_of(head.get(..head_len).unwrap_or_default()).await;
+            let policy = self.sorter.forwarder.policy();
+            let (extent, lean) =
+                pipelining::extent_of(head.get(..head_len).unwrap_or_default(), |request| {
+                    forward::eligible(request, &policy)
+                })
+                .await;
             let (first, one_request) =
                 OneRequest::split(stream, head, head_len, extent, limits.max_header_bytes);
             let mut session = self.http1_session(Box::new(one_request), settings.take(), shutdown);
@@ -362,11 +376,17 @@ impl FrontDoor {
                 session.set_keepalive_reuses_remaining(Some(0));
             }
             session.set_pipelined_prefix(first);
-            let reused = self
-                .sorter
-                .proxy
-                .process_new_http(session, shutdown)
-                .await?;
+            let reused = if lean {
+                self.sorter.forwarder.forward(session, &mut held).await
+            } else {
+                self.sorter.proxy.process_new_http(session, shutdown).await
+            };
+            let Some(reused) = reused else {
+                if let Some(held) = held.take() {
+                    self.sorter.forwarder.release(*held).await;
+                }
+                return None;
+            };
             let (connection, next_settings) = reused.consume();
             // Pingora hands back the stream it was given.
             let one_request = connection.into_any().downcast::<OneRequest>().ok()?;
@@ -376,14 +396,30 @@ impl FrontDoor {
             read = next;
             if read.is_empty() {
                 // Idle between requests: the next one's first byte may take
-                // the idle timeout to come.
+                // the idle timeout to come. A held app connection goes back
+                // to the pool if it does not come within `HOLD`.
                 let idle_timeout = self.policy.load().limits.idle_timeout;
-                let came = !closed
-                    && tokio::select! {
-                        came = greeting::first_bytes(&mut stream, &mut read, idle_timeout) => came,
-                        _ = wait_for_shutdown(shutdown.clone()) => false,
-                    };
+                let came = !closed && {
+                    let first = greeting::first_bytes(&mut stream, &mut read, idle_timeout);
+                    tokio::pin!(first);
+                    let hold = tokio::time::sleep(forward::HOLD);
+                    tokio::pin!(hold);
+                    loop {
+                        tokio::select! {
+                            came = &mut first => break came,
+                            _ = &mut hold, if held.is_some() => {
+                                if let Some(held) = held.take() {
+                                    self.sorter.forwarder.release(*held).await;
+                                }
+                            }
+                            _ = wait_for_shutdown(shutdown.clone()) => break false,
+                        }
+                    }
+                };
                 if !came {
+                    if let Some(held) = held.take() {
+                        self.sorter.forwarder.release(*held).await;
+                    }
                     return None;
                 }
             }

@@ -131,10 +131,116 @@ impl ProxyPolicy {
         }
     }
 
+    /// Where ordinary requests go.
+    pub fn app(&self) -> &AppSettings {
+        &self.app
+    }
+
+    /// Whether a request target is one the app must not be asked for by
+    /// clients (answered by the proxy pipeline, never forwarded as is).
+    pub fn is_closed(&self, target: &str) -> bool {
+        self.closed.check(target).is_some()
+    }
+
+    /// The client of `session`, as the trusted proxies say.
+    pub fn client(&self, session: &ServerSession) -> Client {
+        Client::of(session, &self.trusted)
+    }
+
+    /// The request the app gets for `session`'s: without the headers only
+    /// the proxy may set, with `X-Forwarded-For`, `-Proto` and `-Host`, and
+    /// a `Host` (HTTP/2 clients send `:authority` instead).
+    pub fn upstream_request(
+        &self,
+        session: &ServerSession,
+        upstream_request: &mut RequestHeader,
+    ) -> Result<()> {
+        for name in &self.private_headers {
+            upstream_request.remove_header(name);
+        }
+        for name in CLAIMED_IDENTITY {
+            upstream_request.remove_header(name);
+        }
+        if let Some(forwarded_for) = Client::of(session, &self.trusted).forwarded_for {
+            upstream_request.insert_header(X_FORWARDED_FOR, forwarded_for)?;
+        }
+        let proto = if is_tls(session) { "https" } else { "http" };
+        upstream_request.insert_header(X_FORWARDED_PROTO, proto)?;
+        if let Some(host) = requested_host(session.req_header()) {
+            upstream_request.insert_header(X_FORWARDED_HOST, &host)?;
+            // HTTP/2 clients send `:authority` instead of `Host`; the app
+            // still sees the host the browser asked for.
+            if upstream_request.headers.get(header::HOST).is_none() {
+                upstream_request.insert_header(header::HOST, host)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The app's response as the client gets it: this proxy's HTTP version,
+    /// the listener's HSTS (unless the app sent its own), no hop-by-hop
+    /// headers (but on an HTTP/1.1 `101`, whose upgrade needs them).
+    pub fn response(
+        &self,
+        session: &ServerSession,
+        upstream_response: &mut ResponseHeader,
+    ) -> Result<()> {
+        // A proxy speaks its own HTTP version (RFC 9110 §6.2), whatever the
+        // app answered with; Pingora sets HTTP/2 itself on HTTP/2 sessions.
+        if !session.is_http2() {
+            upstream_response.set_version(http::Version::HTTP_11);
+        }
+        // The listener's HSTS, unless the app sent its own (which it keeps).
+        if upstream_response
+            .headers
+            .get(header::STRICT_TRANSPORT_SECURITY)
+            .is_none()
+        {
+            self.add_hsts(session, upstream_response)?;
+        }
+        // A 101 on HTTP/1.1 is a WebSocket (or other) upgrade: its
+        // `Connection: upgrade` and `Upgrade` must reach the client.
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS && !session.is_http2()
+        {
+            return Ok(());
+        }
+        // Headers the app nominated as hop-by-hop in `Connection` go too.
+        let nominated: Vec<HeaderName> = upstream_response
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in nominated {
+            upstream_response.remove_header(&name);
+        }
+        for name in HOP_BY_HOP {
+            upstream_response.remove_header(name);
+        }
+        Ok(())
+    }
+
+    /// Answers `502` because the app cannot be reached, and logs why.
+    pub async fn bad_gateway(
+        &self,
+        session: &mut ServerSession,
+        why: &(dyn std::fmt::Display + Sync),
+    ) {
+        let request = session.req_header();
+        let what = format!("{} {}", request.method, request.uri.path());
+        log::warn!("app {} unreachable for {what}: {why}", self.app.origin);
+        let hsts = self.hsts.for_session(session).cloned();
+        if let Err(write_error) = send_bad_gateway(session, hsts.as_ref()).await {
+            log::debug!("could not send the 502 for {what}: {write_error}");
+        }
+    }
+
     /// The listener's `Strict-Transport-Security`, on an answer the proxy
     /// writes itself.
-    fn add_hsts(&self, session: &Session, response: &mut ResponseHeader) -> Result<()> {
-        if let Some(hsts) = self.hsts.for_session(session.as_downstream()) {
+    fn add_hsts(&self, session: &ServerSession, response: &mut ResponseHeader) -> Result<()> {
+        if let Some(hsts) = self.hsts.for_session(session) {
             response.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts)?;
         }
         Ok(())
@@ -146,7 +252,7 @@ impl ProxyPolicy {
         if !body.is_empty() {
             response.set_content_length(body.len())?;
         }
-        self.add_hsts(session, &mut response)?;
+        self.add_hsts(session.as_downstream(), &mut response)?;
         session
             .as_downstream_mut()
             .write_error_response(response, body)
@@ -176,7 +282,7 @@ async fn method_not_allowed(session: &mut Session, hsts: Option<&HeaderValue>) -
 }
 
 /// Whether the client reached us over TLS.
-fn is_tls(session: &Session) -> bool {
+fn is_tls(session: &ServerSession) -> bool {
     session
         .digest()
         .is_some_and(|digest| digest.ssl_digest.is_some())
@@ -193,7 +299,7 @@ fn requested_host(request: &RequestHeader) -> Option<String> {
 }
 
 /// Answers `502` with a short plain-text explanation.
-async fn send_bad_gateway(session: &mut Session, hsts: Option<&HeaderValue>) -> Result<()> {
+async fn send_bad_gateway(session: &mut ServerSession, hsts: Option<&HeaderValue>) -> Result<()> {
     let mut response = ResponseHeader::build(502, Some(4))?;
     response.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     response.insert_header(header::CONTENT_LENGTH, BAD_GATEWAY_BODY.len())?;
@@ -202,7 +308,6 @@ async fn send_bad_gateway(session: &mut Session, hsts: Option<&HeaderValue>) -> 
         response.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts)?;
     }
     session
-        .as_downstream_mut()
         .write_error_response(response, Bytes::from_static(BAD_GATEWAY_BODY.as_bytes()))
         .await
 }
@@ -268,26 +373,7 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        for name in &ctx.policy.private_headers {
-            upstream_request.remove_header(name);
-        }
-        for name in CLAIMED_IDENTITY {
-            upstream_request.remove_header(name);
-        }
-        if let Some(forwarded_for) = Client::of(session, &ctx.policy.trusted).forwarded_for {
-            upstream_request.insert_header(X_FORWARDED_FOR, forwarded_for)?;
-        }
-        let proto = if is_tls(session) { "https" } else { "http" };
-        upstream_request.insert_header(X_FORWARDED_PROTO, proto)?;
-        if let Some(host) = requested_host(session.req_header()) {
-            upstream_request.insert_header(X_FORWARDED_HOST, &host)?;
-            // HTTP/2 clients send `:authority` instead of `Host`; the app
-            // still sees the host the browser asked for.
-            if upstream_request.headers.get(header::HOST).is_none() {
-                upstream_request.insert_header(header::HOST, host)?;
-            }
-        }
-        Ok(())
+        ctx.policy.upstream_request(session, upstream_request)
     }
 
     async fn response_filter(
@@ -296,41 +382,7 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // A proxy speaks its own HTTP version (RFC 9110 §6.2), whatever the
-        // app answered with; Pingora sets HTTP/2 itself on HTTP/2 sessions.
-        if !session.is_http2() {
-            upstream_response.set_version(http::Version::HTTP_11);
-        }
-        // The listener's HSTS, unless the app sent its own (which it keeps).
-        if upstream_response
-            .headers
-            .get(header::STRICT_TRANSPORT_SECURITY)
-            .is_none()
-        {
-            ctx.policy.add_hsts(session, upstream_response)?;
-        }
-        // A 101 on HTTP/1.1 is a WebSocket (or other) upgrade: its
-        // `Connection: upgrade` and `Upgrade` must reach the client.
-        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS && !session.is_http2()
-        {
-            return Ok(());
-        }
-        // Headers the app nominated as hop-by-hop in `Connection` go too.
-        let nominated: Vec<HeaderName> = upstream_response
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in nominated {
-            upstream_response.remove_header(&name);
-        }
-        for name in HOP_BY_HOP {
-            upstream_response.remove_header(name);
-        }
-        Ok(())
+        ctx.policy.response(session, upstream_response)
     }
 
     async fn fail_to_proxy(
@@ -360,11 +412,7 @@ impl ProxyHttp for Proxy {
                 policy.app.origin
             );
         } else if code == 502 {
-            log::warn!("app {} unreachable for {what}: {e}", policy.app.origin);
-            let hsts = policy.hsts.for_session(session.as_downstream()).cloned();
-            if let Err(write_error) = send_bad_gateway(session, hsts.as_ref()).await {
-                log::debug!("could not send the 502 for {what}: {write_error}");
-            }
+            policy.bad_gateway(session.as_downstream_mut(), e).await;
         } else if code > 0 {
             if let Err(write_error) = policy.respond_error(session, code, Bytes::new()).await {
                 log::debug!("could not send the {code} for {what}: {write_error}");

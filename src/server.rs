@@ -45,7 +45,7 @@ use crate::admin;
 use crate::admission::Admission;
 use crate::auth::Authorizer;
 use crate::config::{Config, Listener, ListenerTls, ServerSettings};
-use crate::front_door::{Connections, DoorPolicy, FrontDoor, Listeners, Transport};
+use crate::front_door::{Connections, DoorPolicy, Forwarder, FrontDoor, Listeners, Transport};
 use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::pid_file::PidFile;
@@ -231,7 +231,7 @@ pub fn build(config: &Config, start: StartOptions) -> pingora::Result<Built> {
     let mut service = pingora::services::listening::Service::new(
         SERVICE_NAME.into(),
         FrontDoor::new(
-            proxy,
+            (proxy, Forwarder::new(proxy_policy.clone())),
             hub.clone(),
             admission,
             listeners,

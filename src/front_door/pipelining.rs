@@ -52,13 +52,20 @@ pub(super) enum Extent {
     Chunked,
 }
 
-/// Where the request whose head is `head` ends, parsed as Pingora parses it.
-pub(super) async fn extent_of(head: &[u8]) -> Extent {
+/// Where the request whose head is `head` ends, parsed as Pingora parses
+/// it, and what `judge` says of it (`false` for a head Pingora refuses).
+pub(super) async fn extent_of(
+    head: &[u8],
+    judge: impl FnOnce(&RequestHeader) -> bool,
+) -> (Extent, bool) {
     let mut session = ServerSession::new_http1(Box::new(std::io::Cursor::new(head.to_vec())));
     match session.read_request().await {
-        Ok(true) => extent_of_header(session.req_header()),
+        Ok(true) => (
+            extent_of_header(session.req_header()),
+            judge(session.req_header()),
+        ),
         // Pingora refuses it on the real connection too (and closes it).
-        _ => Extent::Open,
+        _ => (Extent::Open, false),
     }
 }
 
@@ -247,7 +254,7 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        runtime.block_on(extent_of(head.as_bytes()))
+        runtime.block_on(extent_of(head.as_bytes(), |_| true)).0
     }
 
     #[test]
