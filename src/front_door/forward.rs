@@ -106,6 +106,20 @@ pub(super) fn eligible(request: &RequestHeader, policy: &ProxyPolicy) -> bool {
         && std::str::from_utf8(target).is_ok_and(|target| !policy.is_closed(target))
 }
 
+/// [`eligible`] for an HTTP/2 stream: `GET` or `HEAD`, its `HEADERS`
+/// ending the stream (no body), not a path the pipeline answers itself.
+/// (HTTP/2 has no upgrade, `Expect` or `Host` ambiguity to rule out; the
+/// app gets the `:authority` as `Host`.)
+pub(super) fn eligible_h2(request: &RequestHeader, body_empty: bool, policy: &ProxyPolicy) -> bool {
+    (request.method == http::Method::GET || request.method == http::Method::HEAD)
+        && body_empty
+        && request.uri.path().starts_with('/')
+        && request
+            .uri
+            .path_and_query()
+            .is_some_and(|target| !policy.is_closed(target.as_str()))
+}
+
 /// Why forwarding a request stopped short.
 enum Failure {
     /// The app could not be reached or broke off before its response head:
@@ -179,6 +193,16 @@ impl Forwarder {
         match session.finish().await {
             Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
             _ => None,
+        }
+    }
+
+    /// Forwards an HTTP/2 stream's request (eligible) to the app, on an
+    /// app connection from the pool that goes back to it after.
+    pub(super) async fn forward_h2(&self, session: ServerSession) {
+        let mut held = None;
+        let _ = self.forward(session, &mut held).await;
+        if let Some(held) = held {
+            self.release(*held).await;
         }
     }
 
@@ -286,6 +310,19 @@ fn upstream_request(
     policy: &ProxyPolicy,
 ) -> pingora::Result<Box<RequestHeader>> {
     let mut request = Box::new(session.req_header().clone());
+    // An HTTP/2 request goes to the app as HTTP/1.1, its target in origin
+    // form (its `:authority` becomes `Host`, below).
+    if request.version != http::Version::HTTP_11 {
+        request.set_version(http::Version::HTTP_11);
+        let target = request
+            .uri
+            .path_and_query()
+            .map_or("/", |target| target.as_str())
+            .to_string();
+        request.set_uri(target.parse().map_err(|e| {
+            pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "target", e)
+        })?);
+    }
     let nominated: Vec<HeaderName> = request
         .headers
         .get_all(header::CONNECTION)

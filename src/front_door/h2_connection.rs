@@ -37,7 +37,7 @@ use pingora::protocols::{Digest, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::sync::Notify;
 
-use super::RequestSorter;
+use super::{forward, RequestSorter};
 use crate::hub::TopicRoute;
 use crate::topic_request::TopicMethod;
 
@@ -140,11 +140,18 @@ pub(super) async fn serve(
                     }
                     None => {
                         let guard = proxied.start();
-                        let proxy = sorter.proxy.clone();
+                        let policy = sorter.forwarder.policy();
+                        let lean = forward::eligible_h2(session.req_header(), session.is_body_empty(), &policy);
+                        let sorter = sorter.clone();
                         let shutdown = shutdown.clone();
                         tokio::spawn(async move {
                             let _guard = guard;
-                            proxy.process_new_http(ServerSession::new_http2(session), &shutdown).await;
+                            let session = ServerSession::new_http2(session);
+                            if lean {
+                                sorter.forwarder.forward_h2(session).await;
+                            } else {
+                                sorter.proxy.process_new_http(session, &shutdown).await;
+                            }
                         });
                     }
                 },

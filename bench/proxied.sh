@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Ordinary proxied requests, side by side: sse-fanout and nginx in front of
+# the same app (`sse-bench app`, GET /hello: 6 bytes), on 127.0.0.1.
+#
+#   bash bench/proxied.sh [ROUNDS] [SSE_FANOUT_BINARY...]
+#
+# Each round runs, for nginx and each sse-fanout binary given (default:
+# target/release/sse-fanout), 10 s of
+#   - HTTP/1.1 keep-alive: wrk -t1 -c32 --latency on the plaintext listener;
+#   - HTTP/2 + TLS:        h2load -c20 -m10 on the TLS listener;
+# after a 3 s warm-up, and prints requests/s, latency and the proxy's CPU
+# (user + system, all its processes) per second and per request. Rounds
+# interleave the contenders so that a noisy neighbour hits them alike.
+# Needs wrk, h2load (nghttp2-client) and nginx; builds nothing: run
+# `cargo build --release -p sse-fanout -p sse-bench` first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+shift || true
+binaries=("$@")
+[ ${#binaries[@]} -gt 0 ] || binaries=(target/release/sse-fanout)
+for tool in wrk h2load nginx; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "bench/proxied.sh needs $tool" >&2; exit 1; }
+done
+repo=$(pwd)
+work=$(mktemp -d)
+trap 'pkill -f "nginx -c $work" 2>/dev/null || true; rm -rf "$work"' EXIT
+app_port=36099 tls_port=36443 plain_port=36080
+target/release/sse-bench app --listen 127.0.0.1:$app_port >"$work/app.log" 2>&1 &
+app=$!
+trap 'kill $app 2>/dev/null; pkill -f "nginx -c $work" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+cat >"$work/sse-fanout.toml" <<EOF
+[server]
+threads = 2
+pid_file = "$work/sse-fanout.pid"
+upgrade_sock = "$work/upgrade.sock"
+[[listen]]
+addr = "127.0.0.1:$tls_port"
+tls = { cert = "$repo/certs/dev/localhost.pem", key = "$repo/certs/dev/localhost-key.pem" }
+[[listen]]
+addr = "127.0.0.1:$plain_port"
+[app]
+upstream = "127.0.0.1:$app_port"
+EOF
+mkdir -p "$work/nginx/tmp"
+cat >"$work/nginx.conf" <<EOF
+worker_processes 2;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+daemon on;
+events { worker_connections 4096; multi_accept on; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path $work/nginx/tmp; proxy_temp_path $work/nginx/tmp; fastcgi_temp_path $work/nginx/tmp;
+    uwsgi_temp_path $work/nginx/tmp; scgi_temp_path $work/nginx/tmp;
+    upstream app { server 127.0.0.1:$app_port; keepalive 64; }
+    server {
+        listen 127.0.0.1:$tls_port ssl http2;
+        listen 127.0.0.1:$plain_port;
+        http2_max_concurrent_streams 128;
+        ssl_certificate $repo/certs/dev/localhost.pem;
+        ssl_certificate_key $repo/certs/dev/localhost-key.pem;
+        location = /hello { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+}
+EOF
+
+# CPU ticks (user + system) of the processes whose ids are given.
+ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo $t; }
+hz=$(getconf CLK_TCK)
+
+wait_up() {
+  for _ in $(seq 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$plain_port/hello" && return 0
+    sleep 0.1
+  done
+  echo "nothing answers on $plain_port" >&2; return 1
+}
+
+# measure NAME PIDS...: both loads against what listens now.
+measure() {
+  local name=$1; shift
+  wrk -t1 -c32 -d3s "http://127.0.0.1:$plain_port/hello" >/dev/null
+  local t0 t1 out rate
+  t0=$(ticks "$@")
+  out=$(wrk -t1 -c32 -d10s --latency "http://127.0.0.1:$plain_port/hello")
+  t1=$(ticks "$@")
+  rate=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  printf '%-28s h1  %9.0f req/s  p50 %8s  p99 %8s  CPU %4d %%  %5.1f us/request\n' "$name" "$rate" \
+    "$(awk '$1=="50%" {print $2}' <<<"$out")" "$(awk '$1=="99%" {print $2}' <<<"$out")" \
+    $(( (t1 - t0) * 100 / hz / 10 )) "$(awk -v t=$((t1 - t0)) -v hz="$hz" -v r="$rate" 'BEGIN {print t / hz / 10 / r * 1e6}')"
+  h2load -c20 -m10 -D 3 "https://127.0.0.1:$tls_port/hello" >/dev/null 2>&1
+  t0=$(ticks "$@")
+  out=$(h2load -c20 -m10 -D 10 "https://127.0.0.1:$tls_port/hello" 2>&1)
+  t1=$(ticks "$@")
+  rate=$(awk '/finished in/ {print $4}' <<<"$out")
+  printf '%-28s h2  %9.0f req/s  mean %7s  max %9s  CPU %4d %%  %5.1f us/request\n' "$name" "$rate" \
+    "$(awk '/^time for request/ {print $6}' <<<"$out")" "$(awk '/^time for request/ {print $5}' <<<"$out")" \
+    $(( (t1 - t0) * 100 / hz / 10 )) "$(awk -v t=$((t1 - t0)) -v hz="$hz" -v r="$rate" 'BEGIN {print t / hz / 10 / r * 1e6}')"
+}
+
+for round in $(seq "$rounds"); do
+  echo "# round $round"
+  for binary in "${binaries[@]}"; do
+    RUST_LOG=warn "$binary" -c "$work/sse-fanout.toml" >"$work/sse-fanout.log" 2>&1 &
+    proxy=$!
+    wait_up
+    measure "sse-fanout ($binary)" $proxy
+    kill $proxy; wait $proxy 2>/dev/null || true
+  done
+  nginx -c "$work/nginx.conf" -p "$work/nginx" 2>/dev/null
+  wait_up
+  measure nginx $(pgrep -f "nginx: worker" | tr '\n' ' ')
+  nginx -c "$work/nginx.conf" -p "$work/nginx" -s stop 2>/dev/null
+  for _ in $(seq 50); do pgrep -f "nginx: master" >/dev/null || break; sleep 0.1; done
+done
