@@ -29,6 +29,14 @@ app_port=36099 tls_port=36443 plain_port=36080
 target/release/sse-bench app --listen 127.0.0.1:$app_port >"$work/app.log" 2>&1 &
 app=$!
 trap 'kill $app 2>/dev/null; pkill -f "nginx -c $work" 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 50); do
+  curl -s -o /dev/null "http://127.0.0.1:$app_port/hello" && break
+  sleep 0.1
+done
+if ! kill -0 $app 2>/dev/null; then
+  echo "the app could not start (is port $app_port taken?): $(cat "$work/app.log")" >&2
+  exit 1
+fi
 
 cat >"$work/sse-fanout.toml" <<EOF
 [server]

@@ -16,10 +16,11 @@
 //!   ├─ first bytes: HTTP/2 or HTTP/1.x               (greeting)
 //!   ├─ HTTP/2 (ALPN h2, or h2c preface) ─▶ frames watched (h2_watch) ─▶ own accept loop (h2_connection)
 //!   │     ├─ topic streams: served in the connection's task ─▶ TopicRequests
-//!   │     └─ other streams: a task each ─▶ HttpProxy
+//!   │     └─ other streams: a task each ─┬─ bodiless GET/HEAD ─▶ forward (lean path)
+//!   │                                     └─ anything else ─▶ HttpProxy
 //!   └─ HTTP/1.1 ─▶ read the request head (head) ─┬─ GET/OPTIONS on a topic ─▶ TopicRequests
-//!                    (kept, and replayed         └─ anything else  ─▶ HttpProxy, one request at a time (pipelining)
-//!                     to the session)
+//!                    (kept, and replayed         ├─ bodiless GET/HEAD ─▶ forward (lean path), app connection held
+//!                     to the session)            └─ anything else  ─▶ HttpProxy, one request at a time (pipelining)
 //! ```
 //!
 //! An HTTP/2 stream arrives with its header read, so the [`RequestSorter`]

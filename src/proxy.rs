@@ -17,6 +17,10 @@
 //! Request and response bodies stream through Pingora untouched and
 //! unbuffered, WebSocket upgrades included.
 //!
+//! Bodiless `GET`s and `HEAD`s mostly never get here either: the front
+//! door forwards them itself (`front_door/forward.rs`), with the same rules,
+//! which live in [`ProxyPolicy`] for both paths.
+//!
 //! It wires things and holds no policy: topics and replay live in the hub,
 //! where the app is and how to reach it in [`AppSettings`].
 
