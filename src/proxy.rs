@@ -209,15 +209,7 @@ impl ProxyPolicy {
             return Ok(());
         }
         // Headers the app nominated as hop-by-hop in `Connection` go too.
-        let nominated: Vec<HeaderName> = upstream_response
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in nominated {
+        for name in connection_nominated(&upstream_response.headers) {
             upstream_response.remove_header(&name);
         }
         for name in HOP_BY_HOP {
@@ -283,6 +275,18 @@ async fn method_not_allowed(session: &mut Session, hsts: Option<&HeaderValue>) -
     session
         .write_response_header(Box::new(response), true)
         .await
+}
+
+/// The headers a message's `Connection` names as hop-by-hop (RFC 9110
+/// §7.6.1): they go with `Connection` itself when it crosses the proxy.
+pub fn connection_nominated(headers: &http::HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect()
 }
 
 /// Whether the client reached us over TLS.

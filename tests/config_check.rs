@@ -50,28 +50,27 @@ fn assert_refused(output: std::process::Output, key: &str, words: &str) {
     );
 }
 
-#[test]
-fn valid_config_passes_check() {
-    let output = check(VALID);
+/// Asserts `--check` accepted the config (exit 0).
+fn assert_passed(output: &std::process::Output) {
     assert_eq!(
         output.status.code(),
         Some(0),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[test]
+fn valid_config_passes_check() {
+    let output = check(VALID);
+    assert_passed(&output);
     assert!(String::from_utf8_lossy(&output.stdout).contains("configuration is valid"));
 }
 
 #[test]
 fn shipped_example_config_passes_check() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/sse-fanout.toml");
-    let output = run_cli(&["-c", example, "--check"]);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_passed(&run_cli(&["-c", example, "--check"]));
 }
 
 #[test]
@@ -152,13 +151,7 @@ fn an_acme_listener_passes_check_without_contacting_the_ca() {
         "acme = [\"Events.Example.com\", \"www.example.com\"], email = \"ops@example.com\", directory = \"https://acme.invalid/directory\", cache = \"acme-cache\"",
         "",
     );
-    let output = check(&config);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_passed(&check(&config));
 }
 
 #[test]
@@ -233,13 +226,7 @@ fn acme_settings_that_cannot_work_are_refused_naming_the_key() {
         &format!("acme = [\"a.example.com\"], challenge = \"http-01\", {cache}"),
         "\n[[listen]]\naddr = \"127.0.0.1:8080\"\n",
     );
-    let output = check(&config);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_passed(&check(&config));
 }
 
 #[test]

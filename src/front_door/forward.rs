@@ -48,7 +48,7 @@ use pingora::upstreams::peer::{HttpPeer, Peer};
 
 use crate::access_log::{self, AccessRecord};
 use crate::metrics;
-use crate::proxy::ProxyPolicy;
+use crate::proxy::{connection_nominated, ProxyPolicy};
 
 /// How long a client connection keeps its app connection while it sends no
 /// next request; then the app connection goes back to the pool.
@@ -323,14 +323,7 @@ fn upstream_request(
             pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "target", e)
         })?);
     }
-    let nominated: Vec<HeaderName> = request
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+    let nominated = connection_nominated(&request.headers);
     for name in nominated.iter().chain(HOP_BY_HOP.iter()) {
         request.remove_header(name);
     }
