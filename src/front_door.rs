@@ -347,7 +347,7 @@ impl FrontDoor {
                 Head::Gone => return None,
             };
             let request_head = head.get(..head_len).unwrap_or_default();
-            if let Some(answer) = self.listeners.http01_answer(request_head) {
+            if let Some(answer) = self.listeners.http01_answer(request_head).await {
                 log::debug!("answered an ACME http-01 validation");
                 refuse_and_close(&mut stream, &answer, limits.max_header_bytes).await;
                 return None;
@@ -501,17 +501,12 @@ async fn wait_for_shutdown(mut shutdown: ShutdownWatch) {
 /// The topic an HTTP/1.1 request head (`GET /events/news?x HTTP/1.1 ...`)
 /// asks for, and how; `None` for anything the proxy handles.
 fn topic_request(hub: &Hub, head: &[u8]) -> Option<(TopicMethod, TopicRoute)> {
-    let line = head
-        .split(|b| *b == b'\n')
-        .find(|l| !l.is_empty() && *l != b"\r")?;
-    let line = std::str::from_utf8(line).ok()?;
-    let mut parts = line.split(' ');
-    let method = match parts.next()? {
+    let (method, target) = head::request_line(head)?;
+    let method = match method {
         "GET" => TopicMethod::Get,
         "OPTIONS" => TopicMethod::Options,
         _ => return None,
     };
-    let target = parts.next()?;
     let path = target.split(['?', '#']).next()?;
     Some((method, hub.find(path)?))
 }

@@ -29,6 +29,7 @@ use std::io::Read;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use rcgen::{CertificateParams, CustomExtension, KeyPair};
 use rustls::crypto::ring::default_provider;
@@ -40,6 +41,10 @@ pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// The path prefix of `http-01` validation requests.
 pub const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// The longest a look for another instance's `http-01` answer in a shared
+/// cache may take.
+const SHARED_READ_DEADLINE: Duration = Duration::from_secs(2);
 
 /// The longest key authorization read back from a shared cache: a token
 /// (43 characters at Let's Encrypt), a dot, a thumbprint (43).
@@ -173,24 +178,33 @@ impl Challenges {
     }
 
     /// The key authorization for `token`: this process's, or one another
-    /// instance left in a shared cache.
-    fn key_authorization(&self, token: &str) -> Option<String> {
+    /// instance left in a shared cache. The disk (perhaps a network file
+    /// system) is read off the runtime's threads, within
+    /// [`SHARED_READ_DEADLINE`]: any client can ask for any token.
+    async fn key_authorization(&self, token: &str) -> Option<String> {
         if let Some(known) = lock(&self.http01).get(token) {
             return Some(known.clone());
         }
-        if !is_token(token) {
+        if !is_token(token) || self.shared.is_empty() {
             return None;
         }
-        self.shared.iter().find_map(|dir| {
-            let mut text = String::new();
-            std::fs::File::open(dir.join(token))
-                .ok()?
-                .take(MAX_KEY_AUTHORIZATION)
-                .read_to_string(&mut text)
-                .ok()?;
-            let text = text.trim();
-            (!text.is_empty()).then(|| text.to_string())
-        })
+        let files: Vec<PathBuf> = self.shared.iter().map(|dir| dir.join(token)).collect();
+        let read = tokio::task::spawn_blocking(move || {
+            files.iter().find_map(|file| {
+                let mut text = String::new();
+                std::fs::File::open(file)
+                    .ok()?
+                    .take(MAX_KEY_AUTHORIZATION)
+                    .read_to_string(&mut text)
+                    .ok()?;
+                let text = text.trim();
+                (!text.is_empty()).then(|| text.to_string())
+            })
+        });
+        tokio::time::timeout(SHARED_READ_DEADLINE, read)
+            .await
+            .ok()?
+            .ok()?
     }
 
     /// The `tls-alpn-01` certificate for `name` (the handshake's SNI), if
@@ -201,16 +215,10 @@ impl Challenges {
             .cloned()
     }
 
-    /// The whole HTTP/1.1 answer to a request head, if it is `GET` (or
-    /// `HEAD`) of a token an order is waiting for; `None` for anything else.
-    pub fn http01_answer(&self, head: &[u8]) -> Option<Vec<u8>> {
-        let line = head
-            .split(|b| *b == b'\n')
-            .find(|l| !l.is_empty() && *l != b"\r")?;
-        let line = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
-        let mut parts = line.split(' ');
-        let method = parts.next()?;
-        let target = parts.next()?;
+    /// The whole HTTP/1.1 answer to a request (its method and target), if
+    /// it is `GET` (or `HEAD`) of a token an order is waiting for; `None`
+    /// for anything else.
+    pub async fn http01_answer(&self, method: &str, target: &str) -> Option<Vec<u8>> {
         if method != "GET" && method != "HEAD" {
             return None;
         }
@@ -223,7 +231,7 @@ impl Challenges {
             None => target,
         };
         let token = path.strip_prefix(HTTP01_PREFIX)?;
-        let key_authorization = self.key_authorization(token)?;
+        let key_authorization = self.key_authorization(token).await?;
         let mut answer = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
             key_authorization.len()
@@ -270,24 +278,33 @@ fn challenge_certificate(name: &str, digest: &[u8]) -> Result<CertifiedKey, Stri
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_http01_answer_is_served_only_while_its_order_is_open() {
+    /// `http01_answer` for the request line `method target`.
+    async fn answer(challenges: &Challenges, method: &str, target: &str) -> Option<String> {
+        let answer = challenges.http01_answer(method, target).await?;
+        Some(String::from_utf8(answer).unwrap())
+    }
+
+    const TOKEN_1: &str = "/.well-known/acme-challenge/tok-1";
+
+    #[tokio::test]
+    async fn an_http01_answer_is_served_only_while_its_order_is_open() {
         let challenges = Arc::new(Challenges::default());
-        let head = b"GET /.well-known/acme-challenge/tok-1 HTTP/1.1\r\nHost: a.example\r\n\r\n";
-        assert!(challenges.http01_answer(head).is_none());
+        assert!(answer(&challenges, "GET", TOKEN_1).await.is_none());
         let shared = scratch("own");
         let published = challenges.publish_http01("tok-1", "tok-1.thumb", &shared);
-        let answer = String::from_utf8(challenges.http01_answer(head).unwrap()).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
-        assert!(answer.ends_with("\r\n\r\ntok-1.thumb"), "{answer}");
-        assert!(challenges
-            .http01_answer(b"GET /.well-known/acme-challenge/other HTTP/1.1\r\n\r\n")
-            .is_none());
-        assert!(challenges
-            .http01_answer(b"POST /.well-known/acme-challenge/tok-1 HTTP/1.1\r\n\r\n")
-            .is_none());
+        let answered = answer(&challenges, "GET", TOKEN_1).await.unwrap();
+        assert!(answered.starts_with("HTTP/1.1 200 OK\r\n"), "{answered}");
+        assert!(answered.ends_with("\r\n\r\ntok-1.thumb"), "{answered}");
+        let absolute = format!("http://a.example{TOKEN_1}");
+        assert!(answer(&challenges, "GET", &absolute).await.is_some());
+        assert!(
+            answer(&challenges, "GET", "/.well-known/acme-challenge/other")
+                .await
+                .is_none()
+        );
+        assert!(answer(&challenges, "POST", TOKEN_1).await.is_none());
         drop(published);
-        assert!(challenges.http01_answer(head).is_none());
+        assert!(answer(&challenges, "GET", TOKEN_1).await.is_none());
         assert!(!shared.join("tok-1").exists());
     }
 
@@ -300,24 +317,26 @@ mod tests {
         dir
     }
 
-    #[test]
-    fn an_instance_sharing_the_cache_answers_another_ones_http01_challenge() {
+    #[tokio::test]
+    async fn an_instance_sharing_the_cache_answers_another_ones_http01_challenge() {
         let cache = scratch("shared");
         let shared = http01_dir(&cache);
         let ordering = Arc::new(Challenges::new(vec![shared.clone()]));
         let other = Challenges::new(vec![shared.clone()]);
-        let head = b"GET /.well-known/acme-challenge/tok-2 HTTP/1.1\r\n\r\n";
-        assert!(other.http01_answer(head).is_none());
+        let token_2 = "/.well-known/acme-challenge/tok-2";
+        assert!(answer(&other, "GET", token_2).await.is_none());
         let published = ordering.publish_http01("tok-2", "tok-2.thumb", &shared);
-        let answer = String::from_utf8(other.http01_answer(head).unwrap()).unwrap();
-        assert!(answer.ends_with("\r\n\r\ntok-2.thumb"), "{answer}");
+        let answered = answer(&other, "GET", token_2).await.unwrap();
+        assert!(answered.ends_with("\r\n\r\ntok-2.thumb"), "{answered}");
         // A token that is not base64url is never looked up on disk.
         std::fs::write(cache.join("secret"), "x").unwrap();
-        assert!(other
-            .http01_answer(b"GET /.well-known/acme-challenge/../secret HTTP/1.1\r\n\r\n")
-            .is_none());
+        assert!(
+            answer(&other, "GET", "/.well-known/acme-challenge/../secret")
+                .await
+                .is_none()
+        );
         drop(published);
-        assert!(other.http01_answer(head).is_none());
+        assert!(answer(&other, "GET", token_2).await.is_none());
         std::fs::remove_dir_all(&cache).unwrap();
     }
 

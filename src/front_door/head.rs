@@ -13,6 +13,16 @@ use pingora::protocols::Stream;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
+/// The method and target of a request head's request line (empty lines
+/// before it skipped, as RFC 9112 §2.2 allows); `None` if it has none.
+pub(super) fn request_line(head: &[u8]) -> Option<(&str, &str)> {
+    let line = head
+        .split(|b| *b == b'\n')
+        .find(|l| !l.is_empty() && *l != b"\r")?;
+    let mut parts = std::str::from_utf8(line).ok()?.split(' ');
+    Some((parts.next()?, parts.next()?))
+}
+
 /// Where the search for the blank line that ends a request head stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Position {

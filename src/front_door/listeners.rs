@@ -76,8 +76,10 @@ impl Listeners {
 
     /// The answer to an ACME `http-01` validation request, if `head` is one
     /// an order waits for.
-    pub(super) fn http01_answer(&self, head: &[u8]) -> Option<Vec<u8>> {
-        self.http01.as_ref()?.http01_answer(head)
+    pub(super) async fn http01_answer(&self, head: &[u8]) -> Option<Vec<u8>> {
+        let challenges = self.http01.as_ref()?;
+        let (method, target) = super::head::request_line(head)?;
+        challenges.http01_answer(method, target).await
     }
 
     /// The transport of the listener that accepted a connection on `local`
