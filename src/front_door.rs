@@ -384,7 +384,7 @@ impl FrontDoor {
             };
             let Some(reused) = reused else {
                 if let Some(held) = held.take() {
-                    self.sorter.forwarder.release(*held).await;
+                    self.sorter.forwarder.release(*held);
                 }
                 return None;
             };
@@ -410,7 +410,7 @@ impl FrontDoor {
                             came = &mut first => break came,
                             _ = &mut hold, if held.is_some() => {
                                 if let Some(held) = held.take() {
-                                    self.sorter.forwarder.release(*held).await;
+                                    self.sorter.forwarder.release(*held);
                                 }
                             }
                             _ = wait_for_shutdown(shutdown.clone()) => break false,
@@ -419,7 +419,7 @@ impl FrontDoor {
                 };
                 if !came {
                     if let Some(held) = held.take() {
-                        self.sorter.forwarder.release(*held).await;
+                        self.sorter.forwarder.release(*held);
                     }
                     return None;
                 }

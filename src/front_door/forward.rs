@@ -144,7 +144,7 @@ impl Forwarder {
     }
 
     /// Gives a held app connection back to the pool.
-    pub(super) async fn release(&self, held: Held) {
+    pub(super) fn release(&self, held: Held) {
         self.connector
             .release_stream(held.stream, held.peer.reuse_hash(), Some(POOL_IDLE));
     }
@@ -202,7 +202,7 @@ impl Forwarder {
         let mut held = None;
         let _ = self.forward(session, &mut held).await;
         if let Some(held) = held {
-            self.release(*held).await;
+            self.release(*held);
         }
     }
 
@@ -222,7 +222,7 @@ impl Forwarder {
         })?;
         // A held connection for another app (a reload moved it) goes back.
         if let Some(previous) = held.take_if(|h| h.peer.reuse_hash() != peer.reuse_hash()) {
-            self.release(*previous).await;
+            self.release(*previous);
         }
         let (mut app_session, mut reused) = match held.take() {
             Some(held) => (session_on(held.stream, &peer), true),
