@@ -364,12 +364,13 @@ impl FrontDoor {
                 return None;
             }
             // Pingora gets this request alone (see `pipelining`).
-            let policy = self.sorter.forwarder.policy();
-            let (extent, lean) =
-                pipelining::extent_of(head.get(..head_len).unwrap_or_default(), |request| {
-                    forward::eligible(request, &policy)
-                })
-                .await;
+            let (extent, lean) = match pipelining::bodiless(request_head) {
+                Some(request) => (
+                    Extent::Length(0),
+                    forward::eligible(&request, &self.sorter.forwarder.policy()),
+                ),
+                None => (pipelining::extent_of(request_head).await, false),
+            };
             let (first, one_request) =
                 OneRequest::split(stream, head, head_len, extent, limits.max_header_bytes);
             let mut session = self.http1_session(Box::new(one_request), settings.take(), shutdown);

@@ -157,15 +157,35 @@ impl ProxyPolicy {
     pub fn upstream_request(
         &self,
         session: &ServerSession,
+        client: &Client,
         upstream_request: &mut RequestHeader,
     ) -> Result<()> {
-        for name in &self.private_headers {
+        for name in self.private_headers.iter() {
             upstream_request.remove_header(name);
         }
         for name in CLAIMED_IDENTITY {
             upstream_request.remove_header(name);
         }
-        if let Some(forwarded_for) = Client::of(session, &self.trusted).forwarded_for {
+        self.add_forwarded(session, client, upstream_request)
+    }
+
+    /// Whether a client's request header `name` may reach the app: not one
+    /// only the proxy may set ([`upstream_request`](Self::upstream_request)
+    /// removes those).
+    pub fn passes(&self, name: &HeaderName) -> bool {
+        !self.private_headers.contains(name)
+            && !CLAIMED_IDENTITY.iter().any(|claimed| name == claimed)
+    }
+
+    /// What the proxy adds to the app's request: `X-Forwarded-For`,
+    /// `-Proto` and `-Host`, and a `Host` if the client sent `:authority`.
+    pub fn add_forwarded(
+        &self,
+        session: &ServerSession,
+        client: &Client,
+        upstream_request: &mut RequestHeader,
+    ) -> Result<()> {
+        if let Some(forwarded_for) = &client.forwarded_for {
             upstream_request.insert_header(X_FORWARDED_FOR, forwarded_for)?;
         }
         let proto = if is_tls(session) { "https" } else { "http" };
@@ -381,7 +401,9 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.policy.upstream_request(session, upstream_request)
+        let client = ctx.policy.client(session);
+        ctx.policy
+            .upstream_request(session, &client, upstream_request)
     }
 
     async fn response_filter(

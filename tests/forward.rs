@@ -10,7 +10,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,6 +25,8 @@ struct RawApp {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    /// Every request head the app got, in order.
+    heads: Arc<Mutex<Vec<String>>>,
 }
 
 impl RawApp {
@@ -33,14 +35,15 @@ impl RawApp {
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
-        let (counted, asked) = (connections.clone(), requests.clone());
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (counted, asked, got) = (connections.clone(), requests.clone(), heads.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut socket, _)) = listener.accept().await else {
                     return;
                 };
                 counted.fetch_add(1, Ordering::SeqCst);
-                let asked = asked.clone();
+                let (asked, got) = (asked.clone(), got.clone());
                 tokio::spawn(async move {
                     let mut read = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -54,6 +57,7 @@ impl RawApp {
                         };
                         let head = String::from_utf8_lossy(&read[..end]).into_owned();
                         read.drain(..end + 4);
+                        got.lock().unwrap().push(head.clone());
                         asked.fetch_add(1, Ordering::SeqCst);
                         let answer: &[u8] = if head.starts_with("HEAD ") {
                             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
@@ -71,6 +75,7 @@ impl RawApp {
             addr,
             connections,
             requests,
+            heads,
         }
     }
 }
@@ -153,4 +158,40 @@ async fn a_request_on_an_app_connection_the_app_closed_is_sent_again_on_a_fresh_
     }
     assert_eq!(app.requests.load(Ordering::SeqCst), 5);
     assert!(!proxy.log().contains("unreachable"), "{}", proxy.log());
+}
+
+#[tokio::test]
+async fn the_app_gets_the_clients_header_lines_in_their_case_without_hop_by_hop_ones() {
+    let app = RawApp::start(false).await;
+    let proxy = Proxy::start(app.addr, "");
+    let mut client = TcpStream::connect(proxy.plain_addr).await.unwrap();
+    let request = "GET /page?q=1 HTTP/1.1\r\nHost: example.test\r\nX-Custom-CASE: a\r\n\
+                   Accept: text/html\r\naccept: */*\r\nConnection: keep-alive, X-Drop\r\n\
+                   X-Drop: secret\r\nKeep-Alive: timeout=5\r\nX-Real-IP: 6.6.6.6\r\n\r\n";
+    let (status, body) = exchange(&mut client, request).await;
+    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ok"));
+    let head = app.heads.lock().unwrap()[0].clone();
+    let lines: Vec<&str> = head.lines().collect();
+    assert_eq!(lines[0], "GET /page?q=1 HTTP/1.1", "{head}");
+    for line in [
+        "Host: example.test",
+        "X-Custom-CASE: a",
+        "Accept: text/html",
+        "accept: */*",
+        "x-forwarded-for: 127.0.0.1",
+        "x-forwarded-proto: http",
+        "x-forwarded-host: example.test",
+    ] {
+        assert!(lines.contains(&line), "{line:?} missing from {head}");
+    }
+    let lower = head.to_ascii_lowercase();
+    for gone in [
+        "connection:",
+        "x-drop",
+        "keep-alive",
+        "x-real-ip",
+        "6.6.6.6",
+    ] {
+        assert!(!lower.contains(gone), "{gone:?} reached the app: {head}");
+    }
 }

@@ -46,13 +46,19 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::upstreams::peer::{HttpPeer, Peer};
 
+use super::pipelining::Bodiless;
 use crate::access_log::{self, AccessRecord};
+use crate::client::Client;
 use crate::metrics;
 use crate::proxy::{connection_nominated, ProxyPolicy};
 
 /// How long a client connection keeps its app connection while it sends no
 /// next request; then the app connection goes back to the pool.
 pub(super) const HOLD: Duration = Duration::from_millis(250);
+
+/// How many headers the proxy adds to the app's request at most
+/// (`X-Forwarded-For`, `-Proto`, `-Host`, and `Host` for HTTP/2).
+const ADDED_HEADERS: usize = 4;
 
 /// How long an app connection waits in the pool for its next request.
 const POOL_IDLE: Duration = Duration::from_secs(60);
@@ -86,24 +92,16 @@ pub(super) struct Held {
 }
 
 /// Whether `request` can take the lean path: `GET` or `HEAD`, HTTP/1.1, an
-/// origin-form target and one `Host`, no body, no upgrade, no `Expect`.
-/// (Anything else, and whatever the pipeline answers itself, goes to it.)
-pub(super) fn eligible(request: &RequestHeader, policy: &ProxyPolicy) -> bool {
-    let headers = &request.headers;
-    let no_body = !headers.contains_key(header::TRANSFER_ENCODING)
-        && headers
-            .get_all(header::CONTENT_LENGTH)
-            .iter()
-            .all(|v| v.as_bytes() == b"0");
-    let target = request.raw_path();
-    (request.method == http::Method::GET || request.method == http::Method::HEAD)
-        && request.version == http::Version::HTTP_11
-        && target.first() == Some(&b'/')
-        && headers.get_all(header::HOST).iter().count() == 1
-        && no_body
-        && !headers.contains_key(header::UPGRADE)
-        && !headers.contains_key(header::EXPECT)
-        && std::str::from_utf8(target).is_ok_and(|target| !policy.is_closed(target))
+/// origin-form target and one `Host`, no body (it is [`Bodiless`]), no
+/// `Expect`. (Anything else, and whatever the pipeline answers itself, goes
+/// to it.)
+pub(super) fn eligible(request: &Bodiless<'_>, policy: &ProxyPolicy) -> bool {
+    (request.method == "GET" || request.method == "HEAD")
+        && request.http11
+        && request.target.starts_with('/')
+        && request.hosts == 1
+        && !request.expect
+        && !policy.is_closed(request.target)
 }
 
 /// [`eligible`] for an HTTP/2 stream: `GET` or `HEAD`, its `HEADERS`
@@ -161,10 +159,16 @@ impl Forwarder {
         let started = Instant::now();
         match session.read_request().await {
             Ok(true) => {}
+            // As the pipeline answers a head Pingora cannot read.
+            Err(e) if e.etype == pingora::ErrorType::InvalidHTTPHeader => {
+                let _ = session.respond_error(400).await;
+                return None;
+            }
             _ => return None,
         }
         let policy = self.policy();
-        let outcome = self.exchange(&mut session, &policy, held).await;
+        let client = policy.client(&session);
+        let outcome = self.exchange(&mut session, &policy, &client, held).await;
         let reusable = match outcome {
             Ok(()) => true,
             Err(Failure::App(e)) => {
@@ -182,7 +186,7 @@ impl Forwarder {
         metrics::proxied(status, duration);
         access_log::record(AccessRecord {
             session: &session,
-            client: policy.client(&session).ip,
+            client: client.ip,
             status,
             duration,
         });
@@ -211,6 +215,7 @@ impl Forwarder {
         &self,
         session: &mut ServerSession,
         policy: &ProxyPolicy,
+        client: &Client,
         held: &mut Option<Box<Held>>,
     ) -> Result<(), Failure> {
         let app = policy.app();
@@ -230,7 +235,7 @@ impl Forwarder {
         };
         let mut retries = 0;
         let response = loop {
-            let request = upstream_request(session, policy).map_err(Failure::App)?;
+            let request = upstream_request(session, policy, client).map_err(Failure::App)?;
             let sent = app_session.write_request_header(request).await;
             let answered = match sent {
                 Ok(_) => app_session.read_resp_header_parts().await,
@@ -304,29 +309,49 @@ fn session_on(stream: Stream, peer: &HttpPeer) -> AppSession {
 }
 
 /// The request the app gets: the client's, HTTP/1.1, without hop-by-hop
-/// headers (and those `Connection` nominates), with what the proxy adds.
+/// headers (and those `Connection` nominates) and those only the proxy may
+/// set, with what the proxy adds. Built in one pass, sized for what is
+/// added, rather than cloned and trimmed: a clone is sized for the
+/// client's headers alone and grows (both of Pingora's header maps) at the
+/// first header added, and every removal is a lookup in both.
 fn upstream_request(
     session: &ServerSession,
     policy: &ProxyPolicy,
+    client: &Client,
 ) -> pingora::Result<Box<RequestHeader>> {
-    let mut request = Box::new(session.req_header().clone());
-    // An HTTP/2 request goes to the app as HTTP/1.1, its target in origin
-    // form (its `:authority` becomes `Host`, below).
-    if request.version != http::Version::HTTP_11 {
-        request.set_version(http::Version::HTTP_11);
-        let target = request
+    let original = session.req_header();
+    let nominated = connection_nominated(&original.headers);
+    let passes = |name: &HeaderName| {
+        !HOP_BY_HOP.contains(name) && !nominated.contains(name) && policy.passes(name)
+    };
+    let capacity = Some(original.headers.len() + ADDED_HEADERS);
+    let method = original.method.clone();
+    let mut request = if original.version == http::Version::HTTP_11 {
+        // The target as the client sent it; the header names in the
+        // client's case (Pingora keeps it for HTTP/1.1).
+        let mut request = RequestHeader::build(method, original.raw_path(), capacity)?;
+        // Both maps list every line, in the same order.
+        let names = original.headers.iter().map(|(name, _)| name);
+        for (name, (case, value)) in names.zip(original.case_header_iter()) {
+            if passes(name) {
+                request.append_header(case.clone(), value.clone())?;
+            }
+        }
+        request
+    } else {
+        // An HTTP/2 request goes to the app as HTTP/1.1, its target in
+        // origin form (its `:authority` becomes `Host`, below).
+        let target = original
             .uri
             .path_and_query()
-            .map_or("/", |target| target.as_str())
-            .to_string();
-        request.set_uri(target.parse().map_err(|e| {
-            pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "target", e)
-        })?);
-    }
-    let nominated = connection_nominated(&request.headers);
-    for name in nominated.iter().chain(HOP_BY_HOP.iter()) {
-        request.remove_header(name);
-    }
-    policy.upstream_request(session, &mut request)?;
-    Ok(request)
+            .map_or("/", |target| target.as_str());
+        let mut request = RequestHeader::build_no_case(method, target.as_bytes(), capacity)?;
+        for (name, value) in original.headers.iter().filter(|(name, _)| passes(name)) {
+            request.append_header(name.clone(), value.clone())?;
+        }
+        request
+    };
+    request.set_version(http::Version::HTTP_11);
+    policy.add_forwarded(session, client, &mut request)?;
+    Ok(Box::new(request))
 }

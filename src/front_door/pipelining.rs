@@ -14,7 +14,10 @@
 //! it is kept, bounded by `max_header_bytes`, and becomes the start of the
 //! next request, read when Pingora hands the connection back. The end of a
 //! request is found with Pingora's own parser, so the two never disagree
-//! about where a body ends.
+//! about where a body ends: most requests have no body and no framing
+//! header at all, and for them httparse (the parser Pingora calls, called
+//! as it calls it) is enough ([`bodiless`]); any other head is parsed by a
+//! Pingora session ([`extent_of`]).
 //!
 //! Two kinds of request have no end the front door can hold Pingora to: an
 //! upgrade (`Upgrade:`, `CONNECT`), whose connection becomes a tunnel, and a
@@ -27,7 +30,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{HeaderName, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING, UPGRADE};
 use pingora::http::RequestHeader;
 use pingora::protocols::http::v1::common::is_upgrade_req;
 use pingora::protocols::http::ServerSession;
@@ -52,20 +55,68 @@ pub(super) enum Extent {
     Chunked,
 }
 
-/// Where the request whose head is `head` ends, parsed as Pingora parses
-/// it, and what `judge` says of it (`false` for a head Pingora refuses).
-pub(super) async fn extent_of(
-    head: &[u8],
-    judge: impl FnOnce(&RequestHeader) -> bool,
-) -> (Extent, bool) {
+/// As many header lines as Pingora's parser takes (more, and it refuses the
+/// head).
+const MAX_HEADERS: usize = 256;
+
+/// A request head that ends with itself: httparse reads it whole and it has
+/// none of what frames a body or turns the connection into something else
+/// (`Content-Length`, `Transfer-Encoding`, `Upgrade`, `CONNECT`). What the
+/// front door needs to know of such a request, read without building a
+/// Pingora session for it.
+#[derive(Debug)]
+pub(super) struct Bodiless<'a> {
+    pub method: &'a str,
+    /// The request target as sent (origin form starts with `/`).
+    pub target: &'a str,
+    /// HTTP/1.1 (else 1.0).
+    pub http11: bool,
+    /// How many `Host` lines it has.
+    pub hosts: usize,
+    /// Whether it has an `Expect` line.
+    pub expect: bool,
+}
+
+/// `head` as a [`Bodiless`] request, or `None` when Pingora's session must
+/// parse it ([`extent_of`]): a head httparse refuses as it stands (Pingora
+/// may repair its target and take it), a head with a body or an upgrade.
+/// Where both read a head, they read it alike: Pingora frames a request
+/// without `Content-Length` and `Transfer-Encoding` as ending with its head
+/// (RFC 9112 §6.3), and a head httparse takes but Pingora's session refuses
+/// is refused on the connection itself.
+pub(super) fn bodiless(head: &[u8]) -> Option<Bodiless<'_>> {
+    let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut lines);
+    if !request.parse(head).ok()?.is_complete() {
+        return None;
+    }
+    let (method, target, version) = (request.method?, request.path?, request.version?);
+    let (mut hosts, mut expect) = (0, false);
+    for line in request.headers.iter() {
+        let is = |name: &HeaderName| line.name.eq_ignore_ascii_case(name.as_str());
+        if is(&CONTENT_LENGTH) || is(&TRANSFER_ENCODING) || is(&UPGRADE) {
+            return None;
+        }
+        hosts += usize::from(is(&HOST));
+        expect |= is(&EXPECT);
+    }
+    (method != "CONNECT").then_some(Bodiless {
+        method,
+        target,
+        http11: version == 1,
+        hosts,
+        expect,
+    })
+}
+
+/// Where the request whose head is `head` ends, parsed by a Pingora session
+/// as the connection's own will parse it.
+pub(super) async fn extent_of(head: &[u8]) -> Extent {
     let mut session = ServerSession::new_http1(Box::new(std::io::Cursor::new(head.to_vec())));
     match session.read_request().await {
-        Ok(true) => (
-            extent_of_header(session.req_header()),
-            judge(session.req_header()),
-        ),
+        Ok(true) => extent_of_header(session.req_header()),
         // Pingora refuses it on the real connection too (and closes it).
-        _ => (Extent::Open, false),
+        _ => Extent::Open,
     }
 }
 
@@ -254,7 +305,7 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        runtime.block_on(extent_of(head.as_bytes(), |_| true)).0
+        runtime.block_on(extent_of(head.as_bytes()))
     }
 
     #[test]
@@ -295,6 +346,40 @@ mod tests {
                 "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
             ),
             Extent::Open
+        );
+    }
+
+    #[test]
+    fn a_head_without_framing_headers_is_bodiless_as_pingora_frames_it() {
+        let head = "GET /a?b HTTP/1.1\r\nhost: x\r\nExpect: 100-continue\r\n\r\n";
+        let request = bodiless(head.as_bytes()).expect("bodiless");
+        assert_eq!((request.method, request.target), ("GET", "/a?b"));
+        assert!(request.http11 && request.expect);
+        assert_eq!(request.hosts, 1);
+        assert_eq!(extent(head), Extent::Length(0), "Pingora agrees");
+        let head = "DELETE /a HTTP/1.0\nHost: x\nHOST: y\n\n";
+        let request = bodiless(head.as_bytes()).expect("bodiless");
+        assert!(!request.http11);
+        assert_eq!(request.hosts, 2);
+    }
+
+    #[test]
+    fn heads_with_a_body_an_upgrade_or_that_httparse_refuses_go_to_pingoras_parse() {
+        for head in [
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\ncontent-length: 3\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
+            // A space in the target: Pingora escapes it and takes the head.
+            "GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\n",
+        ] {
+            assert!(bodiless(head.as_bytes()).is_none(), "{head:?}");
+        }
+        assert_eq!(
+            extent("GET /a b HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Extent::Length(0)
         );
     }
 
