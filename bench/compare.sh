@@ -6,7 +6,7 @@
 #   bash bench/compare.sh --quick      # small run to check the set-up (about 4 minutes)
 #   bash bench/compare.sh --no-churn   # the comparison only
 #
-# Installs nginx, nchan (libnginx-mod-nchan), HAProxy and wrk with apt-get when they
+# Installs nginx, nchan (libnginx-mod-nchan), HAProxy, wrk and h2load with apt-get when they
 # are missing, builds the release binaries, and runs
 # `target/release/sse-bench compare`, which starts every process on 127.0.0.1
 # ports with configs in a temp folder, stops them afterwards, and writes its
@@ -37,6 +37,7 @@ missing=()
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
 [ -f /usr/lib/nginx/modules/ngx_nchan_module.so ] || missing+=(libnginx-mod-nchan)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
 [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v ss >/dev/null 2>&1 || missing+=(iproute2)
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)

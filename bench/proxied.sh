@@ -109,18 +109,73 @@ measure() {
     $(( (t1 - t0) * 100 / hz / 10 )) "$(awk -v t=$((t1 - t0)) -v hz="$hz" -v r="$rate" 'BEGIN {print t / hz / 10 / r * 1e6}')"
 }
 
+# fixed NAME PIDS...: latency at a fixed rate (half of nginx's median peak,
+# $h1_rate and $h2_rate requests/s), from h2load's per-request log.
+fixed() {
+  local name=$1; shift
+  local log=$work/requests.log t0 t1
+  for load in h1 h2; do
+    if [ $load = h1 ]; then
+      args=(--h1 -c32 --rps $((h1_rate / 32)) "http://127.0.0.1:$plain_port/hello")
+    else
+      args=(-c20 -m10 --rps $((h2_rate / 20)) "https://127.0.0.1:$tls_port/hello")
+    fi
+    h2load -D 3 "${args[@]}" >/dev/null 2>&1
+    rm -f "$log"
+    t0=$(ticks "$@")
+    h2load -D 10 --log-file="$log" "${args[@]}" >/dev/null 2>&1
+    t1=$(ticks "$@")
+    # Third column: microseconds from request to the end of its response.
+    sort -n -k3 "$log" | awk -v name="$name" -v load=$load -v cpu=$(( (t1 - t0) * 100 / hz / 10 )) \
+      '{ l[NR] = $3; if ($2 != 200) bad++ }
+       END { printf "%-28s %s at a fixed %7d req/s  p50 %6.2f ms  p99 %6.2f ms  max %7.2f ms  CPU %4d %%  non-200: %d\n",
+             name, load, NR / 10, l[int(NR * 0.5)] / 1000, l[int(NR * 0.99)] / 1000, l[NR] / 1000, cpu, bad }'
+  done
+}
+
+# start BINARY: sse-fanout from BINARY, its pid in $proxy.
+start() {
+  RUST_LOG=warn "$1" -c "$work/sse-fanout.toml" >"$work/sse-fanout.log" 2>&1 &
+  proxy=$!
+  wait_up
+}
+
+start_nginx() {
+  nginx -c "$work/nginx.conf" -p "$work/nginx" 2>/dev/null
+  wait_up
+}
+
+stop_nginx() {
+  nginx -c "$work/nginx.conf" -p "$work/nginx" -s stop 2>/dev/null
+  for _ in $(seq 50); do pgrep -f "nginx: master" >/dev/null || break; sleep 0.1; done
+}
+
+nginx_h1=() nginx_h2=()
 for round in $(seq "$rounds"); do
   echo "# round $round"
   for binary in "${binaries[@]}"; do
-    RUST_LOG=warn "$binary" -c "$work/sse-fanout.toml" >"$work/sse-fanout.log" 2>&1 &
-    proxy=$!
-    wait_up
+    start "$binary"
     measure "sse-fanout ($binary)" $proxy
     kill $proxy; wait $proxy 2>/dev/null || true
   done
-  nginx -c "$work/nginx.conf" -p "$work/nginx" 2>/dev/null
-  wait_up
-  measure nginx $(pgrep -f "nginx: worker" | tr '\n' ' ')
-  nginx -c "$work/nginx.conf" -p "$work/nginx" -s stop 2>/dev/null
-  for _ in $(seq 50); do pgrep -f "nginx: master" >/dev/null || break; sleep 0.1; done
+  start_nginx
+  out=$(measure nginx $(pgrep -f "nginx: worker" | tr '\n' ' '))
+  echo "$out"
+  nginx_h1+=("$(awk '$2 == "h1" {print $3}' <<<"$out")")
+  nginx_h2+=("$(awk '$2 == "h2" {print $3}' <<<"$out")")
+  stop_nginx
 done
+
+# Latency at half of nginx's peak (its median over the rounds).
+median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print int(v[int((NR + 1) / 2)]) }'; }
+h1_rate=$(( $(median "${nginx_h1[@]}") / 2 ))
+h2_rate=$(( $(median "${nginx_h2[@]}") / 2 ))
+echo "# at half of nginx's median peak: $h1_rate req/s (h1), $h2_rate req/s (h2)"
+for binary in "${binaries[@]}"; do
+  start "$binary"
+  fixed "sse-fanout ($binary)" $proxy
+  kill $proxy; wait $proxy 2>/dev/null || true
+done
+start_nginx
+fixed nginx $(pgrep -f "nginx: worker" | tr '\n' ' ')
+stop_nginx

@@ -906,15 +906,118 @@ pub fn table(scenario: &Scenario, outcomes: &[Outcome]) -> String {
     text
 }
 
-/// Runs wrk through `contender` to the app's `/hello`; returns the table
-/// cells `requests/s | p50 | p99 | proxy CPU`.
-pub async fn wrk_run(
+/// How ordinary requests are sent through a contender to the app's `/hello`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxiedLoad {
+    /// `wrk -t1 -c32`: HTTP/1.1 keep-alive on the plaintext listener.
+    Http1,
+    /// `h2load -c20 -m10`: HTTP/2 over TLS on the TLS listener.
+    Http2Tls,
+}
+
+impl ProxiedLoad {
+    /// The table's name for the load.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProxiedLoad::Http1 => "HTTP/1.1 keep-alive (`wrk -t1 -c32`)",
+            ProxiedLoad::Http2Tls => "HTTP/2 + TLS (`h2load -c20 -m10`)",
+        }
+    }
+
+    /// The load generator's command: program and arguments, for `seconds`
+    /// (with `--latency` where the program reports percentiles).
+    fn command(self, running: &Running, seconds: u64) -> (&'static str, Vec<String>) {
+        match self {
+            ProxiedLoad::Http1 => (
+                "wrk",
+                vec![
+                    "-t1".into(),
+                    "-c32".into(),
+                    format!("-d{seconds}s"),
+                    "--latency".into(),
+                    format!("http://127.0.0.1:{}/hello", running.plain_port),
+                ],
+            ),
+            ProxiedLoad::Http2Tls => (
+                "h2load",
+                vec![
+                    "-c20".into(),
+                    "-m10".into(),
+                    "-D".into(),
+                    seconds.to_string(),
+                    format!("https://127.0.0.1:{}/hello", running.tls_port),
+                ],
+            ),
+        }
+    }
+
+    /// Requests/s, requests done and the latency cell from the program's
+    /// output.
+    fn read(self, text: &str) -> Result<(f64, u64, String), String> {
+        let line = |prefix: &str| text.lines().map(str::trim).find(|l| l.starts_with(prefix));
+        let word = |prefix: &str, n: usize| {
+            line(prefix)
+                .and_then(|l| l.split_whitespace().nth(n))
+                .map(|w| w.trim_end_matches(',').to_string())
+        };
+        match self {
+            ProxiedLoad::Http1 => {
+                let rps = word("Requests/sec:", 1).and_then(|r| r.parse().ok());
+                let done = text
+                    .lines()
+                    .find(|l| l.contains("requests in"))
+                    .and_then(|l| l.split_whitespace().next())
+                    .and_then(|n| n.parse().ok());
+                let errors = text
+                    .lines()
+                    .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+                    .map(|l| format!(" ({})", l.trim()))
+                    .unwrap_or_default();
+                let latency = format!(
+                    "p50 {}, p99 {}{errors}",
+                    word("50%", 1).unwrap_or_default(),
+                    word("99%", 1).unwrap_or_default()
+                );
+                Ok((
+                    rps.ok_or(format!("wrk printed no rate: {text}"))?,
+                    done.unwrap_or(0),
+                    latency,
+                ))
+            }
+            ProxiedLoad::Http2Tls => {
+                // "finished in 10.00s, 28376.40 req/s, 3.52MB/s"
+                let rps = word("finished in", 3).and_then(|r| r.parse().ok());
+                // "requests: 283764 total, 283764 started, 283764 done, 283764 succeeded, 0 failed, ..."
+                let done = word("requests:", 5).and_then(|n| n.parse().ok());
+                let failed = word("requests:", 9).unwrap_or_default();
+                // "time for request:  1.10ms  94.02ms  6.95ms  4.08ms  80.20%" (min max mean sd)
+                let mean = word("time for request:", 5).unwrap_or_default();
+                let latency = if failed == "0" {
+                    format!("mean {mean}")
+                } else {
+                    format!("mean {mean} ({failed} failed)")
+                };
+                Ok((
+                    rps.ok_or(format!("h2load printed no rate: {text}"))?,
+                    done.unwrap_or(0),
+                    latency,
+                ))
+            }
+        }
+    }
+}
+
+/// Runs `load` through `contender` to the app's `/hello` for `seconds`
+/// (after a second of warm-up); returns the table cells
+/// `requests/s | latency | proxy CPU | CPU per request`.
+pub async fn proxied_run(
     setup: &Setup,
     contender: Contender,
-    duration: &str,
+    load: ProxiedLoad,
+    seconds: u64,
 ) -> Result<String, String> {
     let dir = std::env::temp_dir().join(format!(
-        "sse-bench-wrk-{}-{}",
+        "sse-bench-proxied-{}-{}",
         std::process::id(),
         free_port()
     ));
@@ -935,51 +1038,62 @@ pub async fn wrk_run(
         pids = vec![running.pids[0]];
         pids.extend(procstat::children(running.pids[0]));
     }
-    let url = format!("http://127.0.0.1:{}/hello", running.plain_port);
     // Warm up (connection pools), then measure.
-    let _ = Command::new("wrk")
-        .args(["-t1", "-c32", "-d1s", &url])
-        .output()
-        .await;
+    let (program, warm_up) = load.command(&running, 1);
+    let _ = Command::new(program).args(&warm_up).output().await;
+    let (program, args) = load.command(&running, seconds);
     let cpu0 = procstat::total_cpu(&pids);
     let started = Instant::now();
-    let output = Command::new("wrk")
-        .args(["-t1", "-c32", &format!("-d{duration}"), "--latency", &url])
+    let output = Command::new(program)
+        .args(&args)
         .output()
         .await
-        .map_err(|e| format!("cannot run wrk: {e}"))?;
-    let cpu = percent(
-        procstat::total_cpu(&pids).saturating_sub(cpu0),
-        started.elapsed(),
-    );
-    let text = String::from_utf8_lossy(&output.stdout).to_string();
+        .map_err(|e| format!("cannot run {program}: {e}"));
+    let cpu_time = procstat::total_cpu(&pids).saturating_sub(cpu0);
+    let cpu = percent(cpu_time, started.elapsed());
     running.stop().await;
     drop(app);
     let _ = std::fs::remove_dir_all(&dir);
-    let field = |prefix: &str| {
-        text.lines()
-            .map(str::trim)
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .map(str::to_string)
+    let text = String::from_utf8_lossy(&output?.stdout).to_string();
+    let (rps, done, latency) = load.read(&text)?;
+    let per_request = if done > 0 {
+        format!("{:.1} µs", cpu_time.as_secs_f64() * 1e6 / done as f64)
+    } else {
+        "–".to_string()
     };
-    let rps = text
-        .lines()
-        .find(|l| l.starts_with("Requests/sec:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .ok_or_else(|| format!("wrk printed no rate: {text}"))?;
-    let errors = text
-        .lines()
-        .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
-        .unwrap_or("");
-    Ok(format!(
-        "{rps}{} | {} | {} | {cpu:.0} %",
-        if errors.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", errors.trim())
-        },
-        field("50%").unwrap_or_default(),
-        field("99%").unwrap_or_default(),
-    ))
+    Ok(format!("{rps:.0} | {latency} | {cpu:.0} % | {per_request}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_and_h2load_outputs_give_rate_requests_and_latency() {
+        let wrk = "Running 2s test @ http://127.0.0.1:36080/hello
+  1 threads and 32 connections
+  Latency Distribution
+     50%    1.11ms
+     75%    1.34ms
+     99%    2.47ms
+  54769 requests in 2.00s, 6.84MB read
+Requests/sec:  27363.99
+";
+        assert_eq!(
+            ProxiedLoad::Http1.read(wrk).unwrap(),
+            (27363.99, 54769, "p50 1.11ms, p99 2.47ms".to_string())
+        );
+        let h2load = "finished in 2.00s, 20307.00 req/s, 794.29KB/s
+requests: 40614 total, 40814 started, 40614 done, 40614 succeeded, 3 failed, 0 errored, 0 timeout
+                     min         max         mean         sd        +/- sd
+time for request:     1.40ms     24.54ms      9.65ms      2.79ms    68.86%
+";
+        assert_eq!(
+            ProxiedLoad::Http2Tls.read(h2load).unwrap(),
+            (20307.0, 40614, "mean 9.65ms (3 failed)".to_string())
+        );
+        assert!(ProxiedLoad::Http2Tls
+            .read("h2load: connection refused")
+            .is_err());
+    }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use tokio::process::Command;
 
-use crate::compare::{self, Contender, Outcome, Scenario, Setup};
+use crate::compare::{self, Contender, Outcome, ProxiedLoad, Scenario, Setup};
 
 /// Marks the part of the output file this tool owns.
 const START_MARK: &str = "<!-- sse-bench compare: start -->";
@@ -327,24 +327,35 @@ async fn max_search(setup: &Setup, contender: Contender, seconds: u64) -> (Strin
     (format!("{shown} or more (largest tried)"), largest)
 }
 
-/// Ordinary proxied requests: wrk against sse-fanout and nginx on `/hello`.
+/// Ordinary proxied requests: HTTP/1.1 (wrk) and HTTP/2 + TLS (h2load)
+/// through sse-fanout and nginx to the app's `/hello`.
 async fn proxied_requests(setup: &Setup, contenders: &[Contender], quick: bool) -> String {
     let mut text = String::from("### Ordinary proxied requests\n\n");
-    let duration = if quick { "3s" } else { "10s" };
+    let seconds = if quick { 3 } else { 10 };
     let _ = writeln!(
         text,
-        "`wrk -t1 -c32 -d{duration} --latency http://127.0.0.1:PORT/hello` through each proxy (HTTP/1.1, keep-alive) to the same app.\n\n| proxy | requests/s | p50 | p99 | proxy CPU |\n|---|---|---|---|---|"
+        "{seconds} s of each load (after 1 s of warm-up) through each proxy to the same app (`sse-bench app`, `GET /hello`, 6 bytes). \
+CPU per request: the proxy's CPU time (user + system, all its processes) over the requests done. \
+`bash bench/proxied.sh` runs the same loads in interleaved rounds, with latency at a fixed rate.\n\n\
+| load | proxy | requests/s | latency | proxy CPU | CPU per request |\n|---|---|---|---|---|---|"
     );
-    for contender in contenders
-        .iter()
-        .filter(|c| matches!(c, Contender::SseFanout | Contender::NginxProxy))
-    {
-        match compare::wrk_run(setup, *contender, duration).await {
-            Ok(line) => {
-                let _ = writeln!(text, "| {} | {line} |", contender.name());
-            }
-            Err(e) => {
-                let _ = writeln!(text, "| {} | failed: {e} | | | |", contender.name());
+    for load in [ProxiedLoad::Http1, ProxiedLoad::Http2Tls] {
+        for contender in contenders
+            .iter()
+            .filter(|c| matches!(c, Contender::SseFanout | Contender::NginxProxy))
+        {
+            match compare::proxied_run(setup, *contender, load, seconds).await {
+                Ok(cells) => {
+                    let _ = writeln!(text, "| {} | {} | {cells} |", load.name(), contender.name());
+                }
+                Err(e) => {
+                    let _ = writeln!(
+                        text,
+                        "| {} | {} | failed: {e} | | | |",
+                        load.name(),
+                        contender.name()
+                    );
+                }
             }
         }
     }
