@@ -11,6 +11,8 @@
 # after a 3 s warm-up, and prints requests/s, latency and the proxy's CPU
 # (user + system, all its processes) per second and per request. Rounds
 # interleave the contenders so that a noisy neighbour hits them alike.
+# A last pass holds half of nginx's median peak (h2load --rps, 10 s of each
+# protocol) and prints p50/p99/max from h2load's per-request log.
 # Needs wrk, h2load (nghttp2-client) and nginx; builds nothing: run
 # `cargo build --release -p sse-fanout -p sse-bench` first.
 set -euo pipefail
