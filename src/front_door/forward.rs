@@ -291,9 +291,10 @@ impl Forwarder {
 
     /// An app connection: one from the pool, or a new one.
     async fn connect(&self, peer: &HttpPeer) -> Result<(AppSession, bool), Failure> {
-        let (stream, reused) = self
-            .connector
-            .get_stream(peer)
+        // Boxed: connecting (Pingora's connector, TLS included) is a future
+        // of kilobytes, which inline would size every forwarding future,
+        // and with it the state of every HTTP/1.1 connection.
+        let (stream, reused) = Box::pin(self.connector.get_stream(peer))
             .await
             .map_err(Failure::App)?;
         Ok((session_on(stream, peer), reused))
