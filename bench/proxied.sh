@@ -27,7 +27,9 @@ done
 repo=$(pwd)
 work=$(mktemp -d)
 trap 'pkill -f "nginx -c $work" 2>/dev/null || true; rm -rf "$work"' EXIT
-app_port=36099 tls_port=36443 plain_port=36080
+# Below Linux's ephemeral range (32768-60999), so that no outgoing
+# connection of the proxies (to the app) can hold one of them.
+app_port=23099 tls_port=23443 plain_port=23080
 target/release/sse-bench app --listen 127.0.0.1:$app_port >"$work/app.log" 2>&1 &
 app=$!
 trap 'kill $app 2>/dev/null; pkill -f "nginx -c $work" 2>/dev/null || true; rm -rf "$work"' EXIT
