@@ -327,11 +327,22 @@ fn upstream_request(
     };
     let capacity = Some(original.headers.len() + ADDED_HEADERS);
     let method = original.method.clone();
-    let mut request = if original.version == http::Version::HTTP_11 {
-        // The target as the client sent it; the header names in the
-        // client's case (Pingora keeps it for HTTP/1.1).
-        let mut request = RequestHeader::build(method, original.raw_path(), capacity)?;
-        // Both maps list every line, in the same order.
+    let target = if original.version == http::Version::HTTP_11 {
+        // The target as the client sent it.
+        original.raw_path()
+    } else {
+        // An HTTP/2 request goes to the app as HTTP/1.1, its target in
+        // origin form (its `:authority` becomes `Host`, below).
+        original
+            .uri
+            .path_and_query()
+            .map_or("/", |target| target.as_str())
+            .as_bytes()
+    };
+    let mut request = if original.has_case() {
+        // The header names in the client's case (Pingora keeps it for
+        // HTTP/1.1); both maps list every line, in the same order.
+        let mut request = RequestHeader::build(method, target, capacity)?;
         let names = original.headers.iter().map(|(name, _)| name);
         for (name, (case, value)) in names.zip(original.case_header_iter()) {
             if passes(name) {
@@ -340,13 +351,7 @@ fn upstream_request(
         }
         request
     } else {
-        // An HTTP/2 request goes to the app as HTTP/1.1, its target in
-        // origin form (its `:authority` becomes `Host`, below).
-        let target = original
-            .uri
-            .path_and_query()
-            .map_or("/", |target| target.as_str());
-        let mut request = RequestHeader::build_no_case(method, target.as_bytes(), capacity)?;
+        let mut request = RequestHeader::build_no_case(method, target, capacity)?;
         for (name, value) in original.headers.iter().filter(|(name, _)| passes(name)) {
             request.append_header(name.clone(), value.clone())?;
         }
