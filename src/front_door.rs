@@ -374,6 +374,9 @@ impl FrontDoor {
             let (first, one_request) =
                 OneRequest::split(stream, head, head_len, extent, limits.max_header_bytes);
             let mut session = self.http1_session(Box::new(one_request), settings.take(), shutdown);
+            // A client that stops reading its answer is cut (and the app
+            // connection the answer comes on freed).
+            session.set_write_timeout(Some(self.policy.load().limits.idle_timeout));
             if extent == Extent::Chunked {
                 session.set_keepalive_reuses_remaining(Some(0));
             }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
@@ -465,4 +466,83 @@ async fn connections_per_address_are_capped_when_configured_and_counted() {
         assert!(tokio::time::Instant::now() < deadline, "no place came back");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+// --- answers a client stops reading ------------------------------------------
+
+/// An app that answers every request head with a body far larger than the
+/// socket buffers between it and a client, and says (`cut`) when the proxy
+/// stopped taking it.
+async fn app_with_a_huge_answer() -> (std::net::SocketAddr, Arc<Notify>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cut = Arc::new(Notify::new());
+    let said = cut.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let said = said.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let body = vec![b'x'; 64 * 1024];
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    1usize << 30
+                );
+                if socket.write_all(answer.as_bytes()).await.is_err() {
+                    return said.notify_one();
+                }
+                while socket.write_all(&body).await.is_ok() {}
+                said.notify_one();
+            });
+        }
+    });
+    (addr, cut)
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_a_proxied_answer_is_cut_and_its_app_connection_freed() {
+    // A bodiless GET takes the lean path, a POST the proxy pipeline.
+    for request in [
+        "GET /big HTTP/1.1\r\nHost: x\r\n\r\n",
+        "POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    ] {
+        let (app, cut) = app_with_a_huge_answer().await;
+        let proxy = Proxy::start(app, QUICK);
+        let mut client = TcpStream::connect(proxy.plain_addr).await.unwrap();
+        client.write_all(request.as_bytes()).await.unwrap();
+        // The client reads nothing; the proxy gives up within the idle
+        // timeout of a write making no progress, and lets the app go.
+        timeout(PATIENCE, cut.notified())
+            .await
+            .unwrap_or_else(|_| panic!("the proxy still waits on the client: {request:?}"));
+        drop(client);
+    }
+}
+
+#[tokio::test]
+async fn an_http2_client_that_stops_reading_a_proxied_answer_has_its_stream_cut() {
+    let (app, cut) = app_with_a_huge_answer().await;
+    let proxy = Proxy::start(app, QUICK);
+    let (client, _driver) = h2_connection(&proxy).await;
+    let (response, _) = client
+        .ready()
+        .await
+        .unwrap()
+        .send_request(get(&proxy, "/big"), true)
+        .unwrap();
+    let response = timeout(PATIENCE, response).await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    // Its body is never read, so the stream's flow-control window stays
+    // shut once the first 64 KiB are in.
+    timeout(PATIENCE, cut.notified())
+        .await
+        .expect("the proxy still waits on the client's window");
+    drop(response);
 }

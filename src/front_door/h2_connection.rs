@@ -107,6 +107,7 @@ pub(super) async fn serve(
     let mut shutdown = shutdown.clone();
     let mut shutting_down = false;
     let mut malformed = 0;
+    let idle_timeout = settings.idle_timeout;
     loop {
         let idle = topic_streams.is_empty();
         tokio::select! {
@@ -152,7 +153,10 @@ pub(super) async fn serve(
                         // 130k instructions per request).
                         tokio::spawn(async move {
                             let _guard = guard;
-                            let session = ServerSession::new_http2(session);
+                            let mut session = ServerSession::new_http2(session);
+                            // A client that stops reading its answer (its
+                            // flow-control window stays shut) is cut.
+                            session.set_write_timeout(Some(idle_timeout));
                             if lean {
                                 Box::pin(sorter.forwarder.forward_h2(session)).await;
                             } else {
