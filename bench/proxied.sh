@@ -154,20 +154,27 @@ stop_nginx() {
   for _ in $(seq 50); do pgrep -f "nginx: master" >/dev/null || break; sleep 0.1; done
 }
 
-nginx_h1=() nginx_h2=()
-for round in $(seq "$rounds"); do
-  echo "# round $round"
+# contenders FN: runs `FN NAME PIDS...` with each sse-fanout binary, then
+# with nginx, each started for it and stopped after.
+contenders() {
+  local fn=$1 binary
   for binary in "${binaries[@]}"; do
     start "$binary"
-    measure "sse-fanout ($binary)" $proxy
+    "$fn" "sse-fanout ($binary)" $proxy
     kill $proxy; wait $proxy 2>/dev/null || true
   done
   start_nginx
-  out=$(measure nginx $(pgrep -f "nginx: worker" | tr '\n' ' '))
-  echo "$out"
-  nginx_h1+=("$(awk '$2 == "h1" {print $3}' <<<"$out")")
-  nginx_h2+=("$(awk '$2 == "h2" {print $3}' <<<"$out")")
+  "$fn" nginx $(pgrep -f "nginx: worker" | tr '\n' ' ')
   stop_nginx
+}
+
+nginx_h1=() nginx_h2=()
+for round in $(seq "$rounds"); do
+  echo "# round $round"
+  out=$(contenders measure)
+  echo "$out"
+  nginx_h1+=("$(awk '$1 == "nginx" && $2 == "h1" {print $3}' <<<"$out")")
+  nginx_h2+=("$(awk '$1 == "nginx" && $2 == "h2" {print $3}' <<<"$out")")
 done
 
 # Latency at half of nginx's peak (its median over the rounds).
@@ -175,11 +182,4 @@ median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print int(v[
 h1_rate=$(( $(median "${nginx_h1[@]}") / 2 ))
 h2_rate=$(( $(median "${nginx_h2[@]}") / 2 ))
 echo "# at half of nginx's median peak: $h1_rate req/s (h1), $h2_rate req/s (h2)"
-for binary in "${binaries[@]}"; do
-  start "$binary"
-  fixed "sse-fanout ($binary)" $proxy
-  kill $proxy; wait $proxy 2>/dev/null || true
-done
-start_nginx
-fixed nginx $(pgrep -f "nginx: worker" | tr '\n' ' ')
-stop_nginx
+contenders fixed
